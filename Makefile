@@ -1,0 +1,58 @@
+# kiln — see README.md. Two set-up commands: `make demo` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+export PATH := /usr/local/go/bin:$(PATH)
+export GOFLAGS ?= -mod=mod
+
+# Debian packages the build, the tests and the demo need: the real toolchains,
+# the real peers (avrdude, stm32flash, simavr, dfu-util, sshd, qemu) and the
+# real validators (fsck.vfat, e2fsck, sfdisk, unsquashfs, minisign, bmaptool).
+DEB_PACKAGES := \
+	gcc-avr binutils-avr avr-libc arduino-core-avr arduino-builder \
+	gcc-arm-none-eabi binutils-arm-none-eabi libnewlib-arm-none-eabi libnewlib-dev \
+	avrdude stm32flash dfu-util simavr libsimavr-dev libelf-dev gcc libc6-dev pkg-config \
+	libusb-1.0-0-dev openssh-server openssh-client iproute2 util-linux fdisk \
+	dosfstools mtools e2fsprogs squashfs-tools genimage bmap-tools minisign xz-utils cpio \
+	qemu-system-arm busybox-static ca-certificates
+
+KILN := bin/kiln
+STAMP := .deps-installed
+
+.PHONY: all demo test bench lint deps build clean
+
+all: build
+
+# deps installs what is missing (apt-get update first, as a fresh machine needs).
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		SUDO=; [ $$(id -u) -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+build:
+	$(GO) build -trimpath -o $(KILN) ./cmd/kiln
+
+demo: deps build
+	@echo "== build recipes/blink-uno"
+	$(KILN) build recipes/blink-uno --out out/blink-uno
+	@echo "== flash it to the emulated Arduino Uno, then prove it by reading it back"
+	$(KILN) flash --board arduino-uno --port emu:arduino-uno out/blink-uno
+
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -race -timeout 60m -count=1 ./...
+	$(GO) test -run '^$$' -fuzz=Fuzz -fuzztime=10s ./flash
+	@echo "make test: all packages passed"
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+lint:
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt:" $$fmt; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+clean:
+	rm -rf bin out

@@ -1,0 +1,291 @@
+// Package boards holds kiln's board definitions: what the hardware is, as data.
+//
+// A board file is TOML, embedded in the binary. A board may name another in
+// `inherits`; the parent's fields are loaded first and the child's keys
+// overwrite them. Every board is validated when it is loaded, so a board that
+// reaches a builder or a flasher is complete and consistent.
+package boards
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+//go:embed *.toml
+var files embed.FS
+
+// ErrUnknown is returned by Get for a board name that has no definition.
+var ErrUnknown = errors.New("unknown board")
+
+// Memory is an address range with an optional page (erase/program unit) size
+// and, for flash with unequal sectors, a DfuSe-style layout such as
+// "04*016Kg,01*064Kg,03*128Kg".
+type Memory struct {
+	Base   uint32 `toml:"base" json:"base"`
+	Size   uint32 `toml:"size" json:"size"`
+	Page   uint32 `toml:"page,omitempty" json:"page,omitempty"`
+	Layout string `toml:"layout,omitempty" json:"layout,omitempty"`
+}
+
+// End returns the first address past the range.
+func (m Memory) End() uint64 { return uint64(m.Base) + uint64(m.Size) }
+
+// Contains reports whether [addr, addr+n) lies inside the range.
+func (m Memory) Contains(addr uint32, n int) bool {
+	return uint64(addr) >= uint64(m.Base) && uint64(addr)+uint64(n) <= m.End()
+}
+
+// Overlaps reports whether [addr, addr+n) shares a byte with the range.
+func (m Memory) Overlaps(addr uint32, n int) bool {
+	return m.Size > 0 && n > 0 && uint64(addr) < m.End() && uint64(addr)+uint64(n) > uint64(m.Base)
+}
+
+// Board describes one kind of target hardware.
+type Board struct {
+	Name        string `toml:"name" json:"name"`
+	Inherits    string `toml:"inherits,omitempty" json:"inherits,omitempty"`
+	Description string `toml:"description" json:"description"`
+	Arch        string `toml:"arch" json:"arch"` // avr | cortex-m | aarch64 | armv7
+	MCU         string `toml:"mcu,omitempty" json:"mcu,omitempty"`
+	CPU         string `toml:"cpu,omitempty" json:"cpu,omitempty"` // -mcpu for cortex-m
+	FPU         string `toml:"fpu,omitempty" json:"fpu,omitempty"`
+	SoC         string `toml:"soc,omitempty" json:"soc,omitempty"`
+	DTB         string `toml:"dtb,omitempty" json:"dtb,omitempty"`
+	CPUHz       int64  `toml:"cpu_hz,omitempty" json:"cpu_hz,omitempty"`
+
+	// Flash is the application area: the bootloader is excluded.
+	Flash      Memory  `toml:"flash" json:"flash"`
+	Bootloader *Memory `toml:"bootloader,omitempty" json:"bootloader,omitempty"`
+	EEPROM     *Memory `toml:"eeprom,omitempty" json:"eeprom,omitempty"`
+	RAM        *Memory `toml:"ram,omitempty" json:"ram,omitempty"`
+
+	// Signature is the AVR device signature ("1e950f") or the STM32 product ID ("0x433").
+	Signature string   `toml:"signature,omitempty" json:"signature,omitempty"`
+	Protocol  string   `toml:"protocol" json:"protocol"`                       // default flashing protocol
+	Protocols []string `toml:"protocols,omitempty" json:"protocols,omitempty"` // all it supports; defaults to [Protocol]
+	Baud      int      `toml:"baud,omitempty" json:"baud,omitempty"`
+	Reset     string   `toml:"reset,omitempty" json:"reset,omitempty"` // dtr | rts | 1200bps | gpio:NAME | none
+	USB       []string `toml:"usb,omitempty" json:"usb,omitempty"`     // VID:PID for port auto-detection
+}
+
+var (
+	arches    = map[string]bool{"avr": true, "cortex-m": true, "aarch64": true, "armv7": true}
+	protocols = map[string]bool{"stk500v1": true, "stk500v2": true, "stm32-uart": true, "dfuse": true, "ssh": true, "blockdev": true}
+)
+
+// Supports reports whether the board can be flashed with protocol p.
+func (b *Board) Supports(p string) bool {
+	for _, q := range b.Protocols {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// AVRSignature returns the three signature bytes of an AVR board.
+func (b *Board) AVRSignature() ([3]byte, error) {
+	var sig [3]byte
+	if len(b.Signature) != 6 {
+		return sig, fmt.Errorf("board %s: signature %q is not 3 hex bytes", b.Name, b.Signature)
+	}
+	for i := range sig {
+		v, err := strconv.ParseUint(b.Signature[2*i:2*i+2], 16, 8)
+		if err != nil {
+			return sig, fmt.Errorf("board %s: signature %q: %w", b.Name, b.Signature, err)
+		}
+		sig[i] = byte(v)
+	}
+	return sig, nil
+}
+
+// ProductID returns the STM32 product ID of a Cortex-M board ("0x433" → 0x433).
+func (b *Board) ProductID() (uint16, error) {
+	v, err := strconv.ParseUint(strings.TrimPrefix(b.Signature, "0x"), 16, 16)
+	if err != nil {
+		return 0, fmt.Errorf("board %s: product id %q: %w", b.Name, b.Signature, err)
+	}
+	return uint16(v), nil
+}
+
+// USBIDs parses the board's VID:PID list.
+func (b *Board) USBIDs() ([][2]uint16, error) {
+	var ids [][2]uint16
+	for _, s := range b.USB {
+		vid, pid, ok := strings.Cut(s, ":")
+		v, err1 := strconv.ParseUint(vid, 16, 16)
+		p, err2 := strconv.ParseUint(pid, 16, 16)
+		if !ok || err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("board %s: usb id %q is not VID:PID in hex", b.Name, s)
+		}
+		ids = append(ids, [2]uint16{uint16(v), uint16(p)})
+	}
+	return ids, nil
+}
+
+// Validate checks that the board is complete and consistent.
+func (b *Board) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("board %s: %s", b.Name, fmt.Sprintf(format, a...))
+	}
+	if b.Name == "" {
+		return errors.New("board: missing name")
+	}
+	if !arches[b.Arch] {
+		return bad("unknown arch %q (want avr, cortex-m, aarch64 or armv7)", b.Arch)
+	}
+	if !protocols[b.Protocol] {
+		return bad("unknown protocol %q", b.Protocol)
+	}
+	for _, p := range b.Protocols {
+		if !protocols[p] {
+			return bad("unknown protocol %q in protocols", p)
+		}
+	}
+	if !b.Supports(b.Protocol) {
+		return bad("protocol %q is not in protocols %v", b.Protocol, b.Protocols)
+	}
+	if _, err := b.USBIDs(); err != nil {
+		return err
+	}
+	switch b.Arch {
+	case "avr", "cortex-m":
+		if b.MCU == "" || b.CPUHz <= 0 {
+			return bad("a microcontroller board needs mcu and cpu_hz")
+		}
+		if b.Flash.Size == 0 || b.Flash.Page == 0 {
+			return bad("flash needs size and page")
+		}
+		if b.Flash.Size%b.Flash.Page != 0 && b.Flash.Layout == "" {
+			return bad("flash size %d is not a multiple of the page size %d", b.Flash.Size, b.Flash.Page)
+		}
+		if b.Bootloader != nil && b.Flash.Overlaps(b.Bootloader.Base, int(b.Bootloader.Size)) {
+			return bad("bootloader 0x%x+%d overlaps the application area", b.Bootloader.Base, b.Bootloader.Size)
+		}
+		if b.Baud <= 0 {
+			return bad("missing baud")
+		}
+	}
+	switch b.Arch {
+	case "avr":
+		if _, err := b.AVRSignature(); err != nil {
+			return err
+		}
+	case "cortex-m":
+		if b.CPU == "" {
+			return bad("a cortex-m board needs cpu")
+		}
+		if _, err := b.ProductID(); err != nil {
+			return err
+		}
+	case "aarch64", "armv7":
+		if b.DTB == "" {
+			return bad("a Raspberry Pi board needs dtb")
+		}
+	}
+	switch {
+	case b.Reset == "", b.Reset == "dtr", b.Reset == "rts", b.Reset == "1200bps", b.Reset == "none":
+	case strings.HasPrefix(b.Reset, "gpio:") && len(b.Reset) > 5:
+	default:
+		return bad("unknown reset %q (want dtr, rts, 1200bps, gpio:NAME or none)", b.Reset)
+	}
+	return nil
+}
+
+// Parse decodes one board file. parent, if not nil, supplies inherited fields.
+func Parse(name string, data []byte, parent *Board) (*Board, error) {
+	var b Board
+	if parent != nil {
+		b = *parent
+		b.Protocols = nil
+		b.USB = append([]string(nil), parent.USB...)
+	}
+	md, err := toml.Decode(string(data), &b)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return nil, fmt.Errorf("%s:%d:%d: %s", name, perr.Position.Line, perr.Position.Col, perr.Message)
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("%s: unknown key %q", name, und[0].String())
+	}
+	if parent != nil && !md.IsDefined("protocols") {
+		b.Protocols = append([]string(nil), parent.Protocols...)
+	}
+	if len(b.Protocols) == 0 {
+		b.Protocols = []string{b.Protocol}
+	}
+	b.Inherits = ""
+	if err := b.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &b, nil
+}
+
+// Get loads the named board.
+func Get(name string) (*Board, error) {
+	return get(name, 0)
+}
+
+func get(name string, depth int) (*Board, error) {
+	if depth > 8 {
+		return nil, fmt.Errorf("board %s: inheritance is too deep", name)
+	}
+	data, err := files.ReadFile(name + ".toml")
+	if err != nil || strings.ContainsAny(name, "/\\") {
+		return nil, fmt.Errorf("%w %q (see kiln boards)", ErrUnknown, name)
+	}
+	var head struct {
+		Inherits string `toml:"inherits"`
+	}
+	if _, err := toml.Decode(string(data), &head); err != nil {
+		return nil, fmt.Errorf("boards/%s.toml: %w", name, err)
+	}
+	var parent *Board
+	if head.Inherits != "" {
+		if parent, err = get(head.Inherits, depth+1); err != nil {
+			return nil, fmt.Errorf("board %s inherits: %w", name, err)
+		}
+	}
+	b, err := Parse("boards/"+name+".toml", data, parent)
+	if err != nil {
+		return nil, err
+	}
+	if b.Name != name {
+		return nil, fmt.Errorf("boards/%s.toml: name is %q", name, b.Name)
+	}
+	return b, nil
+}
+
+// Names lists every board kiln knows, sorted.
+func Names() []string {
+	ents, _ := fs.Glob(files, "*.toml")
+	names := make([]string, 0, len(ents))
+	for _, e := range ents {
+		names = append(names, strings.TrimSuffix(e, ".toml"))
+	}
+	sort.Strings(names)
+	return names
+}
+
+// All loads every board.
+func All() ([]*Board, error) {
+	var all []*Board
+	for _, n := range Names() {
+		b, err := Get(n)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, b)
+	}
+	return all, nil
+}

@@ -1,0 +1,103 @@
+package flash
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
+
+// Progress is told how far long work has come. done and total are bytes;
+// phase is "erase", "write", "read" or "verify". It may be nil.
+type Progress func(phase string, done, total int64)
+
+// Report calls p if it is not nil.
+func (p Progress) Report(phase string, done, total int64) {
+	if p != nil {
+		p(phase, done, total)
+	}
+}
+
+// Target is a device a back end can write and read.
+type Target interface {
+	// Write erases what the image needs and programs it.
+	Write(ctx context.Context, img *Image, p Progress) error
+	// ReadBack reads a region of the device's memory.
+	ReadBack(ctx context.Context, r Region, p Progress) ([]byte, error)
+}
+
+// Identifier is implemented by targets that can name the device they talk to
+// (an AVR signature, an STM32 product and unique ID, a Pi serial).
+type Identifier interface {
+	Identity() string
+}
+
+// Result is the proof a flash or a verify ends with.
+type Result struct {
+	Device       string        `json:"device,omitempty"`
+	ImageSHA256  string        `json:"image_sha256"`
+	DeviceSHA256 string        `json:"device_sha256"`
+	Bytes        int           `json:"bytes"`
+	Verified     bool          `json:"verified"`
+	WriteTime    time.Duration `json:"write_ns,omitempty"`
+	VerifyTime   time.Duration `json:"verify_ns"`
+}
+
+// Program writes img to t and proves it by reading it back. It returns
+// ErrVerify when the device's content differs from the image; it never
+// returns a nil error without a matching read-back.
+func Program(ctx context.Context, t Target, img *Image, p Progress) (Result, error) {
+	start := time.Now()
+	if err := t.Write(ctx, img, p); err != nil {
+		return Result{ImageSHA256: img.SHA256(), Bytes: img.Size()}, err
+	}
+	wrote := time.Since(start)
+	res, err := Verify(ctx, t, img, p)
+	res.WriteTime = wrote
+	return res, err
+}
+
+// Verify reads back every segment of img from t and compares the hashes.
+func Verify(ctx context.Context, t Target, img *Image, p Progress) (Result, error) {
+	start := time.Now()
+	res := Result{ImageSHA256: img.SHA256(), Bytes: img.Size()}
+	if id, ok := t.(Identifier); ok {
+		res.Device = id.Identity()
+	}
+	h := sha256.New()
+	var firstDiff = -1
+	var diffAddr uint32
+	done := int64(0)
+	for _, s := range img.Segments {
+		base := done
+		got, err := t.ReadBack(ctx, Region{Addr: s.Addr, Size: len(s.Data)}, func(phase string, d, _ int64) {
+			p.Report("verify", base+d, int64(img.Size()))
+		})
+		if err != nil {
+			return res, fmt.Errorf("read back 0x%x+%d: %w", s.Addr, len(s.Data), err)
+		}
+		if len(got) != len(s.Data) {
+			return res, fmt.Errorf("read back 0x%x: got %d bytes, want %d: %w", s.Addr, len(got), len(s.Data), ErrVerify)
+		}
+		h.Write(got)
+		if firstDiff < 0 && !bytes.Equal(got, s.Data) {
+			for i := range got {
+				if got[i] != s.Data[i] {
+					firstDiff, diffAddr = i, s.Addr+uint32(i)
+					break
+				}
+			}
+		}
+		done += int64(len(s.Data))
+		p.Report("verify", done, int64(img.Size()))
+	}
+	res.DeviceSHA256 = hex.EncodeToString(h.Sum(nil))
+	res.VerifyTime = time.Since(start)
+	if res.DeviceSHA256 != res.ImageSHA256 {
+		return res, fmt.Errorf("first difference at 0x%x: device sha256 %s, image sha256 %s: %w", diffAddr, res.DeviceSHA256, res.ImageSHA256, ErrVerify)
+	}
+	res.Verified = true
+	return res, nil
+}
