@@ -1,0 +1,300 @@
+package trust
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+
+	"github.com/BurntSushi/toml"
+)
+
+// ErrUntrusted means the policy forbids writing the artifact: it needs a
+// signature and has none, or its signature is not from a trusted key or does
+// not match. The CLI maps it to exit code 4.
+var ErrUntrusted = errors.New("untrusted artifact")
+
+// Policy says which keys are trusted and where a signature is required.
+//
+//	[[key]]
+//	name = "release"
+//	public_key = "RWQ…"           # minisign's base64 line, or
+//	file = "keys/release.pub"     # a public key file, relative to the policy
+//
+//	[default]
+//	require_signature = false
+//
+//	[[rule]]                      # every selector given must match (globs)
+//	boards = ["arduino-*"]
+//	groups = ["line-a"]
+//	ports  = ["/dev/ttyUSB*", "emu:*"]
+//	require_signature = true
+//	keys = ["release"]            # accepted keys (default: every key)
+type Policy struct {
+	Keys    []PolicyKey `toml:"key"`
+	Default struct {
+		RequireSignature bool `toml:"require_signature"`
+	} `toml:"default"`
+	Rules []Rule `toml:"rule"`
+
+	// Source is the file the policy came from.
+	Source string `toml:"-"`
+	keys   map[string]*PublicKey
+}
+
+// PolicyKey is one trusted public key.
+type PolicyKey struct {
+	Name      string `toml:"name"`
+	PublicKey string `toml:"public_key"`
+	File      string `toml:"file"`
+}
+
+// Rule selects devices by board, group and port (path.Match globs; an empty
+// list matches anything) and says whether they need signed artifacts.
+type Rule struct {
+	Boards           []string `toml:"boards"`
+	Groups           []string `toml:"groups"`
+	Ports            []string `toml:"ports"`
+	RequireSignature bool     `toml:"require_signature"`
+	Keys             []string `toml:"keys"`
+}
+
+// LoadPolicy reads and validates a policy file.
+func LoadPolicy(file string) (*Policy, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("trust: policy: %w", err)
+	}
+	return ParsePolicy(data, file)
+}
+
+// ParsePolicy parses a policy; key files are resolved relative to the
+// directory of source.
+func ParsePolicy(data []byte, source string) (*Policy, error) {
+	p := &Policy{Source: source, keys: map[string]*PublicKey{}}
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(p)
+	if err != nil {
+		return nil, fmt.Errorf("trust: policy %s: %w", source, err)
+	}
+	if u := md.Undecoded(); len(u) > 0 {
+		return nil, fmt.Errorf("trust: policy %s: unknown field %q", source, u[0].String())
+	}
+	for i, k := range p.Keys {
+		if k.Name == "" {
+			return nil, fmt.Errorf("trust: policy %s: key %d has no name", source, i+1)
+		}
+		if _, dup := p.keys[k.Name]; dup {
+			return nil, fmt.Errorf("trust: policy %s: key %q named twice", source, k.Name)
+		}
+		var raw []byte
+		switch {
+		case k.PublicKey != "" && k.File != "":
+			return nil, fmt.Errorf("trust: policy %s: key %q: give public_key or file, not both", source, k.Name)
+		case k.PublicKey != "":
+			raw = []byte(k.PublicKey)
+		case k.File != "":
+			f := k.File
+			if !filepath.IsAbs(f) {
+				f = filepath.Join(filepath.Dir(source), f)
+			}
+			if raw, err = os.ReadFile(f); err != nil {
+				return nil, fmt.Errorf("trust: policy %s: key %q: %w", source, k.Name, err)
+			}
+		default:
+			return nil, fmt.Errorf("trust: policy %s: key %q: no public_key or file", source, k.Name)
+		}
+		pk, err := ParsePublicKey(raw)
+		if err != nil {
+			return nil, fmt.Errorf("trust: policy %s: key %q: %w", source, k.Name, err)
+		}
+		p.keys[k.Name] = pk
+	}
+	for i, r := range p.Rules {
+		for _, n := range r.Keys {
+			if p.keys[n] == nil {
+				return nil, fmt.Errorf("trust: policy %s: rule %d: unknown key %q", source, i+1, n)
+			}
+		}
+		for _, g := range append(append(append([]string(nil), r.Boards...), r.Groups...), r.Ports...) {
+			if _, err := path.Match(g, ""); err != nil {
+				return nil, fmt.Errorf("trust: policy %s: rule %d: bad pattern %q", source, i+1, g)
+			}
+		}
+	}
+	if (p.Default.RequireSignature || anyRequires(p.Rules)) && len(p.keys) == 0 {
+		return nil, fmt.Errorf("trust: policy %s: signatures are required but no key is trusted", source)
+	}
+	return p, nil
+}
+
+func anyRequires(rs []Rule) bool {
+	for _, r := range rs {
+		if r.RequireSignature {
+			return true
+		}
+	}
+	return false
+}
+
+// Target is where an artifact is about to go.
+type Target struct {
+	Board string
+	Group string
+	Port  string
+}
+
+func (t Target) String() string {
+	s := t.Board
+	if t.Group != "" {
+		s += " (group " + t.Group + ")"
+	}
+	if t.Port != "" {
+		s += " on " + t.Port
+	}
+	return s
+}
+
+func matchAny(pats []string, s string) bool {
+	if len(pats) == 0 {
+		return true
+	}
+	for _, p := range pats {
+		if ok, _ := path.Match(p, s); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (r Rule) matches(t Target) bool {
+	return matchAny(r.Boards, t.Board) && matchAny(r.Groups, t.Group) && matchAny(r.Ports, t.Port)
+}
+
+// Requirement is what the policy asks of an artifact for a target.
+type Requirement struct {
+	Signed bool
+	// Keys are the accepted keys' names (sorted as in the policy).
+	Keys []string
+}
+
+// For returns what the policy requires for t. When several matching rules
+// require a signature, a key must be accepted by all of them.
+func (p *Policy) For(t Target) Requirement {
+	req := Requirement{Signed: p.Default.RequireSignature}
+	accepted := map[string]bool{}
+	for _, k := range p.Keys {
+		accepted[k.Name] = true
+	}
+	for _, r := range p.Rules {
+		if !r.matches(t) || !r.RequireSignature {
+			continue
+		}
+		req.Signed = true
+		if len(r.Keys) == 0 {
+			continue
+		}
+		allow := map[string]bool{}
+		for _, n := range r.Keys {
+			allow[n] = true
+		}
+		for n := range accepted {
+			if !allow[n] {
+				delete(accepted, n)
+			}
+		}
+	}
+	for _, k := range p.Keys {
+		if accepted[k.Name] {
+			req.Keys = append(req.Keys, k.Name)
+		}
+	}
+	return req
+}
+
+// Decision is the outcome of a successful Check.
+type Decision struct {
+	Required bool      `json:"required"`
+	Signed   bool      `json:"signed"`
+	KeyName  string    `json:"key,omitempty"`
+	KeyID    string    `json:"key_id,omitempty"`
+	Claims   *Claims   `json:"claims,omitempty"`
+	Verified *Verified `json:"-"`
+}
+
+// Check decides whether artifact (the bytes about to be written, read from
+// r) may go to t. sig is the content of its .minisig file, or nil when there
+// is none. A signature that is present is always checked: a bad one is
+// refused even where none is required. Refusals wrap ErrUntrusted.
+func (p *Policy) Check(t Target, name string, r io.Reader, sig []byte) (*Decision, error) {
+	req := p.For(t)
+	d := &Decision{Required: req.Signed}
+	if sig == nil {
+		if req.Signed {
+			return nil, fmt.Errorf("%w: policy %s requires a signed artifact for %s, and %s has no signature", ErrUntrusted, p.Source, t, name)
+		}
+		return d, nil
+	}
+	s, err := ParseSignature(sig)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrUntrusted, name, err)
+	}
+	names := req.Keys
+	if !req.Signed {
+		names = nil
+		for _, k := range p.Keys {
+			names = append(names, k.Name)
+		}
+	}
+	if len(names) == 0 {
+		if req.Signed {
+			return nil, fmt.Errorf("%w: policy %s: no key is accepted by every rule for %s", ErrUntrusted, p.Source, t)
+		}
+		return d, nil // nothing to check the signature against
+	}
+	keys := make([]*PublicKey, len(names))
+	for i, n := range names {
+		keys[i] = p.keys[n]
+	}
+	v, err := VerifyArtifact(keys, r, s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s for %s: %w", ErrUntrusted, name, t, err)
+	}
+	d.Signed, d.Verified, d.Claims, d.KeyID = true, v, &v.Claims, v.Key.ID.String()
+	for i, k := range keys {
+		if k == v.Key {
+			d.KeyName = names[i]
+		}
+	}
+	return d, nil
+}
+
+// KeyNames lists the policy's trusted keys, as named in the file.
+func (p *Policy) KeyNames() []string {
+	var ns []string
+	for _, k := range p.Keys {
+		ns = append(ns, k.Name)
+	}
+	return ns
+}
+
+// Key returns the trusted key with the given name.
+func (p *Policy) Key(name string) *PublicKey { return p.keys[name] }
+
+// SigPath is where kiln looks for an artifact's signature: next to it, with
+// ".minisig" appended (minisign's default).
+func SigPath(artifact string) string { return artifact + ".minisig" }
+
+// ReadSig reads the signature file at file; a missing file is (nil, nil).
+func ReadSig(file string) ([]byte, error) {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("trust: %w", err)
+	}
+	return b, nil
+}
