@@ -13,4 +13,7 @@ var (
 	// ErrBadImage marks an image that cannot go to the board: out of range,
 	// over the bootloader, wrong architecture, empty or malformed.
 	ErrBadImage = errors.New("bad image")
+	// ErrWrongDevice means the device answered but is not the board asked
+	// for (its signature or product ID differs); nothing was written.
+	ErrWrongDevice = errors.New("wrong device")
 )
