@@ -56,6 +56,19 @@ type Target struct {
 	MassErase bool
 	// Recovered counts operations that failed and succeeded on a retry.
 	Recovered int
+
+	closer interface{ Close() error }
+}
+
+// Close releases the device (a USB device opened by Open). It does not
+// leave DFU mode; Leave does.
+func (t *Target) Close() error {
+	if t.closer == nil {
+		return nil
+	}
+	err := t.closer.Close()
+	t.closer = nil
+	return err
 }
 
 // New returns a Target for a DfuSe device behind c. It does no I/O.
