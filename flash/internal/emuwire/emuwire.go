@@ -101,7 +101,12 @@ func (w *Wire) Attach(rw io.ReadWriter) <-chan struct{} {
 	w.mu.Lock()
 	w.w = rw
 	w.queue = w.queue[:0]
+	w.out = w.out[:0]
 	w.readErr = nil
+	w.reset = false
+	w.fired = false
+	w.kick = time.Now()
+	w.watchdog = w.cfg.Watchdog
 	w.mu.Unlock()
 	done := make(chan struct{})
 	go func() {

@@ -1,0 +1,280 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/serialport"
+	"kiln.dev/kiln/flash/stk500"
+	"kiln.dev/kiln/flash/stk500/stk500test"
+)
+
+// Session is an open device: write and read it, then close it.
+type Session interface {
+	flash.Target
+	flash.Identifier
+	io.Closer
+}
+
+// Options tune how a session is opened. The zero value uses the board's
+// settings.
+type Options struct {
+	// Baud overrides the board's line rate.
+	Baud int
+	// Reset overrides the board's reset kind ("dtr", "rts", "1200bps",
+	// "gpio:NAME", "none").
+	Reset string
+	// Pins resolves gpio:NAME resets (tests pass periph's gpiotest pins).
+	Pins map[string]serialport.Pin
+	// Note receives remarks for the user, such as a port without modem lines.
+	Note func(string)
+	// Timeout is a protocol's per-answer timeout; Tries its sync attempts.
+	// Zero keeps the back end's defaults.
+	Timeout time.Duration
+	Tries   int
+	// Emulator configures emu: devices.
+	Emulator EmulatorOptions
+}
+
+// ErrUnsupported means kiln has no back end for the protocol here.
+var ErrUnsupported = errors.New("protocol not supported")
+
+// Open opens spec for board b with protocol (b.Protocol if empty).
+func Open(ctx context.Context, spec string, b *boards.Board, protocol string, opts Options) (Session, error) {
+	if protocol == "" {
+		protocol = b.Protocol
+	}
+	if !b.Supports(protocol) {
+		return nil, fmt.Errorf("device: %s does not speak %s (it speaks %s)", b.Name, protocol, strings.Join(b.Protocols, ", "))
+	}
+	if opts.Note == nil {
+		opts.Note = func(string) {}
+	}
+	switch protocol {
+	case "dfuse":
+		// dfu: USB DFU/DfuSe opens its own specs (dfu:[VID:PID][,serial=S],
+		// auto, emu:BOARD). Return its session here, e.g.
+		//   return dfu.Open(ctx, spec, b, ...)
+		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+	case "ssh", "blockdev":
+		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+	}
+	if strings.HasPrefix(spec, "dfu:") {
+		return nil, fmt.Errorf("device: port %s is a USB DFU device, but %s speaks %s here (try --protocol dfuse)", spec, b.Name, protocol)
+	}
+	line, err := openLine(ctx, spec, b, protocol, opts)
+	if err != nil {
+		return nil, err
+	}
+	s, err := connect(ctx, protocol, line, b, opts)
+	if err != nil {
+		line.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Line is an open byte stream to a bootloader and its reset pulse.
+type Line struct {
+	io.ReadWriteCloser
+	// Name is the port as the user knows it (/dev/ttyACM0, emu:arduino-uno).
+	Name string
+	// Reset pulses the board's reset and waits for its bootloader; nil if
+	// the line cannot reset the board.
+	Reset func(ctx context.Context) error
+}
+
+// connect starts protocol on line. A serial back end adds its case here.
+func connect(ctx context.Context, protocol string, line *Line, b *boards.Board, opts Options) (Session, error) {
+	baud := opts.Baud
+	if baud <= 0 {
+		baud = b.Baud
+	}
+	switch protocol {
+	case "stk500v1":
+		sig, err := b.AVRSignature()
+		if err != nil {
+			return nil, err
+		}
+		c := stk500.New(line, stk500.Config{
+			Signature: sig, PageSize: int(b.Flash.Page), Baud: baud,
+			Reset: line.Reset, Tries: opts.Tries, Timeout: opts.Timeout,
+		})
+		if err := c.Connect(ctx); err != nil {
+			return nil, err
+		}
+		return NewSession(c, c, line), nil
+	case "stm32-uart":
+		// stm32: build the AN3155 client on line (an io.ReadWriter; line.Reset
+		// pulses NRST when the board has a reset), connect, then
+		//   return NewSession(c, c, line), nil
+		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+	}
+	return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+}
+
+// EmulatorOptions configure an emulated device.
+type EmulatorOptions struct {
+	// Pace delivers bytes at the board's baud rate, as a UART would.
+	Pace bool
+}
+
+// Emulator is a device model that serves its protocol on a byte stream.
+type Emulator interface {
+	Serve(ctx context.Context, rw io.ReadWriter) error
+}
+
+// Resetter is an emulator with a reset pin.
+type Resetter interface {
+	Reset()
+}
+
+// Stateful is an emulator whose application flash can be loaded and saved
+// (kiln emulate --state).
+type Stateful interface {
+	AppFlash() []byte
+	LoadAppFlash([]byte) error
+	// OnSessionEnd registers f, called after every programming session
+	// that wrote flash.
+	OnSessionEnd(f func())
+}
+
+// NewEmulator returns the device model of board b speaking protocol (b's
+// default if empty or if b does not speak it). A back end with an emulator
+// adds its case here.
+func NewEmulator(b *boards.Board, protocol string, opts EmulatorOptions) (Emulator, string, error) {
+	if protocol == "" || !b.Supports(protocol) {
+		protocol = b.Protocol
+	}
+	switch protocol {
+	case "stk500v1":
+		cfg, err := stk500test.ForBoard(b)
+		if err != nil {
+			return nil, "", err
+		}
+		cfg.Pace = opts.Pace
+		return stk500test.New(cfg), protocol, nil
+	case "stm32-uart":
+		// stm32: return stm32test.New(...), protocol, nil
+	case "dfuse":
+		// dfu: a DFU emulator is not a byte stream; emu: specs for dfuse
+		// are resolved in Open's dfuse case.
+	}
+	return nil, "", fmt.Errorf("device: no %s emulator for %s: %w", protocol, b.Name, ErrUnsupported)
+}
+
+// openLine opens the byte stream spec names.
+func openLine(ctx context.Context, spec string, b *boards.Board, protocol string, opts Options) (*Line, error) {
+	if name, ok := strings.CutPrefix(spec, "emu:"); ok {
+		return openEmulator(name, protocol, opts)
+	}
+	path := spec
+	if spec == "auto" || strings.HasPrefix(spec, "usb:") {
+		p, err := serialport.Find(b, spec)
+		if err != nil {
+			return nil, err
+		}
+		path = p
+	}
+	reset := b.Reset
+	if opts.Reset != "" {
+		reset = opts.Reset
+	}
+	baud := opts.Baud
+	if baud <= 0 {
+		baud = b.Baud
+	}
+	p, err := serialport.Open(ctx, path, serialport.Options{Baud: baud, Reset: reset, Pins: opts.Pins, Note: opts.Note})
+	if err != nil {
+		return nil, err
+	}
+	l := &Line{ReadWriteCloser: p, Name: path}
+	if reset != "" && reset != "none" && reset != "1200bps" {
+		l.Reset = p.Reset
+	}
+	return l, nil
+}
+
+// openEmulator starts an emulator of board name on one end of an in-memory
+// pipe and returns the other end. Closing the line stops the emulator.
+func openEmulator(name, protocol string, opts Options) (*Line, error) {
+	eb, err := boards.Get(name)
+	if err != nil {
+		return nil, fmt.Errorf("device: emu:%s: %w", name, err)
+	}
+	if !eb.Supports(protocol) {
+		opts.Note(fmt.Sprintf("emu:%s speaks %s, not %s", name, eb.Protocol, protocol))
+	}
+	emu, _, err := NewEmulator(eb, protocol, opts.Emulator)
+	if err != nil {
+		return nil, err
+	}
+	host, dev := net.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- emu.Serve(ctx, dev) }()
+	l := &Line{ReadWriteCloser: &emuConn{Conn: host, stop: func() error {
+		cancel()
+		dev.Close()
+		return <-done
+	}}, Name: "emu:" + name}
+	if r, ok := emu.(Resetter); ok {
+		l.Reset = func(context.Context) error { r.Reset(); return nil }
+	}
+	return l, nil
+}
+
+type emuConn struct {
+	net.Conn
+	once sync.Once
+	stop func() error
+	err  error
+}
+
+func (c *emuConn) Close() error {
+	c.once.Do(func() {
+		c.Conn.Close()
+		c.err = c.stop()
+	})
+	return c.err
+}
+
+// NewSession joins a target, its identity and what must be closed after it
+// (in order: the protocol client first, then the line) into a Session.
+// Closers may be nil.
+func NewSession(t flash.Target, id flash.Identifier, closers ...io.Closer) Session {
+	return &session{Target: t, id: id, closers: closers}
+}
+
+type session struct {
+	flash.Target
+	id      flash.Identifier
+	closers []io.Closer
+}
+
+func (s *session) Identity() string {
+	if s.id == nil {
+		return ""
+	}
+	return s.id.Identity()
+}
+
+func (s *session) Close() error {
+	var errs []error
+	for _, c := range s.closers {
+		if c != nil {
+			if err := c.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

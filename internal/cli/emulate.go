@@ -1,0 +1,206 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/flash/device"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:      "emulate",
+		Usage:     "serve a board's bootloader emulator on a pseudo-terminal",
+		ArgsUsage: "BOARD",
+		Description: "Prints \"port: /dev/pts/N\" as its first line, then serves until interrupted. " +
+			"Each time a program opens the port the emulated board is reset into its bootloader " +
+			"(a pty has no DTR line). With --state, the application flash is loaded from FILE at " +
+			"start and saved to it after every programming session and on exit.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "state", Usage: "`FILE` holding the emulated application flash"},
+			protocolFlag,
+			&cli.BoolFlag{Name: "pace", Usage: "deliver bytes at the board's baud rate, as a UART would"},
+		},
+		Action: runEmulate,
+	})
+}
+
+func runEmulate(c *cli.Context) error {
+	e := envOf(c)
+	args, err := trailingFlags(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
+		return usagef("emulate: want one BOARD (see kiln emulate --help)")
+	}
+	b, err := boards.Get(args[0])
+	if err != nil {
+		return withHint(err, "kiln boards lists the boards kiln knows")
+	}
+	emu, protocol, err := device.NewEmulator(b, c.String("protocol"), device.EmulatorOptions{Pace: c.Bool("pace")})
+	if err != nil {
+		return err
+	}
+	var save func() error
+	if path := c.String("state"); path != "" {
+		st, ok := emu.(device.Stateful)
+		if !ok {
+			return fmt.Errorf("emulate: the %s emulator keeps no state", protocol)
+		}
+		if data, err := os.ReadFile(path); err == nil {
+			if err := st.LoadAppFlash(data); err != nil {
+				return fmt.Errorf("emulate: load %s: %w", path, err)
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("emulate: %w", err)
+		}
+		var mu sync.Mutex
+		save = func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			return writeAtomic(path, st.AppFlash())
+		}
+		if err := save(); err != nil {
+			return fmt.Errorf("emulate: save state: %w", err)
+		}
+		st.OnSessionEnd(func() {
+			if err := save(); err != nil {
+				fmt.Fprintf(e.stderr, "kiln: emulate: save state: %v\n", err)
+			}
+		})
+	}
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		return fmt.Errorf("emulate: open a pseudo-terminal: %w", err)
+	}
+	defer ptmx.Close()
+	name := tty.Name()
+	// Close our side of the terminal: the master then sees a hangup while no
+	// program has the port open, which is how an open is noticed.
+	tty.Close()
+	fmt.Fprintf(e.stdout, "port: %s\n", name)
+	fmt.Fprintf(e.stderr, "emulating %s (%s) on %s; interrupt to stop\n", b.Name, protocol, name)
+	err = servePTY(c.Context, ptmx, emu)
+	if save != nil {
+		if serr := save(); serr != nil && err == nil {
+			err = fmt.Errorf("emulate: save state: %w", serr)
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// servePTY serves emu each time a program opens the pty's other end; each
+// session starts the emulated board afresh in its bootloader.
+func servePTY(ctx context.Context, ptmx *os.File, emu device.Emulator) error {
+	fd := int(ptmx.Fd())
+	for {
+		// Wait for a program to open the port.
+		for {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(fds, 50); err != nil && !errors.Is(err, unix.EINTR) {
+				return fmt.Errorf("emulate: poll: %w", err)
+			}
+			if fds[0].Revents&unix.POLLHUP == 0 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // POLLHUP is level-triggered: poll would spin
+		}
+		if r, ok := emu.(device.Resetter); ok {
+			r.Reset()
+		}
+		conn := &ptyConn{fd: fd, ctx: ctx}
+		if err := emu.Serve(ctx, conn); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+	}
+}
+
+// ptyConn reads and writes the pty master; Read returns io.EOF when the
+// program on the other end closes the port.
+type ptyConn struct {
+	fd  int
+	ctx context.Context
+}
+
+func (p *ptyConn) Read(b []byte) (int, error) {
+	for {
+		if err := p.ctx.Err(); err != nil {
+			return 0, err
+		}
+		fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, 50); err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return 0, err
+		}
+		switch {
+		case fds[0].Revents&unix.POLLIN != 0:
+			n, err := unix.Read(p.fd, b)
+			if errors.Is(err, unix.EIO) {
+				return 0, io.EOF
+			}
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				return 0, err
+			}
+			return n, nil
+		case fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0:
+			return 0, io.EOF
+		}
+	}
+}
+
+func (p *ptyConn) Write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := unix.Write(p.fd, b[n:])
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n += m
+	}
+	return n, nil
+}
+
+// writeAtomic writes data to path through a temporary file and a rename.
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".kiln-state-*")
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
