@@ -1,0 +1,400 @@
+package fetch
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/bzip2"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+// ErrBadArchive is returned (wrapped) for a .deb, ar or tar archive that is
+// malformed or holds something kiln refuses to unpack (a path leaving the
+// tree, a file written through a symlink, a device node).
+var ErrBadArchive = errors.New("bad archive")
+
+const arMagic = "!<arch>\n"
+
+// arHeader is one member of an ar archive.
+type arHeader struct {
+	Name string
+	Size int64
+	Mode int64
+}
+
+// arReader reads the members of a common (System V / GNU) ar archive, the
+// container format of a .deb.
+type arReader struct {
+	r       io.Reader
+	left    int64 // bytes of the current member not yet read
+	pad     bool  // the current member is followed by a padding byte
+	started bool
+}
+
+func newArReader(r io.Reader) *arReader { return &arReader{r: r} }
+
+// Next skips to the next member; io.EOF after the last.
+func (a *arReader) Next() (*arHeader, error) {
+	if !a.started {
+		var magic [8]byte
+		if _, err := io.ReadFull(a.r, magic[:]); err != nil {
+			return nil, fmt.Errorf("%w: ar: no magic: %v", ErrBadArchive, err)
+		}
+		if string(magic[:]) != arMagic {
+			return nil, fmt.Errorf("%w: ar: not an ar archive", ErrBadArchive)
+		}
+		a.started = true
+	}
+	skip := a.left
+	if a.pad {
+		skip++
+	}
+	if skip > 0 {
+		if _, err := io.CopyN(io.Discard, a.r, skip); err != nil {
+			return nil, fmt.Errorf("%w: ar: truncated member: %v", ErrBadArchive, err)
+		}
+	}
+	a.left, a.pad = 0, false
+	var h [60]byte
+	n, err := io.ReadFull(a.r, h[:])
+	if err == io.EOF {
+		return nil, io.EOF
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: ar: truncated header (%d bytes)", ErrBadArchive, n)
+	}
+	if h[58] != '`' || h[59] != '\n' {
+		return nil, fmt.Errorf("%w: ar: bad header terminator", ErrBadArchive)
+	}
+	field := func(b []byte) string { return strings.TrimRight(string(b), " ") }
+	name := strings.TrimSuffix(field(h[0:16]), "/") // GNU ar ends names with '/'
+	size, err := strconv.ParseInt(field(h[48:58]), 10, 64)
+	if err != nil || size < 0 {
+		return nil, fmt.Errorf("%w: ar: member %q: bad size %q", ErrBadArchive, name, field(h[48:58]))
+	}
+	mode, _ := strconv.ParseInt(field(h[40:48]), 8, 64)
+	if name == "" {
+		return nil, fmt.Errorf("%w: ar: member without a name", ErrBadArchive)
+	}
+	a.left, a.pad = size, size%2 == 1
+	return &arHeader{Name: name, Size: size, Mode: mode}, nil
+}
+
+// Read reads the current member's data.
+func (a *arReader) Read(p []byte) (int, error) {
+	if a.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > a.left {
+		p = p[:a.left]
+	}
+	n, err := a.r.Read(p)
+	a.left -= int64(n)
+	if err == io.EOF {
+		if a.left > 0 {
+			return n, fmt.Errorf("%w: ar: truncated member", ErrBadArchive)
+		}
+		err = nil
+	}
+	return n, err
+}
+
+// IsDeb reports whether the file at name is a Debian binary package.
+func IsDeb(name string) bool {
+	f, err := os.Open(name)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	a := newArReader(bufio.NewReader(f))
+	h, err := a.Next()
+	return err == nil && h.Name == "debian-binary"
+}
+
+// UnpackDeb unpacks the data.tar of the .deb read from r into dir, the way
+// `dpkg-deb -x` does: paths relative to dir, symlinks and hardlinks kept,
+// permission bits kept but set-id bits dropped; modification times are not
+// restored. It runs no maintainer scripts. dir may already hold files (a
+// merged toolchain tree): an identical file is fine, a different one is an
+// error. Concurrent UnpackDeb calls into the same dir are safe.
+func UnpackDeb(r io.Reader, dir string) error {
+	a := newArReader(r)
+	h, err := a.Next()
+	if err != nil {
+		return fmt.Errorf("deb: %w", err)
+	}
+	if h.Name != "debian-binary" {
+		return fmt.Errorf("deb: %w: first member is %q, not debian-binary", ErrBadArchive, h.Name)
+	}
+	ver, err := io.ReadAll(io.LimitReader(a, 64))
+	if err != nil {
+		return fmt.Errorf("deb: %w", err)
+	}
+	if !strings.HasPrefix(string(ver), "2.") {
+		return fmt.Errorf("deb: %w: format %q is not 2.x", ErrBadArchive, strings.TrimSpace(string(ver)))
+	}
+	for {
+		h, err := a.Next()
+		if err == io.EOF {
+			return fmt.Errorf("deb: %w: no data.tar member", ErrBadArchive)
+		}
+		if err != nil {
+			return fmt.Errorf("deb: %w", err)
+		}
+		if !strings.HasPrefix(h.Name, "data.tar") {
+			continue
+		}
+		dec, closeDec, err := decompressor(h.Name, bufio.NewReaderSize(a, 1<<20))
+		if err != nil {
+			return fmt.Errorf("deb: %w", err)
+		}
+		err = UnpackTar(dec, dir)
+		closeDec()
+		if err != nil {
+			return fmt.Errorf("deb: %s: %w", h.Name, err)
+		}
+		return nil
+	}
+}
+
+// decompressor picks the decompressor for a data.tar member by its suffix.
+func decompressor(name string, r io.Reader) (io.Reader, func(), error) {
+	nop := func() {}
+	switch path.Ext(name) {
+	case ".tar":
+		return r, nop, nil
+	case ".xz":
+		x, err := xz.NewReader(r)
+		if err != nil {
+			return nil, nop, fmt.Errorf("%w: %s: %v", ErrBadArchive, name, err)
+		}
+		return x, nop, nil
+	case ".gz":
+		z, err := gzip.NewReader(r)
+		if err != nil {
+			return nil, nop, fmt.Errorf("%w: %s: %v", ErrBadArchive, name, err)
+		}
+		return z, func() { z.Close() }, nil
+	case ".zst":
+		z, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, nop, fmt.Errorf("%w: %s: %v", ErrBadArchive, name, err)
+		}
+		return z, z.Close, nil
+	case ".bz2":
+		return bzip2.NewReader(r), nop, nil
+	}
+	return nil, nop, fmt.Errorf("%w: unknown compression of %s", ErrBadArchive, name)
+}
+
+// cleanName turns a tar entry name into a path relative to the tree root,
+// refusing anything that would leave it. "" is the root itself.
+func cleanName(name string) (string, error) {
+	n := path.Clean("/" + strings.TrimPrefix(name, "./"))
+	if strings.Contains(name, "\x00") {
+		return "", fmt.Errorf("%w: name %q", ErrBadArchive, name)
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", fmt.Errorf("%w: %q leaves the tree", ErrBadArchive, name)
+		}
+	}
+	return strings.TrimPrefix(n, "/"), nil
+}
+
+// tree writes into one root directory, making sure no write goes through
+// a symlink (a tar may hold "a -> /etc" and then "a/passwd"). Several trees
+// may write into one root at once: directories another made are accepted.
+type tree struct {
+	root string
+	mu   sync.Mutex
+	dirs map[string]bool // relative dirs known to be real directories
+}
+
+// mkdirs makes rel (a directory) and its parents, refusing symlinks on the way.
+func (t *tree) mkdirs(rel string, mode fs.FileMode) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.mkdirsLocked(rel, mode)
+}
+
+func (t *tree) mkdirsLocked(rel string, mode fs.FileMode) error {
+	if t.dirs[rel] {
+		return nil
+	}
+	if parent := path.Dir(rel); parent != "." {
+		if err := t.mkdirsLocked(parent, 0o755); err != nil {
+			return err
+		}
+	}
+	p := filepath.Join(t.root, filepath.FromSlash(rel))
+	fi, err := os.Lstat(p)
+	switch {
+	case err == nil && fi.IsDir():
+	case err == nil:
+		return fmt.Errorf("%w: %s: is a %s, not a directory", ErrBadArchive, rel, fi.Mode().Type())
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.Mkdir(p, 0o700); errors.Is(err, fs.ErrExist) {
+			if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
+				return fmt.Errorf("%w: %s: not a directory", ErrBadArchive, rel)
+			}
+		} else if err != nil {
+			return err
+		} else if err := os.Chmod(p, mode.Perm()|0o700); err != nil {
+			return err
+		}
+	default:
+		return err
+	}
+	t.dirs[rel] = true
+	return nil
+}
+
+// UnpackTar unpacks a tar stream into dir (see UnpackDeb).
+func UnpackTar(r io.Reader, dir string) error {
+	t := &tree{root: dir, dirs: map[string]bool{"": true}}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: tar: %v", ErrBadArchive, err)
+		}
+		rel, err := cleanName(h.Name)
+		if err != nil {
+			return err
+		}
+		if err := t.entry(h, rel, tr); err != nil {
+			return fmt.Errorf("tar: %s: %w", h.Name, err)
+		}
+	}
+}
+
+func (t *tree) entry(h *tar.Header, rel string, r io.Reader) error {
+	perm := fs.FileMode(h.Mode).Perm() // no set-id or sticky bits
+	if rel == "" {
+		if h.Typeflag == tar.TypeDir {
+			return nil
+		}
+		return fmt.Errorf("%w: entry names the root", ErrBadArchive)
+	}
+	if h.Typeflag == tar.TypeDir {
+		return t.mkdirs(rel, perm)
+	}
+	if parent := path.Dir(rel); parent != "." {
+		if err := t.mkdirs(parent, 0o755); err != nil {
+			return err
+		}
+	}
+	p := filepath.Join(t.root, filepath.FromSlash(rel))
+	switch h.Typeflag {
+	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars use TypeRegA
+		return writeFile(p, perm, r)
+	case tar.TypeSymlink:
+		if h.Linkname == "" {
+			return fmt.Errorf("%w: empty symlink target", ErrBadArchive)
+		}
+		err := os.Symlink(h.Linkname, p)
+		if errors.Is(err, fs.ErrExist) {
+			if old, rerr := os.Readlink(p); rerr == nil && old == h.Linkname {
+				return nil
+			}
+			return fmt.Errorf("%w: conflicts with an existing file", ErrBadArchive)
+		}
+		return err
+	case tar.TypeLink:
+		target, err := cleanName(h.Linkname)
+		if err != nil || target == "" {
+			return fmt.Errorf("%w: hardlink to %q", ErrBadArchive, h.Linkname)
+		}
+		if parent := path.Dir(target); parent != "." {
+			// Only a real directory of this tree may hold the target:
+			// mkdirs refuses a path through a symlink.
+			if err := t.mkdirs(parent, 0o755); err != nil {
+				return err
+			}
+		}
+		tp := filepath.Join(t.root, filepath.FromSlash(target))
+		fi, err := os.Lstat(tp)
+		if err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("%w: hardlink to %q, which is not a regular file unpacked before it", ErrBadArchive, h.Linkname)
+		}
+		err = os.Link(tp, p)
+		if err == nil {
+			return nil
+		}
+		src, oerr := os.Open(tp)
+		if oerr != nil {
+			return oerr
+		}
+		defer src.Close()
+		if errors.Is(err, fs.ErrExist) {
+			return sameContent(p, src)
+		}
+		return writeFile(p, fi.Mode().Perm(), src) // no hardlinks on this file system: copy
+	case tar.TypeXGlobalHeader:
+		return nil
+	}
+	return fmt.Errorf("%w: unsupported entry type %q", ErrBadArchive, string(h.Typeflag))
+}
+
+// writeFile creates p with mode perm and the content of r. If p exists (two
+// packages of a closure ship the same file), the content must be identical.
+func writeFile(p string, perm fs.FileMode, r io.Reader) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return sameContent(p, r)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func sameContent(p string, r io.Reader) error {
+	fi, err := os.Lstat(p)
+	if err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: conflicts with an existing non-file", ErrBadArchive)
+	}
+	old, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer old.Close()
+	h1, h2 := sha256.New(), sha256.New()
+	if _, err := io.Copy(h1, old); err != nil {
+		return err
+	}
+	if _, err := io.Copy(h2, r); err != nil {
+		return err
+	}
+	if !bytes.Equal(h1.Sum(nil), h2.Sum(nil)) {
+		return fmt.Errorf("%w: conflicts with an existing file of different content (sha256 %s)", ErrBadArchive, hex.EncodeToString(h1.Sum(nil)))
+	}
+	return nil
+}

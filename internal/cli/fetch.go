@@ -1,0 +1,85 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/urfave/cli/v2"
+
+	"kiln.dev/kiln/firmware/fetch"
+	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/recipes"
+)
+
+// storeFlag chooses the store; the default is $KILN_STORE or ~/.cache/kiln/store.
+var storeFlag = &cli.StringFlag{Name: "store", Usage: "store directory (default $KILN_STORE, else ~/.cache/kiln/store)"}
+
+func init() {
+	register(&cli.Command{
+		Name:      "fetch",
+		Usage:     "fetch a recipe's toolchain and inputs into the store",
+		ArgsUsage: "RECIPE_DIR",
+		Description: "Each input is fetched from its sources in order (deb: through apt-get download, https:,\n" +
+			"file:) and enters the store only if its sha256 matches the recipe. Progress goes to stderr;\n" +
+			"the store paths to stdout.",
+		Flags:  []cli.Flag{jsonFlag, storeFlag},
+		Action: runFetch,
+	})
+}
+
+type fetchedPath struct {
+	Kind string `json:"kind"` // "toolchain" or "input"
+	Name string `json:"name"`
+	Path string `json:"path"`
+}
+
+func runFetch(c *cli.Context) error {
+	if err := argN(c, 1, "RECIPE_DIR"); err != nil {
+		return err
+	}
+	e := envOf(c)
+	d, err := derive(c.Args().First())
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(c.String("store"))
+	if err != nil {
+		return err
+	}
+	f := &fetch.Fetcher{Store: st, HTTP: http.DefaultClient,
+		Log: func(s string) { fmt.Fprintf(e.stderr, "kiln: %s\n", s) }}
+	var got []fetchedPath
+	if tc := d.ToolchainDef(); tc != nil {
+		p, err := f.Toolchain(c.Context, tc)
+		if err != nil {
+			return fetchHint(err)
+		}
+		got = append(got, fetchedPath{"toolchain", tc.Name, p})
+	}
+	for _, in := range d.Recipe().Inputs {
+		p, err := f.Input(c.Context, in)
+		if err != nil {
+			return fetchHint(err)
+		}
+		got = append(got, fetchedPath{"input", in.Name, p})
+	}
+	if c.Bool("json") {
+		return e.printJSON(map[string]any{"derivation": d.Hash(), "store": st.Root, "fetched": got})
+	}
+	for _, g := range got {
+		fmt.Fprintf(e.stdout, "%s\t%s\t%s\n", g.Kind, g.Name, g.Path)
+	}
+	return nil
+}
+
+func fetchHint(err error) error {
+	switch {
+	case errors.Is(err, recipes.ErrHashMismatch):
+		return withHint(err, "a source served content other than the recipe pins; nothing was added to the store",
+			"if the new content is trusted, update the input's sha256 in the recipe")
+	case errors.Is(err, fetch.ErrAPT):
+		return withHint(err, "run apt-get update (the package index may be stale), and check the version with apt-cache policy")
+	}
+	return err
+}
