@@ -141,4 +141,6 @@ func (l *Layout) DiskGUID() string { return DeriveUUID(l.Seed, "gpt-disk") }
 func (l *Layout) FSUUID(i int) string { return DeriveUUID(l.Seed, fmt.Sprintf("fs-uuid-%d", i+1)) }
 
 // VolumeID is the FAT volume serial of partition i.
-func (l *Layout) VolumeID(i int) uint32 { return DeriveUint32(l.Seed, fmt.Sprintf("fat-volume-id-%d", i+1)) }
+func (l *Layout) VolumeID(i int) uint32 {
+	return DeriveUint32(l.Seed, fmt.Sprintf("fat-volume-id-%d", i+1))
+}
