@@ -19,6 +19,7 @@ import (
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 	"github.com/secure-systems-lab/go-securesystemslib/signerverifier"
 
+	"kiln.dev/kiln/firmware"
 	"kiln.dev/kiln/internal/trust"
 	"kiln.dev/kiln/recipes"
 )
@@ -315,5 +316,41 @@ func TestWriteFiles(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, n)); err != nil || st.Size() == 0 {
 			t.Fatalf("%s: %v", n, err)
 		}
+	}
+}
+
+// TestFromManifest describes a build from its manifest, with the Debian
+// architectures from the host's apt cache, and the SBOM stays valid.
+func TestFromManifest(t *testing.T) {
+	if _, err := exec.LookPath("apt-cache"); err != nil {
+		t.Skip("apt-cache: not a Debian host, so no architectures to look up")
+	}
+	m := &firmware.Manifest{
+		Format: firmware.ManifestFormat, Builder: firmware.Builder, Name: "blink-uno", Version: "1.0.0",
+		Board: "arduino-uno", Derivation: strings.Repeat("cd", 32), SourceDateEpoch: 1,
+		Outputs:        map[string]firmware.Output{"firmware.hex": {SHA256: strings.Repeat("05", 32), Size: 10}},
+		Toolchain:      firmware.ToolchainRef{Name: "avr-gcc-5.4", Packages: []firmware.PackageRef{{Name: "gcc-avr", Source: "deb:gcc-avr=1:5.4.0+Atmel3.6.2-3", SHA256: strings.Repeat("06", 32)}}},
+		Inputs:         []firmware.InputRef{{Name: "arduino-core-avr", SHA256: strings.Repeat("07", 32), Sources: []string{"deb:arduino-core-avr=1.8.7+dfsg-1~deb12u1"}}},
+		Sources:        []firmware.FileRef{{Path: "src/blink.cpp", SHA256: strings.Repeat("08", 32)}},
+		HostImpurities: []firmware.Impurity{{Path: "/usr/lib/x86_64-linux-gnu/libc.so.6", Target: "/host/libc.so.6", SHA256: strings.Repeat("09", 32)}},
+	}
+	s := FromManifest(m, nil, nil)
+	if got := s.Packages[0].PURL(); got != "pkg:deb/debian/gcc-avr@1:5.4.0%2BAtmel3.6.2-3?arch=amd64" {
+		t.Errorf("toolchain purl %s", got)
+	}
+	if got := s.Inputs[0].PURL(); got != "pkg:deb/debian/arduino-core-avr@1.8.7%2Bdfsg-1~deb12u1?arch=all" {
+		t.Errorf("input purl %s", got)
+	}
+	data, err := SBOM(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc any
+	json.Unmarshal(data, &doc)
+	if err := cyclonedxSchema(t).Validate(doc); err != nil {
+		t.Fatalf("%#v", err)
+	}
+	if !strings.Contains(string(data), "libc.so.6") {
+		t.Error("the host's C library is not in the SBOM")
 	}
 }

@@ -37,6 +37,9 @@ type Subject struct {
 	Inputs []Package
 	// Sources are the recipe's files that entered the build.
 	Sources []File
+	// Host are files the build took from the host rather than the store
+	// (its C library): named so the SBOM does not hide them.
+	Host []File
 	// Recipe is the recipe as the user wrote it (any JSON-encodable
 	// value): the provenance's external parameters.
 	Recipe any
@@ -199,6 +202,12 @@ func SBOM(s *Subject) ([]byte, error) {
 		add(cdx.Component{
 			BOMRef: "source:" + f.Name, Type: cdx.ComponentTypeFile, Name: f.Name, Hashes: hashes(f.SHA256),
 			Scope: cdx.ScopeRequired, Properties: props("kiln:role", "source"),
+		})
+	}
+	for _, f := range sortedFiles(s.Host) {
+		add(cdx.Component{
+			BOMRef: "host:" + f.Name, Type: cdx.ComponentTypeFile, Name: f.Name, Hashes: hashes(f.SHA256),
+			Scope: cdx.ScopeExcluded, Properties: props("kiln:role", "host"),
 		})
 	}
 	bom := cdx.NewBOM()
