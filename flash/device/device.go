@@ -15,6 +15,8 @@ import (
 	"kiln.dev/kiln/flash/serialport"
 	"kiln.dev/kiln/flash/stk500"
 	"kiln.dev/kiln/flash/stk500/stk500test"
+	"kiln.dev/kiln/flash/stk500v2"
+	"kiln.dev/kiln/flash/stk500v2/stk500v2test"
 )
 
 // Session is an open device: write and read it, then close it.
@@ -112,6 +114,19 @@ func connect(ctx context.Context, protocol string, line *Line, b *boards.Board, 
 			return nil, err
 		}
 		return NewSession(c, c, line), nil
+	case "stk500v2":
+		sig, err := b.AVRSignature()
+		if err != nil {
+			return nil, err
+		}
+		c := stk500v2.New(line, stk500v2.Config{
+			Signature: sig, PageSize: int(b.Flash.Page), FlashSize: flashSize(b), Baud: baud,
+			Reset: line.Reset, Tries: opts.Tries, Timeout: opts.Timeout,
+		})
+		if err := c.Connect(ctx); err != nil {
+			return nil, err
+		}
+		return NewSession(c, c, line), nil
 	case "stm32-uart":
 		// stm32: build the AN3155 client on line (an io.ReadWriter; line.Reset
 		// pulses NRST when the board has a reset), connect, then
@@ -119,6 +134,16 @@ func connect(ctx context.Context, protocol string, line *Line, b *boards.Board, 
 		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
 	}
 	return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+}
+
+// flashSize is the chip's whole flash: the application area and the
+// bootloader above it.
+func flashSize(b *boards.Board) int {
+	n := b.Flash.End()
+	if b.Bootloader != nil && b.Bootloader.End() > n {
+		n = b.Bootloader.End()
+	}
+	return int(n)
 }
 
 // EmulatorOptions configure an emulated device.
@@ -162,6 +187,13 @@ func NewEmulator(b *boards.Board, protocol string, opts EmulatorOptions) (Emulat
 		}
 		cfg.Pace = opts.Pace
 		return stk500test.New(cfg), protocol, nil
+	case "stk500v2":
+		cfg, err := stk500v2test.ForBoard(b)
+		if err != nil {
+			return nil, "", err
+		}
+		cfg.Pace = opts.Pace
+		return stk500v2test.New(cfg), protocol, nil
 	case "stm32-uart":
 		// stm32: return stm32test.New(...), protocol, nil
 	case "dfuse":
