@@ -43,7 +43,8 @@ demo: deps build
 test: deps build
 	$(GO) vet ./...
 	$(GO) test -race -timeout 60m -count=1 ./...
-	$(GO) test -run '^$$' -fuzz=Fuzz -fuzztime=10s ./flash
+	$(GO) test -run '^$$' -fuzz='^FuzzParseHex$$' -fuzztime=10s ./flash
+	$(GO) test -run '^$$' -fuzz='^FuzzParseDfu$$' -fuzztime=10s ./flash
 	@echo "make test: all packages passed"
 
 bench: deps build

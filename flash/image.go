@@ -220,8 +220,8 @@ type LoadOptions struct {
 	Address *uint32
 }
 
-// Load reads a .hex, .elf, .bin or a build output directory (which holds
-// manifest.json and firmware.hex).
+// Load reads a .hex, .elf, .bin, .dfu or a build output directory (which
+// holds manifest.json and firmware.hex).
 func Load(path string, opts LoadOptions) (*Image, error) {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -244,6 +244,12 @@ func Load(path string, opts LoadOptions) (*Image, error) {
 	switch {
 	case n == 4 && string(magic[:]) == "\x7fELF":
 		return ParseELF(path, f)
+	case ext == ".dfu":
+		data, err := io.ReadAll(f)
+		if err != nil {
+			return nil, err
+		}
+		return ParseDfu(path, data, opts.Address)
 	case ext == ".hex" || ext == ".ihex" || (n > 0 && magic[0] == ':' && ext != ".bin"):
 		return ParseHex(path, f)
 	case ext == ".bin" || opts.Address != nil:
