@@ -34,6 +34,11 @@ type Toolchain struct {
 	Links map[string]string `toml:"links" json:"links,omitempty"`
 	// LibDirs are the tree's directories for LD_LIBRARY_PATH.
 	LibDirs []string `toml:"lib_dirs" json:"lib_dirs,omitempty"`
+	// Binds are absolute paths the packages' own files hard-code (absolute
+	// path → tree-relative path). newlib's nano.specs adds "-isystem
+	// /usr/include/newlib/nano": a sandbox binds the tree's copy there, so
+	// the host's files never leak into a build.
+	Binds map[string]string `toml:"binds" json:"binds,omitempty"`
 	// BinDir holds the tools ("usr/bin").
 	BinDir string `toml:"bin_dir" json:"bin_dir"`
 	// Host names what still comes from the host (its C library): the
@@ -131,6 +136,12 @@ func (tc *Toolchain) Validate() error {
 			return bad("link %s -> %s leaves the tree", l, target)
 		}
 	}
+	for abs, p := range tc.Binds {
+		if !path.IsAbs(abs) || path.Clean(abs) != abs || abs == "/" {
+			return bad("bind %q: want a clean absolute path", abs)
+		}
+		rel = append(rel, p)
+	}
 	for _, p := range rel {
 		if err := checkRelGlob(p); err != nil || strings.ContainsAny(p, "*?[") {
 			return bad("path %q must be a plain relative path inside the tree", p)
@@ -155,6 +166,7 @@ type ToolchainPin struct {
 	Packages []PackagePin      `json:"packages"`
 	Links    map[string]string `json:"links,omitempty"`
 	LibDirs  []string          `json:"lib_dirs,omitempty"`
+	Binds    map[string]string `json:"binds,omitempty"`
 	BinDir   string            `json:"bin_dir"`
 	Host     []string          `json:"host,omitempty"`
 }
@@ -168,7 +180,7 @@ type PackagePin struct {
 // Pin returns the toolchain without its sources.
 func (tc *Toolchain) Pin() ToolchainPin {
 	p := ToolchainPin{Name: tc.Name, Arch: tc.Arch, Prefix: tc.Prefix, Version: tc.Version,
-		Links: tc.Links, LibDirs: tc.LibDirs, BinDir: tc.BinDir, Host: tc.Host}
+		Links: tc.Links, LibDirs: tc.LibDirs, Binds: tc.Binds, BinDir: tc.BinDir, Host: tc.Host}
 	for _, pk := range tc.Packages {
 		p.Packages = append(p.Packages, PackagePin{Name: pk.Name, SHA256: pk.SHA256})
 	}
