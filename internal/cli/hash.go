@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -83,7 +82,7 @@ func recipeHint(err error) error {
 	case errors.Is(err, boards.ErrUnknown):
 		return withHint(err, "kiln boards lists the boards kiln knows")
 	case errors.Is(err, recipes.ErrUnknownToolchain):
-		return withHint(err, "toolchains: "+strings.Join(recipes.ToolchainNames(), ", "))
+		return withHint(err, "toolchain closures are data: recipes/toolchains/<name>.toml in kiln's source")
 	case errors.Is(err, recipes.ErrNoMatch):
 		return withHint(err, "source globs are relative to the recipe directory")
 	}
