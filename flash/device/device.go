@@ -12,6 +12,8 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/dfu"
+	"kiln.dev/kiln/flash/dfu/dfutest"
 	"kiln.dev/kiln/flash/serialport"
 	"kiln.dev/kiln/flash/stk500"
 	"kiln.dev/kiln/flash/stk500/stk500test"
@@ -62,10 +64,28 @@ func Open(ctx context.Context, spec string, b *boards.Board, protocol string, op
 	}
 	switch protocol {
 	case "dfuse":
-		// dfu: USB DFU/DfuSe opens its own specs (dfu:[VID:PID][,serial=S],
-		// auto, emu:BOARD). Return its session here, e.g.
-		//   return dfu.Open(ctx, spec, b, ...)
-		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+		// USB DFU (DfuSe): dfu:[VID:PID][,serial=S] and auto open a USB
+		// device through libusb; emu:BOARD opens the DfuSe device model.
+		// Both are the same dfu.Target.
+		if name, ok := strings.CutPrefix(spec, "emu:"); ok {
+			eb, err := boards.Get(name)
+			if err != nil {
+				return nil, fmt.Errorf("device: emu:%s: %w", name, err)
+			}
+			t, _, err := dfutest.Open(eb)
+			if err != nil {
+				return nil, err
+			}
+			if err := t.CheckBoard(b); err != nil {
+				return nil, err
+			}
+			return t, nil
+		}
+		t, err := dfu.OpenBoard(ctx, spec, b)
+		if err != nil {
+			return nil, err
+		}
+		return t, nil
 	case "ssh", "blockdev":
 		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
 	}

@@ -1,11 +1,13 @@
 package dfu
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"kiln.dev/kiln/flash"
 )
@@ -57,17 +59,59 @@ type Target struct {
 	// Recovered counts operations that failed and succeeded on a retry.
 	Recovered int
 
-	closer interface{ Close() error }
+	// LeaveWhenProven makes Close leave DFU mode and start the program
+	// when the last Write was read back byte for byte.
+	LeaveWhenProven bool
+
+	closer  interface{ Close() error }
+	written *flash.Image // the last image written
+	proven  []bool       // which of its segments read back equal
 }
 
-// Close releases the device (a USB device opened by Open). It does not
-// leave DFU mode; Leave does.
-func (t *Target) Close() error {
-	if t.closer == nil {
-		return nil
+// Proven reports whether every segment of the last image written has been
+// read back equal to what was written.
+func (t *Target) Proven() bool {
+	if t.written == nil {
+		return false
 	}
-	err := t.closer.Close()
-	t.closer = nil
+	for _, p := range t.proven {
+		if !p {
+			return false
+		}
+	}
+	return true
+}
+
+// prove marks the written segments that data, read from addr, holds.
+func (t *Target) prove(addr uint32, data []byte) {
+	if t.written == nil {
+		return
+	}
+	end := uint64(addr) + uint64(len(data))
+	for i, s := range t.written.Segments {
+		if uint64(s.Addr) >= uint64(addr) && s.End() <= end {
+			t.proven[i] = bytes.Equal(data[s.Addr-addr:uint64(s.Addr-addr)+uint64(len(s.Data))], s.Data)
+		}
+	}
+}
+
+// Close releases the device. With LeaveWhenProven it first leaves DFU mode
+// at the start of the last image written, but only if that image was read
+// back unchanged: a device that failed verification stays in its
+// bootloader.
+func (t *Target) Close() error {
+	var err error
+	if t.LeaveWhenProven && t.Proven() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = t.Leave(ctx, t.written.Segments[0].Addr)
+		cancel()
+	}
+	if t.closer != nil {
+		if cerr := t.closer.Close(); err == nil {
+			err = cerr
+		}
+		t.closer = nil
+	}
 	return err
 }
 
@@ -288,6 +332,7 @@ func (t *Target) Write(ctx context.Context, img *flash.Image, p flash.Progress) 
 	if err != nil {
 		return err
 	}
+	t.written, t.proven = nil, nil
 	if len(plan) == 0 {
 		return fmt.Errorf("dfu: %s: the image is empty: %w", img.Source, flash.ErrBadImage)
 	}
@@ -339,6 +384,7 @@ func (t *Target) Write(ctx context.Context, img *flash.Image, p flash.Progress) 
 		}
 		done += n
 	}
+	t.written, t.proven = img, make([]bool, len(img.Segments))
 	return nil
 }
 
@@ -451,6 +497,7 @@ func (t *Target) ReadBack(ctx context.Context, r flash.Region, p flash.Progress)
 		}
 		i = j
 	}
+	t.prove(r.Addr, out)
 	return out, nil
 }
 

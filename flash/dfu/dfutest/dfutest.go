@@ -657,3 +657,23 @@ func (d *Device) upload(block uint16, buf []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// Open models board b's ROM bootloader and returns a target on it, as
+// dfu.OpenBoard does for a real device: memories checked against the board,
+// leaving DFU mode on Close once a write is proven. It is what
+// --port emu:BOARD opens for a DfuSe board.
+func Open(b *boards.Board) (*dfu.Target, *Device, error) {
+	dev, err := ForBoard(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	t, err := dfu.New(dev, dev.Descriptor())
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := t.CheckBoard(b); err != nil {
+		return nil, nil, err
+	}
+	t.LeaveWhenProven = true
+	return t, dev, nil
+}
