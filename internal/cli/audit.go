@@ -1,0 +1,262 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/firmware"
+	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/device"
+	"kiln.dev/kiln/internal/attest"
+	"kiln.dev/kiln/internal/auditlog"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:      "audit",
+		Usage:     "rebuild a recipe and compare it with a shipped artifact or with what a device holds",
+		ArgsUsage: "RECIPE_DIR (--against FILE | --port PORT)",
+		Description: "The recipe is rebuilt in a fresh sandbox (and must reproduce the store's outputs bit for bit);\n" +
+			"then an ELF is compared section by section, a .hex/.bin (or the device's flash) byte by byte, with each\n" +
+			"difference named by the rebuild's ELF section. Exit 0 identical, 3 different.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "against", Usage: "shipped artifact `FILE` (.elf, .hex, .bin, or a build output directory)"},
+			&cli.StringFlag{Name: "port", Aliases: []string{"p"}, Usage: "read the device at `PORT` instead (as kiln verify does)"},
+			&cli.StringFlag{Name: "board", Aliases: []string{"b"}, Usage: "board `NAME` of the device (default: the recipe's)"},
+			protocolFlag, baudFlag,
+			&cli.StringFlag{Name: "address", Usage: "load `ADDRESS` of a .bin (default: the build's load address)"},
+			&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
+			&cli.BoolFlag{Name: "no-sandbox", Usage: "rebuild on the host where namespaces are not allowed"},
+			logFlag,
+			jsonFlag,
+		},
+		Action: runAudit,
+	})
+}
+
+type auditReport struct {
+	Recipe     string             `json:"recipe"`
+	Derivation string             `json:"derivation"`
+	Against    string             `json:"against"`
+	Device     string             `json:"device,omitempty"`
+	Identical  bool               `json:"identical"`
+	Comparison *attest.Comparison `json:"comparison"`
+}
+
+func runAudit(c *cli.Context) error {
+	args, err := trailingFlags(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
+		return usagef("audit: want one RECIPE_DIR (see kiln audit --help)")
+	}
+	against, port := c.String("against"), c.String("port")
+	if (against == "") == (port == "") {
+		return usagef("audit: give exactly one of --against FILE and --port PORT")
+	}
+	e := envOf(c)
+	s, err := store.Open(c.String("store"))
+	if err != nil {
+		return err
+	}
+	opts := firmware.Options{Dir: args[0], Store: s, Check: true, NoSandbox: c.Bool("no-sandbox")}
+	if !c.Bool("json") {
+		opts.Log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
+	}
+	res, err := firmware.Build(c.Context, opts)
+	if err != nil {
+		return withHint(fmt.Errorf("audit: rebuild: %w", err), "an audit needs a rebuild that reproduces: see kiln build --check")
+	}
+	m := res.Manifest
+	rebuilt, err := os.ReadFile(filepath.Join(res.StorePath, firmware.ELFName))
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	rep := auditReport{Recipe: m.Name, Derivation: res.Derivation}
+	entry := auditlog.Entry{Kind: auditlog.KindAudit, Derivation: res.Derivation}
+	var cmp *attest.Comparison
+	if against != "" {
+		rep.Against, entry.Artifact = against, against
+		cmp, err = compareFile(c, against, rebuilt, m)
+	} else {
+		rep.Against, entry.Port = port, port
+		cmp, rep.Device, entry.Board, err = compareDevice(c, port, rebuilt, m)
+		entry.Device = rep.Device
+	}
+	if err != nil {
+		entry.Result, entry.Detail = "error", err.Error()
+		return errors.Join(err, appendAudit(c, entry))
+	}
+	rep.Comparison, rep.Identical = cmp, cmp.Identical
+	entry.ArtifactSHA256 = cmp.ArtifactSHA256
+	if port != "" {
+		entry.ArtifactSHA256, entry.ReadbackSHA256 = cmp.RebuildSHA256, cmp.ArtifactSHA256
+	}
+	var names []string
+	for _, d := range cmp.Differing() {
+		names = append(names, d.Name)
+	}
+	if len(cmp.Outside) > 0 {
+		names = append(names, "bytes outside every section")
+	}
+	entry.Result = "identical"
+	if !cmp.Identical {
+		entry.Result, entry.Detail = "different", strings.Join(names, ", ")
+	}
+	if err := appendAudit(c, entry); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		if err := e.printJSON(rep); err != nil {
+			return err
+		}
+	} else {
+		printComparison(e, rep)
+	}
+	if !cmp.Identical {
+		what := "differs from the rebuild"
+		if len(names) > 0 {
+			what += " in " + strings.Join(names, ", ")
+		}
+		return cli.Exit(fmt.Sprintf("audit: %s %s of %s", rep.Against, what, m.Name), ExitVerify)
+	}
+	return nil
+}
+
+func printComparison(e *env, rep auditReport) {
+	cmp := rep.Comparison
+	fmt.Fprintf(e.stdout, "rebuilt %s (derivation %s) in a fresh sandbox: bit-identical to the store\n", rep.Recipe, rep.Derivation)
+	dev := ""
+	if rep.Device != "" {
+		dev = " (" + rep.Device + ")"
+	}
+	fmt.Fprintf(e.stdout, "against %s%s: %s sha256 %s, rebuild %s\n", rep.Against, dev, cmp.Format, cmp.ArtifactSHA256, cmp.RebuildSHA256)
+	if cmp.Identical {
+		fmt.Fprintf(e.stdout, "identical: every section matches the rebuild\n")
+		return
+	}
+	fmt.Fprintf(e.stdout, "different:\n")
+	for _, d := range cmp.Differing() {
+		switch d.Status {
+		case attest.Different:
+			if d.Bytes > 0 {
+				fmt.Fprintf(e.stdout, "  %-16s 0x%06x+%-6d %d bytes differ, first at 0x%x\n", d.Name, d.Addr, d.Size, d.Bytes, d.First)
+			} else {
+				fmt.Fprintf(e.stdout, "  %-16s 0x%06x+%-6d address or flags differ\n", d.Name, d.Addr, d.Size)
+			}
+		case attest.Resized:
+			fmt.Fprintf(e.stdout, "  %-16s 0x%06x+%-6d %d bytes in the artifact\n", d.Name, d.Addr, d.Size, d.ArtifactSize)
+		default:
+			fmt.Fprintf(e.stdout, "  %-16s 0x%06x+%-6d %s\n", d.Name, d.Addr, d.Size, d.Status)
+		}
+	}
+	for _, r := range cmp.Outside {
+		fmt.Fprintf(e.stdout, "  %-16s 0x%06x+%-6d outside every section of the rebuild\n", "-", r.Addr, r.Size)
+	}
+	if cmp.Note != "" {
+		fmt.Fprintf(e.stdout, "note: %s\n", cmp.Note)
+	}
+}
+
+// compareFile compares a shipped file with the rebuild.
+func compareFile(c *cli.Context, path string, rebuilt []byte, m *firmware.Manifest) (*attest.Comparison, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		for _, n := range []string{firmware.ELFName, firmware.HEXName} {
+			if _, err := os.Stat(filepath.Join(path, n)); err == nil {
+				path = filepath.Join(path, n)
+				break
+			}
+		}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) >= 4 && string(data[:4]) == "\x7fELF" {
+		return attest.CompareELF(rebuilt, data)
+	}
+	lo := flash.LoadOptions{}
+	addr := m.LoadAddress
+	if s := c.String("address"); s != "" {
+		a, err := strconv.ParseUint(s, 0, 32)
+		if err != nil {
+			return nil, usagef("--address %q: want a number such as 0x08000000", s)
+		}
+		addr = uint32(a)
+	}
+	if strings.EqualFold(filepath.Ext(path), ".bin") {
+		lo.Address = &addr
+	}
+	img, err := flash.Load(path, lo)
+	if err != nil {
+		return nil, withHint(err, "kiln audit compares .elf, .hex and .bin firmware files")
+	}
+	return attest.CompareImage(rebuilt, img)
+}
+
+// compareDevice reads the rebuild's extent back from the device at port
+// and compares it with the rebuild.
+func compareDevice(c *cli.Context, port string, rebuilt []byte, m *firmware.Manifest) (*attest.Comparison, string, string, error) {
+	e := envOf(c)
+	name := c.String("board")
+	if name == "" {
+		name = m.Board
+	}
+	b, err := boards.Get(name)
+	if err != nil {
+		return nil, "", name, withHint(err, "kiln boards lists the boards kiln knows")
+	}
+	img, err := flash.ParseELF(firmware.ELFName, bytes.NewReader(rebuilt))
+	if err != nil {
+		return nil, "", b.Name, err
+	}
+	ctx := c.Context
+	sess, err := openDevice(ctx, port, b, c.String("protocol"), device.Options{
+		Baud: c.Int("baud"),
+		Note: func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) },
+	})
+	if err != nil {
+		return nil, "", b.Name, diagnose(err, port)
+	}
+	dev, rerr := readImage(ctx, sess, img, newProgress(e.stderr, c.Bool("json")))
+	id := sess.Identity()
+	if cerr := sess.Close(); rerr == nil && cerr != nil && !errors.Is(cerr, context.Canceled) {
+		fmt.Fprintf(e.stderr, "note: closing %s: %v\n", port, cerr)
+	}
+	if rerr != nil {
+		return nil, id, b.Name, diagnose(rerr, port)
+	}
+	cmp, err := attest.CompareImage(rebuilt, dev)
+	return cmp, id, b.Name, err
+}
+
+// readImage reads every segment of img back from t.
+func readImage(ctx context.Context, t flash.Target, img *flash.Image, bar *progressBar) (*flash.Image, error) {
+	defer bar.Done()
+	p := bar.Func()
+	dev := &flash.Image{Source: "device"}
+	var done int64
+	for _, s := range img.Segments {
+		base := done
+		got, err := t.ReadBack(ctx, flash.Region{Addr: s.Addr, Size: len(s.Data)}, func(_ string, d, _ int64) {
+			p.Report("read", base+d, int64(img.Size()))
+		})
+		if err != nil {
+			return nil, fmt.Errorf("audit: read back 0x%x+%d: %w", s.Addr, len(s.Data), err)
+		}
+		dev.Segments = append(dev.Segments, flash.Segment{Addr: s.Addr, Data: got})
+		done += int64(len(s.Data))
+	}
+	return dev, nil
+}
