@@ -32,7 +32,7 @@ func init() {
 		Name:      "flash",
 		Usage:     "write an artifact to a board, then prove it by reading it back",
 		ArgsUsage: "ARTIFACT (.hex, .elf, .bin with --address, or a build output directory)",
-		Flags:     []cli.Flag{boardFlag, portFlag, protocolFlag, addressFlag, baudFlag, jsonFlag},
+		Flags:     []cli.Flag{boardFlag, portFlag, protocolFlag, addressFlag, baudFlag, jsonFlag, policyFlag, sigFlag, groupFlag, logFlag},
 		Action: func(c *cli.Context) error {
 			return runFlashOrVerify(c, true)
 		},
@@ -99,6 +99,13 @@ func runFlashOrVerify(c *cli.Context, write bool) error {
 	if err != nil {
 		return err
 	}
+	// Trust policy and audit log (sign.go, log.go): the policy is checked
+	// before any device I/O; every outcome is logged.
+	if write {
+		if _, err := checkTrust(c, b, img); err != nil {
+			return auditFlash(c, write, b, img, flash.Result{}, err)
+		}
+	}
 	protocol := c.String("protocol")
 	if protocol == "" {
 		protocol = b.Protocol
@@ -110,7 +117,7 @@ func runFlashOrVerify(c *cli.Context, write bool) error {
 		Note: func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) },
 	})
 	if err != nil {
-		return diagnose(err, port)
+		return auditFlash(c, write, b, img, flash.Result{}, diagnose(err, port))
 	}
 	bar := newProgress(e.stderr, c.Bool("json"))
 	var res flash.Result
@@ -153,9 +160,9 @@ func runFlashOrVerify(c *cli.Context, write bool) error {
 		}
 	}
 	if err != nil {
-		return diagnose(err, port)
+		err = diagnose(err, port)
 	}
-	return nil
+	return auditFlash(c, write, b, img, res, err)
 }
 
 // diagnose adds hints a user can act on to a device error.
