@@ -43,6 +43,15 @@ func randBytes(r *rand.Rand, n int) []byte {
 	return b
 }
 
+func newTarget(t testing.TB, dev *dfutest.Device) (*dfu.Target, error) {
+	t.Helper()
+	tg, err := dfu.New(dev, dev.Descriptor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tg, nil
+}
+
 // f401Sectors is the STM32F401RE sector map, written out independently of
 // the layout parser.
 var f401Sectors = []struct{ addr, size uint32 }{

@@ -1,0 +1,50 @@
+package dfu_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/dfu/dfutest"
+)
+
+// BenchmarkWriteVerify256K writes and verifies a 256 KiB image on the
+// NUCLEO-F401RE model with the STM32F401's datasheet erase and program
+// times and a full-speed bus, and compares the time with the model's
+// theoretical minimum: the six sectors' erase time, the program time of
+// every word, the bus time of every byte down and up, and the control
+// transfers the protocol cannot do without (DNLOAD + two GETSTATUS per
+// command or block written, one UPLOAD per block read).
+func BenchmarkWriteVerify256K(b *testing.B) {
+	const size = 256 << 10
+	data := randBytes(rand.New(rand.NewPCG(256, 1)), size)
+	img, _ := flash.NewImage("256k", flash.Segment{Addr: 0x08000000, Data: data})
+	tm := dfutest.F401
+	var busy time.Duration
+	for _, s := range f401Sectors[:6] { // 4×16K + 64K + 128K = 256K
+		busy += tm.EraseTime(s.size)
+	}
+	busy += tm.ProgramTime(size)
+	const xfer = 2048
+	blocks := size / xfer
+	transfers := 3*(6+1+blocks) + (3 + 1 + blocks) // erase, set address, write; set address, abort, upload
+	min := busy + tm.USBByte*time.Duration(2*size) + tm.Request*time.Duration(transfers)
+	for i := 0; i < b.N; i++ {
+		dev, tg := f401(b)
+		dev.SetTiming(tm)
+		start := time.Now()
+		res, err := flash.Program(context.Background(), tg, img, nil)
+		el := time.Since(start)
+		if err != nil || !res.Verified {
+			b.Fatalf("%+v %v", res, err)
+		}
+		st := dev.Stats()
+		ratio := float64(el) / float64(min)
+		b.Logf("kiln write+verify 256 KiB on the F401 model: %v; theoretical minimum %v (erase+program %v); ratio %.3fx (target <= 1.15x); %d transfers (minimum %d), %d early polls",
+			el.Round(time.Millisecond), min.Round(time.Millisecond), busy.Round(time.Millisecond), ratio, st.Transfers, transfers, st.EarlyPolls)
+		b.ReportMetric(ratio, "x-min")
+		b.ReportMetric(el.Seconds(), "s/op-wall")
+	}
+}
