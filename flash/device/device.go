@@ -19,6 +19,8 @@ import (
 	"kiln.dev/kiln/flash/stk500/stk500test"
 	"kiln.dev/kiln/flash/stk500v2"
 	"kiln.dev/kiln/flash/stk500v2/stk500v2test"
+	"kiln.dev/kiln/flash/stm32"
+	"kiln.dev/kiln/flash/stm32/stm32test"
 )
 
 // Session is an open device: write and read it, then close it.
@@ -148,10 +150,14 @@ func connect(ctx context.Context, protocol string, line *Line, b *boards.Board, 
 		}
 		return NewSession(c, c, line), nil
 	case "stm32-uart":
-		// stm32: build the AN3155 client on line (an io.ReadWriter; line.Reset
-		// pulses NRST when the board has a reset), connect, then
-		//   return NewSession(c, c, line), nil
-		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+		t, err := stm32.Open(ctx, line, b, stm32.Options{
+			Baud: baud, Timeout: opts.Timeout, SyncTries: opts.Tries, Reset: line.Reset,
+			Note: func(format string, args ...any) { opts.Note(fmt.Sprintf(format, args...)) },
+		})
+		if err != nil {
+			return nil, err
+		}
+		return NewSession(t, t, line), nil
 	}
 	return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
 }
@@ -215,7 +221,14 @@ func NewEmulator(b *boards.Board, protocol string, opts EmulatorOptions) (Emulat
 		cfg.Pace = opts.Pace
 		return stk500v2test.New(cfg), protocol, nil
 	case "stm32-uart":
-		// stm32: return stm32test.New(...), protocol, nil
+		d, err := stm32test.New(b)
+		if err != nil {
+			return nil, "", err
+		}
+		if opts.Pace {
+			d.Timing = stm32test.Paced(b.Baud)
+		}
+		return d, protocol, nil
 	case "dfuse":
 		// dfu: a DFU emulator is not a byte stream; emu: specs for dfuse
 		// are resolved in Open's dfuse case.

@@ -25,6 +25,9 @@ type Options struct {
 	// Tries bounds the attempts at one command (a block write, a read, an
 	// erase). Zero means 4.
 	Tries int
+	// Reset, if set, pulses the board's NRST (with BOOT0 held high) before
+	// each autobaud attempt.
+	Reset func(ctx context.Context) error
 	// Note, if set, is told about recoveries (a retried block, a re-erased
 	// page) and about what could not be read (the unique ID).
 	Note func(format string, args ...any)
@@ -169,6 +172,12 @@ func (t *Target) note(format string, args ...any) {
 func (t *Target) sync(ctx context.Context) error {
 	t.w.l.Discard()
 	for i := 0; i < t.opts.SyncTries; i++ {
+		if t.opts.Reset != nil {
+			if err := t.opts.Reset(ctx); err != nil {
+				return fmt.Errorf("stm32: sync: reset: %w", err)
+			}
+			t.w.l.Discard()
+		}
 		if err := t.w.send(cmdInit); err != nil {
 			return fmt.Errorf("stm32: sync: %w", err)
 		}

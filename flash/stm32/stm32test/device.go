@@ -112,6 +112,8 @@ type Device struct {
 	rng    *rand.Rand
 	writes int
 	stats  Stats
+	dirty  bool // flash changed since the last session-end hook
+	hooks  []func()
 }
 
 // Stats counts what the device was asked to do.
@@ -277,6 +279,7 @@ func (d *Device) Serve(ctx context.Context, rw io.ReadWriter) error {
 	w := d.wire
 	d.mu.Unlock()
 	w.Attach(rw)
+	defer d.endSession()
 	for {
 		err := d.session(ctx, w)
 		switch {
@@ -323,6 +326,7 @@ func (d *Device) session(ctx context.Context, w *emuwire.Wire) error {
 			return err
 		}
 		if ran {
+			d.endSession()
 			// The application runs: nothing answers until reset.
 			for {
 				if _, err := w.Getch(ctx); err != nil {
@@ -496,6 +500,7 @@ func (d *Device) writeMemory(ctx context.Context, w *emuwire.Wire) error {
 // program writes data over flash cells (d.mu held). It reports a PGERR.
 func (d *Device) program(cells, data []byte) (pgerr bool) {
 	d.writes++
+	d.dirty = true
 	if d.fam.halfWord {
 		for i := 0; i+1 < len(data); i += 2 {
 			old := uint16(cells[i]) | uint16(cells[i+1])<<8
@@ -580,6 +585,7 @@ func (d *Device) erasePages(ctx context.Context, list []int) (bool, error) {
 			d.flash[i] = 0xFF
 		}
 		d.stats.Erases[p]++
+		d.dirty = true
 		t += d.eraseTime(pg.Size)
 	}
 	d.mu.Unlock()
@@ -737,6 +743,44 @@ func crc32STM(b []byte) uint32 {
 		}
 	}
 	return crc
+}
+
+// AppFlash returns a copy of the flash (the board's application area).
+func (d *Device) AppFlash() []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]byte(nil), d.flash...)
+}
+
+// LoadAppFlash replaces the start of the flash with data.
+func (d *Device) LoadAppFlash(data []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(data) > len(d.flash) {
+		return fmt.Errorf("stm32test: state holds %d bytes, the flash %d", len(data), len(d.flash))
+	}
+	copy(d.flash, data)
+	return nil
+}
+
+// OnSessionEnd registers f, called when a session that changed flash ends
+// (the line closes, or Go starts the application).
+func (d *Device) OnSessionEnd(f func()) {
+	d.mu.Lock()
+	d.hooks = append(d.hooks, f)
+	d.mu.Unlock()
+}
+
+func (d *Device) endSession() {
+	d.mu.Lock()
+	hooks, run := d.hooks, d.dirty
+	d.dirty = false
+	d.mu.Unlock()
+	if run {
+		for _, f := range hooks {
+			f()
+		}
+	}
 }
 
 // state is the saved form of a device.
