@@ -1,0 +1,32 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// kilnBin is the kiln binary TestMain builds, for tests that run the real
+// command (kiln emulate on a pty, driven by avrdude).
+var kilnBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kiln-cli-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	kilnBin = filepath.Join(dir, "kiln")
+	build := exec.Command("go", "build", "-o", kilnBin, "kiln.dev/kiln/cmd/kiln")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build kiln:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
