@@ -151,7 +151,7 @@ func printComparison(e *env, rep auditReport) {
 		switch d.Status {
 		case attest.Different:
 			if d.Bytes > 0 {
-				fmt.Fprintf(e.stdout, "  %-16s 0x%06x+%-6d %d bytes differ, first at 0x%x\n", d.Name, d.Addr, d.Size, d.Bytes, d.First)
+				fmt.Fprintf(e.stdout, "  %-16s 0x%06x+%-6d %s, first at 0x%x\n", d.Name, d.Addr, d.Size, plural(d.Bytes, "byte differs", "bytes differ"), d.First)
 			} else {
 				fmt.Fprintf(e.stdout, "  %-16s 0x%06x+%-6d address or flags differ\n", d.Name, d.Addr, d.Size)
 			}
@@ -259,4 +259,11 @@ func readImage(ctx context.Context, t flash.Target, img *flash.Image, bar *progr
 		done += int64(len(s.Data))
 	}
 	return dev, nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -1,0 +1,374 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/flash/device"
+	"kiln.dev/kiln/internal/auditlog"
+	"kiln.dev/kiln/internal/trust"
+)
+
+// The package's tests flash and verify; keep their audit records out of
+// the user's ~/.local/state.
+func init() {
+	if os.Getenv("KILN_LOG") == "" {
+		dir, err := os.MkdirTemp("", "kiln-cli-test-log-")
+		if err == nil {
+			os.Setenv("KILN_LOG", filepath.Join(dir, "audit.jsonl"))
+		}
+	}
+}
+
+// kiln runs the CLI in-process.
+func kiln(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := Main(context.Background(), append([]string{"kiln"}, args...), nil, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// TestKeygenSignVerifySig: the CLI's keys and signatures work with Debian's
+// minisign, and a changed file is refused with exit 4.
+func TestKeygenSignVerifySig(t *testing.T) {
+	needTool(t, "minisign")
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release.key")
+	if code, out, errOut := kiln(t, "keygen", "--key", key); code != 0 || !strings.Contains(out, "key id") {
+		t.Fatalf("keygen: exit %d: %s %s", code, out, errOut)
+	}
+	if st, err := os.Stat(key); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("secret key mode: %v %v", st.Mode(), err)
+	}
+	if code, _, errOut := kiln(t, "keygen", "--key", key); code != ExitFailure || !strings.Contains(errOut, "hint: pass --force") {
+		t.Fatalf("keygen over an existing key: exit %d: %s", code, errOut)
+	}
+	pub := filepath.Join(dir, "release.pub")
+	hex := writeHex(t, dir, "fw.hex", 0, randomBytes(7, 900))
+	os.WriteFile(filepath.Join(dir, "manifest.json"), []byte(`{"derivation":"feedface","outputs":{"fw.hex":{}}}`), 0o644)
+	if code, out, errOut := kiln(t, "sign", hex, "--key", key); code != 0 || !strings.Contains(out, "signed "+hex) {
+		t.Fatalf("sign: exit %d: %s %s", code, out, errOut)
+	}
+	sig, _ := os.ReadFile(hex + ".minisig")
+	if !strings.Contains(string(sig), "\tderivation:feedface") || !strings.Contains(string(sig), "\tsha256:") {
+		t.Fatalf("trusted comment lacks the hashes:\n%s", sig)
+	}
+	if out, err := exec.Command("minisign", "-V", "-p", pub, "-m", hex).CombinedOutput(); err != nil {
+		t.Fatalf("minisign -V: %v\n%s", err, out)
+	}
+	code, out, errOut := kiln(t, "verify-sig", hex, "--pub", pub)
+	if code != 0 || !strings.Contains(out, "signature ok") || !strings.Contains(out, "derivation:feedface") {
+		t.Fatalf("verify-sig: exit %d: %s %s", code, out, errOut)
+	}
+	// A signature made by minisign with kiln's key verifies with -P.
+	pk, _ := os.ReadFile(pub)
+	p, _ := trust.ParsePublicKey(pk)
+	if out, err := exec.Command("minisign", "-S", "-W", "-s", key, "-m", hex, "-x", hex+".ms").CombinedOutput(); err != nil {
+		t.Fatalf("minisign -S: %v\n%s", err, out)
+	}
+	if code, _, errOut := kiln(t, "verify-sig", "-P", p.String(), "--sig", hex+".ms", hex); code != 0 {
+		t.Fatalf("verify-sig of minisign's signature: exit %d: %s", code, errOut)
+	}
+	// One changed byte: exit 4, for kiln and for minisign.
+	data, _ := os.ReadFile(hex)
+	data[20] ^= 1
+	os.WriteFile(hex, data, 0o644)
+	if code, _, errOut := kiln(t, "verify-sig", hex, "--pub", pub); code != ExitUntrusted || !strings.Contains(errOut, "signature verification failed") {
+		t.Fatalf("changed file: exit %d: %s", code, errOut)
+	}
+	if out, err := exec.Command("minisign", "-V", "-p", pub, "-m", hex).CombinedOutput(); err == nil {
+		t.Fatalf("minisign accepted the changed file: %s", out)
+	}
+	if code, _, _ := kiln(t, "verify-sig", filepath.Join(dir, "manifest.json"), "--pub", pub); code != ExitUntrusted {
+		t.Fatalf("unsigned file: exit %d", code)
+	}
+}
+
+// policyFixture makes a trusted key, a stranger's key and a policy that
+// requires signatures for every Arduino.
+func policyFixture(t *testing.T, dir string) (trusted, stranger *trust.SecretKey, policy string) {
+	t.Helper()
+	trusted, _ = trust.GenerateKey(nil)
+	stranger, _ = trust.GenerateKey(nil)
+	policy = filepath.Join(dir, "policy.toml")
+	src := "[[key]]\nname = \"release\"\npublic_key = \"" + trusted.Public().String() + "\"\n\n" +
+		"[[rule]]\nboards = [\"arduino-*\"]\nrequire_signature = true\n"
+	if err := os.WriteFile(policy, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return trusted, stranger, policy
+}
+
+func signFile(t *testing.T, sk *trust.SecretKey, file, sigFile string) {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _, err := trust.SignArtifact(sk, bytes.NewReader(data), filepath.Base(file), "", time.Unix(1700000000, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sigFile, s.Encode(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFlashRefusesUntrustedBeforeDeviceIO: with a policy that requires
+// signatures, unsigned, wrongly signed and altered artifacts exit 4 and the
+// device is never opened; a well-signed one is flashed. Every attempt is in
+// the audit log.
+func TestFlashRefusesUntrustedBeforeDeviceIO(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "audit.jsonl")
+	trusted, stranger, policy := policyFixture(t, dir)
+	opens := 0
+	orig := openDevice
+	openDevice = func(ctx context.Context, spec string, b *boards.Board, protocol string, opts device.Options) (device.Session, error) {
+		opens++
+		return orig(ctx, spec, b, protocol, opts)
+	}
+	t.Cleanup(func() { openDevice = orig })
+
+	img := randomBytes(11, 1500)
+	unsigned := writeHex(t, dir, "unsigned.hex", 0, img)
+	wrong := writeHex(t, dir, "wrong.hex", 0, img)
+	signFile(t, stranger, wrong, wrong+".minisig")
+	altered := writeHex(t, dir, "altered.hex", 0, img)
+	signFile(t, trusted, altered, altered+".minisig")
+	writeHex(t, dir, "altered.hex", 0, append(append([]byte(nil), img[:100]...), append([]byte{img[100] ^ 1}, img[101:]...)...))
+	good := writeHex(t, dir, "good.hex", 0, img)
+	signFile(t, trusted, good, good+".minisig")
+	elsewhere := writeHex(t, dir, "elsewhere.hex", 0, img)
+	signFile(t, trusted, elsewhere, filepath.Join(dir, "elsewhere.sig"))
+
+	flashArgs := func(art string, extra ...string) []string {
+		return append([]string{"flash", "--board", "arduino-uno", "--port", "emu:arduino-uno", "--policy", policy, "--log", log}, append(extra, art)...)
+	}
+	for _, c := range []struct {
+		name, art, want string
+		extra           []string
+	}{
+		{"unsigned", unsigned, "has no signature", nil},
+		{"signed by a key the policy does not trust", wrong, "signature made by a different key", nil},
+		{"changed after signing", altered, "signature verification failed", nil},
+		{"signature elsewhere not given", elsewhere, "has no signature", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, out, errOut := kiln(t, flashArgs(c.art, c.extra...)...)
+			if code != ExitUntrusted || !strings.Contains(errOut, c.want) || !strings.Contains(errOut, "hint: nothing was written") {
+				t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+			}
+			if opens != 0 {
+				t.Fatalf("the device was opened %d times", opens)
+			}
+		})
+	}
+	// $KILN_POLICY is the default.
+	t.Setenv("KILN_POLICY", policy)
+	if code, _, _ := kiln(t, "flash", "--board", "arduino-uno", "--port", "emu:arduino-uno", "--log", log, unsigned); code != ExitUntrusted || opens != 0 {
+		t.Fatalf("KILN_POLICY: exit %d, opens %d", code, opens)
+	}
+	if code, out, errOut := kiln(t, flashArgs(good)...); code != 0 || opens != 1 || !strings.Contains(out, "verified: sha256") {
+		t.Fatalf("signed: exit %d, opens %d: %s %s", code, opens, out, errOut)
+	}
+	if code, _, errOut := kiln(t, flashArgs(elsewhere, "--sig", filepath.Join(dir, "elsewhere.sig"))...); code != 0 || opens != 2 {
+		t.Fatalf("--sig: exit %d, opens %d: %s", code, opens, errOut)
+	}
+	// A board the policy does not cover needs no signature.
+	t.Setenv("KILN_POLICY", "")
+
+	// The log holds all seven attempts and verifies.
+	f, _ := os.Open(log)
+	es, err := auditlog.Read(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var results []string
+	for _, e := range es {
+		if e.Kind == auditlog.KindFlash {
+			results = append(results, e.Result)
+		}
+	}
+	if strings.Join(results, ",") != "untrusted,untrusted,untrusted,untrusted,untrusted,ok,ok" {
+		t.Fatalf("logged results %v", results)
+	}
+	if code, out, errOut := kiln(t, "log", "verify", "--log", log); code != 0 || !strings.Contains(out, "7 records") {
+		t.Fatalf("log verify: exit %d: %s %s", code, out, errOut)
+	}
+}
+
+// TestUntrustedLeavesEmulatedDeviceUntouched runs the real `kiln emulate
+// arduino-uno --state FILE` on a pty and flashes it through the pty: the
+// refused artifacts leave the state file byte-identical; the signed one
+// lands.
+func TestUntrustedLeavesEmulatedDeviceUntouched(t *testing.T) {
+	dir := t.TempDir()
+	trusted, stranger, policy := policyFixture(t, dir)
+	state := filepath.Join(dir, "uno.state")
+	emu := startEmulate(t, "arduino-uno", state)
+	before, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := randomBytes(12, 2000)
+	unsigned := writeHex(t, dir, "unsigned.hex", 0, img)
+	wrong := writeHex(t, dir, "wrong.hex", 0, img)
+	signFile(t, stranger, wrong, wrong+".minisig")
+	for _, art := range []string{unsigned, wrong} {
+		code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", emu.port, "--policy", policy, art)
+		if code != ExitUntrusted {
+			t.Fatalf("%s: exit %d: %s", art, code, errOut)
+		}
+	}
+	after, _ := os.ReadFile(state)
+	if !bytes.Equal(before, after) {
+		t.Fatal("the emulated device's flash changed after refused artifacts")
+	}
+	good := writeHex(t, dir, "good.hex", 0, img)
+	signFile(t, trusted, good, good+".minisig")
+	if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", emu.port, "--policy", policy, good); code != 0 {
+		t.Fatalf("signed: exit %d: %s", code, errOut)
+	}
+	waitState(t, state, img)
+	emu.stop(t)
+}
+
+// TestLogVerifyCLIDetectsTamper: kiln log verify fails on an edited log.
+func TestLogVerifyCLIDetectsTamper(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "audit.jsonl")
+	hex := writeHex(t, dir, "a.hex", 0, randomBytes(3, 200))
+	for i := 0; i < 3; i++ {
+		if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", "emu:arduino-uno", "--log", log, hex); code != 0 {
+			t.Fatalf("flash: %d %s", code, errOut)
+		}
+	}
+	code, out, _ := kiln(t, "log", "show", "--log", log, "--json")
+	var shown struct{ Entries []auditlog.Entry }
+	if code != 0 || json.Unmarshal([]byte(out), &shown) != nil || len(shown.Entries) != 6 || shown.Entries[0].Device == "" ||
+		shown.Entries[0].ReadbackSHA256 != shown.Entries[0].ArtifactSHA256 {
+		t.Fatalf("log show: exit %d: %s", code, out)
+	}
+	data, _ := os.ReadFile(log)
+	edited := strings.Replace(string(data), `"result":"ok"`, `"result":"ok "`, 1)
+	os.WriteFile(log, []byte(edited), 0o644)
+	if code, _, errOut := kiln(t, "log", "verify", "--log", log); code != ExitFailure || !strings.Contains(errOut, "tampered") {
+		t.Fatalf("edited log: exit %d: %s", code, errOut)
+	}
+	lines := strings.SplitAfter(string(data), "\n")
+	os.WriteFile(log, []byte(strings.Join(lines[:len(lines)-2], "")), 0o644) // drop the last checkpoint
+	if code, _, errOut := kiln(t, "log", "verify", "--log", log); code != ExitFailure || !strings.Contains(errOut, "head checkpoint") {
+		t.Fatalf("cut log: exit %d: %s", code, errOut)
+	}
+}
+
+// patchELFSection flips one byte inside a section of an ELF file.
+func patchELFSection(t *testing.T, data []byte, name string) []byte {
+	t.Helper()
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := f.Section(name)
+	if s == nil || s.Size < 16 {
+		t.Fatalf("no section %s", name)
+	}
+	out := append([]byte(nil), data...)
+	out[s.Offset+s.Size/2] ^= 0x5a
+	return out
+}
+
+// TestAuditBlinkUno: a fresh rebuild of blink-uno is identical to the
+// shipped build; a patched ELF or HEX is reported with the changed section
+// (exit 3); a device holding the build audits identical.
+func TestAuditBlinkUno(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "audit.jsonl")
+	out := filepath.Join(dir, "shipped")
+	recipe := filepath.Join("..", "..", "recipes", "blink-uno")
+	if code, stdout, errOut := kiln(t, "build", recipe, "--out", out); code != 0 {
+		t.Fatalf("build: exit %d: %s %s", code, stdout, errOut)
+	}
+	code, stdout, errOut := kiln(t, "audit", recipe, "--against", filepath.Join(out, "firmware.elf"), "--log", log)
+	if code != 0 || !strings.Contains(stdout, "identical: every section matches") || !strings.Contains(stdout, "in a fresh sandbox") {
+		t.Fatalf("audit of the shipped ELF: exit %d: %s %s", code, stdout, errOut)
+	}
+	if code, stdout, errOut := kiln(t, "audit", recipe, "--against", filepath.Join(out, "firmware.hex"), "--log", log); code != 0 {
+		t.Fatalf("audit of the shipped HEX: exit %d: %s %s", code, stdout, errOut)
+	}
+
+	elfData, _ := os.ReadFile(filepath.Join(out, "firmware.elf"))
+	patched := filepath.Join(dir, "patched.elf")
+	os.WriteFile(patched, patchELFSection(t, elfData, ".text"), 0o644)
+	code, stdout, errOut = kiln(t, "audit", recipe, "--against", patched, "--log", log, "--json")
+	if code != ExitVerify || !strings.Contains(errOut, "differs from the rebuild in .text") {
+		t.Fatalf("patched ELF: exit %d: %s", code, errOut)
+	}
+	var rep auditReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if d := rep.Comparison.Differing(); rep.Identical || len(d) != 1 || d[0].Name != ".text" || d[0].Bytes != 1 {
+		t.Fatalf("patched ELF report: %+v", rep.Comparison)
+	}
+
+	// A patched HEX: the difference is named by the rebuild's sections.
+	img := patchELFSection(t, elfData, ".text")
+	pf, _ := elf.NewFile(bytes.NewReader(img))
+	var flat []byte
+	for _, p := range pf.Progs {
+		if p.Type == elf.PT_LOAD && p.Filesz > 0 {
+			b := make([]byte, p.Filesz)
+			p.ReadAt(b, 0)
+			flat = append(flat, b...)
+		}
+	}
+	phex := writeHex(t, dir, "patched.hex", 0, flat)
+	code, stdout, errOut = kiln(t, "audit", recipe, "--against", phex, "--log", log)
+	if code != ExitVerify || !strings.Contains(stdout, ".text") || !strings.Contains(stdout, "1 byte differs") {
+		t.Fatalf("patched HEX: exit %d: %s %s", code, stdout, errOut)
+	}
+
+	// A device: flash the shipped build into the real emulator process,
+	// then audit what it holds.
+	state := filepath.Join(dir, "uno.state")
+	emu := startEmulate(t, "arduino-uno", state)
+	if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", emu.port, "--log", log, out); code != 0 {
+		t.Fatalf("flash: exit %d: %s", code, errOut)
+	}
+	if code, stdout, errOut := kiln(t, "audit", recipe, "--port", emu.port, "--log", log); code != 0 || !strings.Contains(stdout, "identical") {
+		t.Fatalf("audit --port: exit %d: %s %s", code, stdout, errOut)
+	}
+	if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", emu.port, "--log", log, phex); code != 0 {
+		t.Fatalf("flash patched: exit %d: %s", code, errOut)
+	}
+	if code, stdout, errOut := kiln(t, "audit", recipe, "--port", emu.port, "--log", log); code != ExitVerify || !strings.Contains(stdout, ".text") {
+		t.Fatalf("audit --port of a patched device: exit %d: %s %s", code, stdout, errOut)
+	}
+	emu.stop(t)
+
+	// Every audit is in the log, with its result.
+	f, _ := os.Open(log)
+	es, _ := auditlog.Read(f)
+	f.Close()
+	var results []string
+	for _, e := range es {
+		if e.Kind == auditlog.KindAudit {
+			results = append(results, e.Result)
+		}
+	}
+	if strings.Join(results, ",") != "identical,identical,different,different,identical,different" {
+		t.Fatalf("audit records: %v", results)
+	}
+}
