@@ -3,8 +3,11 @@ package dfu
 import (
 	"encoding/binary"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
+
+	"kiln.dev/kiln/flash"
 )
 
 // Port selects a USB DFU device: "dfu:" (the only DFU device present),
@@ -60,6 +63,49 @@ func (p Port) String() string {
 // the port selects.
 func (p Port) Match(vid, pid uint16, serial string) bool {
 	return (!p.HasID || (p.VID == vid && p.PID == pid)) && (p.Serial == "" || p.Serial == serial)
+}
+
+// Candidate is a USB device in DFU mode found on the bus.
+type Candidate struct {
+	VID, PID     uint16
+	Serial       string
+	Bus, Address int
+}
+
+func (c Candidate) String() string {
+	return fmt.Sprintf("dfu:%04x:%04x,serial=%s (bus %d address %d)", c.VID, c.PID, c.Serial, c.Bus, c.Address)
+}
+
+// Choose picks the one candidate the port selects. None is an error
+// wrapping flash.ErrNoDevice (runtime names devices seen in DFU run-time
+// mode, for the message); several are an error listing them.
+func (p Port) Choose(found []Candidate, runtime []string) (int, error) {
+	var idx []int
+	for i, c := range found {
+		if p.Match(c.VID, c.PID, c.Serial) {
+			idx = append(idx, i)
+		}
+	}
+	switch len(idx) {
+	case 1:
+		return idx[0], nil
+	case 0:
+		why := ""
+		if len(runtime) > 0 {
+			why = fmt.Sprintf(" (%s in run-time mode: start the bootloader, e.g. with BOOT0 high)", strings.Join(runtime, ", "))
+		}
+		where := "on USB"
+		if p != (Port{}) {
+			where = "matching " + strings.TrimPrefix(p.String(), "dfu:")
+		}
+		return -1, fmt.Errorf("dfu: no DFU device found %s%s: %w", where, why, flash.ErrNoDevice)
+	}
+	names := make([]string, len(idx))
+	for k, i := range idx {
+		names[k] = found[i].String()
+	}
+	sort.Strings(names)
+	return -1, fmt.Errorf("dfu: %d DFU devices match %s: %s; choose one with --port dfu:VID:PID,serial=S", len(idx), p, strings.Join(names, ", "))
 }
 
 // dfuInterface is one DFU-mode interface found in a configuration

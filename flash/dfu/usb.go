@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/google/gousb"
@@ -145,37 +143,23 @@ func Open(ctx context.Context, port string) (*Target, error) {
 		uctx.Close()
 		return nil, fmt.Errorf("dfu: no DFU device found: enumerating USB: %v: %w", err, flash.ErrNoDevice)
 	}
-	var match []*gousb.Device
-	var names []string
+	var found []Candidate
 	for _, d := range devs {
 		serial, _ := d.SerialNumber()
-		if p.Serial != "" && serial != p.Serial {
+		found = append(found, Candidate{VID: uint16(d.Desc.Vendor), PID: uint16(d.Desc.Product), Serial: serial, Bus: d.Desc.Bus, Address: d.Desc.Address})
+	}
+	i, err := p.Choose(found, runtime)
+	if err != nil {
+		closeAll(devs)
+		uctx.Close()
+		return nil, err
+	}
+	for j, d := range devs {
+		if j != i {
 			d.Close()
-			continue
 		}
-		match = append(match, d)
-		names = append(names, fmt.Sprintf("dfu:%s:%s,serial=%s (bus %d address %d)", d.Desc.Vendor, d.Desc.Product, serial, d.Desc.Bus, d.Desc.Address))
 	}
-	switch len(match) {
-	case 0:
-		uctx.Close()
-		why := ""
-		if len(runtime) > 0 {
-			why = fmt.Sprintf(" (%s in run-time mode: start the bootloader, e.g. with BOOT0 high)", strings.Join(runtime, ", "))
-		}
-		where := "on USB"
-		if p != (Port{}) {
-			where = "matching " + strings.TrimPrefix(p.String(), "dfu:")
-		}
-		return nil, fmt.Errorf("dfu: no DFU device found %s%s: %w", where, why, flash.ErrNoDevice)
-	case 1:
-	default:
-		sort.Strings(names)
-		closeAll(match)
-		uctx.Close()
-		return nil, fmt.Errorf("dfu: %d DFU devices match %s: %s; choose one with --port dfu:VID:PID,serial=S", len(match), p, strings.Join(names, ", "))
-	}
-	dev := match[0]
+	dev := devs[i]
 	dev.ControlTimeout = 5 * time.Second
 	c := &usbConn{ctx: uctx, dev: dev}
 	t, err := c.open(ctx)
