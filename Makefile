@@ -45,6 +45,7 @@ test: deps build
 	$(GO) test -race -timeout 60m -count=1 ./...
 	$(GO) test -run '^$$' -fuzz='^FuzzParseHex$$' -fuzztime=10s ./flash
 	$(GO) test -run '^$$' -fuzz='^FuzzParseDfu$$' -fuzztime=10s ./flash
+	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./flash/stk500v2
 	@echo "make test: all packages passed"
 
 bench: deps build
