@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"github.com/secure-systems-lab/go-securesystemslib/signerverifier"
 
 	"kiln.dev/kiln/firmware"
+	"kiln.dev/kiln/internal/attest/attesttest"
 	"kiln.dev/kiln/internal/trust"
 	"kiln.dev/kiln/recipes"
 )
@@ -61,43 +60,10 @@ func blinkSubject(t *testing.T) *Subject {
 	return s
 }
 
-// cyclonedxSchema compiles the official CycloneDX 1.6 JSON schema from the
-// copy shipped in the cyclonedx-go module source (with the SPDX licence
-// list and JSF schemas it refers to). Nothing is fetched: the compiler has
-// no HTTP loader.
+// cyclonedxSchema is the official CycloneDX 1.6 schema, compiled offline.
 func cyclonedxSchema(t *testing.T) *jsonschema.Schema {
 	t.Helper()
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	out, err := exec.Command(gobin, "list", "-m", "-json", "github.com/CycloneDX/cyclonedx-go").Output()
-	if err != nil {
-		t.Fatalf("go list -m: %v", err)
-	}
-	var mod struct{ Dir, Version string }
-	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
-		t.Fatalf("go list -m: no module directory (%v): %s", err, out)
-	}
-	c := jsonschema.NewCompiler()
-	c.Draft = jsonschema.Draft7
-	for url, file := range map[string]string{
-		"http://cyclonedx.org/schema/bom-1.6.schema.json": "bom-1.6.schema.json",
-		"http://cyclonedx.org/schema/spdx.schema.json":    "spdx.schema.json",
-		// The module ships the JSF schema as "jsf-0.82.schemax.json"; its
-		// $id is the name bom-1.6 refers to.
-		"http://cyclonedx.org/schema/jsf-0.82.schema.json": "jsf-0.82.schemax.json",
-	} {
-		f, err := os.Open(filepath.Join(mod.Dir, "schema", file))
-		if err != nil {
-			t.Fatalf("cyclonedx-go %s does not ship %s: %v", mod.Version, file, err)
-		}
-		defer f.Close()
-		if err := c.AddResource(url, f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sch, err := c.Compile("http://cyclonedx.org/schema/bom-1.6.schema.json")
+	sch, err := attesttest.CycloneDX16()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,10 +137,7 @@ func TestSBOMValidatesAgainstCycloneDX16Schema(t *testing.T) {
 
 func sslibVerifier(t *testing.T, pk *trust.PublicKey) *signerverifier.ED25519SignerVerifier {
 	t.Helper()
-	sv, err := signerverifier.NewED25519SignerVerifierFromSSLibKey(&signerverifier.SSLibKey{
-		KeyID: pk.ID.String(), KeyType: signerverifier.ED25519KeyType, Scheme: "ed25519",
-		KeyVal: signerverifier.KeyVal{Public: hex.EncodeToString(pk.Key)},
-	})
+	sv, err := attesttest.SSLibVerifier(pk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,11 +291,16 @@ func TestFromManifest(t *testing.T) {
 	m := &firmware.Manifest{
 		Format: firmware.ManifestFormat, Builder: firmware.Builder, Name: "blink-uno", Version: "1.0.0",
 		Board: "arduino-uno", Derivation: strings.Repeat("cd", 32), SourceDateEpoch: 1,
-		Outputs:        map[string]firmware.Output{"firmware.hex": {SHA256: strings.Repeat("05", 32), Size: 10}},
-		Toolchain:      firmware.ToolchainRef{Name: "avr-gcc-5.4", Packages: []firmware.PackageRef{{Name: "gcc-avr", Source: "deb:gcc-avr=1:5.4.0+Atmel3.6.2-3", SHA256: strings.Repeat("06", 32)}}},
-		Inputs:         []firmware.InputRef{{Name: "arduino-core-avr", SHA256: strings.Repeat("07", 32), Sources: []string{"deb:arduino-core-avr=1.8.7+dfsg-1~deb12u1"}}},
-		Sources:        []firmware.FileRef{{Path: "src/blink.cpp", SHA256: strings.Repeat("08", 32)}},
-		HostImpurities: []firmware.Impurity{{Path: "/usr/lib/x86_64-linux-gnu/libc.so.6", Target: "/host/libc.so.6", SHA256: strings.Repeat("09", 32)}},
+		Outputs:   map[string]firmware.Output{"firmware.hex": {SHA256: strings.Repeat("05", 32), Size: 10}},
+		Toolchain: firmware.ToolchainRef{Name: "avr-gcc-5.4", Packages: []firmware.PackageRef{{Name: "gcc-avr", Source: "deb:gcc-avr=1:5.4.0+Atmel3.6.2-3", SHA256: strings.Repeat("06", 32)}}},
+		Inputs:    []firmware.InputRef{{Name: "arduino-core-avr", SHA256: strings.Repeat("07", 32), Sources: []string{"deb:arduino-core-avr=1.8.7+dfsg-1~deb12u1"}}},
+		Sources:   []firmware.FileRef{{Path: "src/blink.cpp", SHA256: strings.Repeat("08", 32)}},
+		HostImpurities: []firmware.Impurity{
+			{Path: "/usr/lib/x86_64-linux-gnu/libc.so.6", Target: "/host/libc.so.6", SHA256: strings.Repeat("09", 32)},
+			// The loader is shown twice in the sandbox; the SBOM lists it once.
+			{Path: "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", Target: "/host/ld-linux-x86-64.so.2", SHA256: strings.Repeat("0a", 32)},
+			{Path: "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", Target: "/lib64/ld-linux-x86-64.so.2", SHA256: strings.Repeat("0a", 32)},
+		},
 	}
 	s := FromManifest(m, nil, nil)
 	if got := s.Packages[0].PURL(); got != "pkg:deb/debian/gcc-avr@1:5.4.0%2BAtmel3.6.2-3?arch=amd64" {

@@ -49,8 +49,14 @@ func FromManifest(m *firmware.Manifest, recipe any, arch func([]Package) map[str
 	for _, f := range m.Sources {
 		s.Sources = append(s.Sources, File{Name: f.Path, SHA256: f.SHA256})
 	}
+	// One host file may be shown at several places in the sandbox (the
+	// dynamic loader): list it once.
+	seenHost := map[string]bool{}
 	for _, h := range m.HostImpurities {
-		s.Host = append(s.Host, File{Name: h.Path, SHA256: h.SHA256})
+		if !seenHost[h.Path] {
+			seenHost[h.Path] = true
+			s.Host = append(s.Host, File{Name: h.Path, SHA256: h.SHA256})
+		}
 	}
 	if arch == nil {
 		arch = DebArchs

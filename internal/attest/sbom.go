@@ -179,7 +179,12 @@ func SBOM(s *Subject) ([]byte, error) {
 	}
 	var comps []cdx.Component
 	var deps []string
+	refs := map[string]bool{topRef: true}
 	add := func(c cdx.Component) {
+		if refs[c.BOMRef] {
+			return // the schema wants every component once
+		}
+		refs[c.BOMRef] = true
 		comps = append(comps, c)
 		deps = append(deps, c.BOMRef)
 	}

@@ -14,8 +14,11 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/firmware"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/internal/attest"
 	"kiln.dev/kiln/internal/trust"
+	"kiln.dev/kiln/recipes"
 )
 
 // Flags of the trust policy, shared by the commands that write devices.
@@ -359,6 +362,40 @@ func sameImage(c *cli.Context, file string, data []byte, img *flash.Image) error
 	}
 	if signed.SHA256() != img.SHA256() || signed.Extent() != img.Extent() {
 		return fmt.Errorf("%w: %s changed while it was being checked", ErrUntrusted, file)
+	}
+	return nil
+}
+
+// writeEvidence writes sbom.cdx.json and provenance.json beside the
+// manifest.json of a build's output directory. The provenance is signed
+// with the signing key ($KILN_KEY or kiln keygen's) when there is one; an
+// encrypted key or none leaves only the SBOM, with a note.
+func writeEvidence(c *cli.Context, recipeDir string, res *firmware.Result) error {
+	if res.Out == "" {
+		return nil
+	}
+	e := envOf(c)
+	note := func(format string, a ...any) {
+		if !c.Bool("json") {
+			fmt.Fprintf(e.stderr, "note: "+format+"\n", a...)
+		}
+	}
+	var recipe any
+	if r, err := recipes.Load(recipeDir); err == nil {
+		recipe = r
+	}
+	var key *trust.SecretKey
+	kp := defaultKeyPath()
+	if data, err := os.ReadFile(kp); err == nil {
+		if key, err = trust.ParseSecretKey(data, nil); err != nil {
+			note("%s: %v: provenance.json not written", kp, err)
+			key = nil
+		}
+	} else {
+		note("no signing key (%s): provenance.json not written; kiln keygen makes one", kp)
+	}
+	if err := attest.Write(res.Out, res.Manifest, recipe, key); err != nil {
+		return err
 	}
 	return nil
 }

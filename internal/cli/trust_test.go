@@ -14,6 +14,7 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash/device"
+	"kiln.dev/kiln/internal/attest/attesttest"
 	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/trust"
 )
@@ -273,6 +274,72 @@ func TestLogVerifyCLIDetectsTamper(t *testing.T) {
 	}
 }
 
+// checkEvidence: kiln build wrote an SBOM that the official CycloneDX 1.6
+// schema accepts and a provenance envelope that go-securesystemslib
+// verifies, both describing the build's manifest.
+func checkEvidence(t *testing.T, out, keyFile string) {
+	t.Helper()
+	var m struct {
+		Name       string
+		Derivation string
+		Outputs    map[string]struct{ SHA256 string }
+	}
+	mdata, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+	if err != nil || json.Unmarshal(mdata, &m) != nil {
+		t.Fatalf("manifest.json: %v", err)
+	}
+	sbom, err := os.ReadFile(filepath.Join(out, "sbom.cdx.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := attesttest.ValidateSBOM(sbom); err != nil {
+		t.Fatalf("sbom.cdx.json: %#v", err)
+	}
+	for _, want := range []string{`"name": "blink-uno"`, "pkg:deb/debian/gcc-avr@1:5.4.0%2BAtmel3.6.2-3?arch=amd64",
+		"pkg:deb/debian/arduino-core-avr@", m.Outputs["firmware.elf"].SHA256} {
+		if !strings.Contains(string(sbom), want) {
+			t.Errorf("sbom.cdx.json lacks %s", want)
+		}
+	}
+	kdata, _ := os.ReadFile(keyFile)
+	sk, err := trust.ParseSecretKey(kdata, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov, err := os.ReadFile(filepath.Join(out, "provenance.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := attesttest.OpenEnvelope(prov, sk.Public())
+	if err != nil {
+		t.Fatalf("provenance.json: go-securesystemslib: %v", err)
+	}
+	var st struct {
+		Subject []struct {
+			Name   string
+			Digest map[string]string
+		}
+		Predicate struct {
+			RunDetails struct{ Metadata struct{ InvocationID string } }
+		}
+	}
+	if err := json.Unmarshal(payload, &st); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, s := range st.Subject {
+		got[s.Name] = s.Digest["sha256"]
+	}
+	for name, o := range m.Outputs {
+		if got[name] != o.SHA256 {
+			t.Errorf("provenance subject %s: %s, manifest %s", name, got[name], o.SHA256)
+		}
+	}
+	if st.Predicate.RunDetails.Metadata.InvocationID != "derivation:"+m.Derivation {
+		t.Errorf("invocation %q", st.Predicate.RunDetails.Metadata.InvocationID)
+	}
+}
+
 // patchELFSection flips one byte inside a section of an ELF file.
 func patchELFSection(t *testing.T, data []byte, name string) []byte {
 	t.Helper()
@@ -289,7 +356,7 @@ func patchELFSection(t *testing.T, data []byte, name string) []byte {
 	return out
 }
 
-// TestAuditBlinkUno: a fresh rebuild of blink-uno is identical to the
+// TestAuditBlinkUno: kiln build writes verifiable evidence; a fresh rebuild of blink-uno is identical to the
 // shipped build; a patched ELF or HEX is reported with the changed section
 // (exit 3); a device holding the build audits identical.
 func TestAuditBlinkUno(t *testing.T) {
@@ -297,9 +364,15 @@ func TestAuditBlinkUno(t *testing.T) {
 	log := filepath.Join(dir, "audit.jsonl")
 	out := filepath.Join(dir, "shipped")
 	recipe := filepath.Join("..", "..", "recipes", "blink-uno")
+	key := filepath.Join(dir, "kiln.key")
+	t.Setenv("KILN_KEY", key)
+	if code, _, errOut := kiln(t, "keygen"); code != 0 {
+		t.Fatalf("keygen: %s", errOut)
+	}
 	if code, stdout, errOut := kiln(t, "build", recipe, "--out", out); code != 0 {
 		t.Fatalf("build: exit %d: %s %s", code, stdout, errOut)
 	}
+	checkEvidence(t, out, key)
 	code, stdout, errOut := kiln(t, "audit", recipe, "--against", filepath.Join(out, "firmware.elf"), "--log", log)
 	if code != 0 || !strings.Contains(stdout, "identical: every section matches") || !strings.Contains(stdout, "in a fresh sandbox") {
 		t.Fatalf("audit of the shipped ELF: exit %d: %s %s", code, stdout, errOut)
