@@ -174,7 +174,32 @@ func (c *Client) cmd(ctx context.Context, req []byte, n int, extra time.Duration
 	if _, err := c.l.Write(req); err != nil {
 		return nil, fmt.Errorf("write: %w", err)
 	}
-	timeout := c.cfg.Timeout + c.wire(len(req)+n+2) + extra
+	return c.answer(ctx, n, c.cfg.Timeout+c.wire(len(req)+n+2)+extra)
+}
+
+// addressed sends LOAD_ADDRESS and req in one write, then reads both
+// answers. Optiboot handles LOAD_ADDRESS in microseconds, well inside the
+// time the UART's receive buffer covers, so this saves a round trip per
+// page without risking an overrun (pages themselves are never pipelined:
+// the chip does not read the line while it programs flash).
+func (c *Client) addressed(ctx context.Context, addr uint32, req []byte, n int, extra time.Duration) ([]byte, error) {
+	if addr >= 0x20000 {
+		return nil, fmt.Errorf("address 0x%x needs extended addressing, which this client does not speak", addr)
+	}
+	w := addr / 2
+	buf := append([]byte{CmdLoadAddress, byte(w), byte(w >> 8), CRCEOP}, req...)
+	if _, err := c.l.Write(buf); err != nil {
+		return nil, fmt.Errorf("write: %w", err)
+	}
+	timeout := c.cfg.Timeout + c.wire(len(buf)+n+4) + extra
+	if _, err := c.answer(ctx, 0, timeout); err != nil {
+		return nil, fmt.Errorf("load address 0x%04x: %w", addr, err)
+	}
+	return c.answer(ctx, n, timeout)
+}
+
+// answer reads INSYNC, n payload bytes and OK.
+func (c *Client) answer(ctx context.Context, n int, timeout time.Duration) ([]byte, error) {
 	b, err := c.l.Byte(ctx, timeout)
 	if err != nil {
 		return nil, err
@@ -224,12 +249,6 @@ func (c *Client) retry(ctx context.Context, what string, op func() error) error 
 	return fmt.Errorf("stk500: %s: gave up after %d tries: %w", what, c.cfg.Retries+1, err)
 }
 
-func (c *Client) loadAddress(ctx context.Context, addr uint32) error {
-	w := addr / 2
-	_, err := c.cmd(ctx, []byte{CmdLoadAddress, byte(w), byte(w >> 8), CRCEOP}, 0, 0)
-	return err
-}
-
 // Identity names the device: its signature and bootloader version.
 func (c *Client) Identity() string {
 	return fmt.Sprintf("avr signature %02x%02x%02x, stk500v1 bootloader %d.%d", c.sig[0], c.sig[1], c.sig[2], c.major, c.minor)
@@ -255,13 +274,7 @@ func (c *Client) Write(ctx context.Context, img *flash.Image, p flash.Progress) 
 		req = append(req, data...)
 		req = append(req, CRCEOP)
 		err := c.retry(ctx, fmt.Sprintf("program page at 0x%04x", pg), func() error {
-			if pg >= 0x20000 {
-				return fmt.Errorf("address 0x%x needs extended addressing, which this client does not speak", pg)
-			}
-			if err := c.loadAddress(ctx, pg); err != nil {
-				return err
-			}
-			_, err := c.cmd(ctx, req, 0, 0)
+			_, err := c.addressed(ctx, pg, req, 0, 0)
 			return err
 		})
 		if err != nil {
@@ -339,14 +352,8 @@ func (c *Client) ReadBack(ctx context.Context, r flash.Region, p flash.Progress)
 		addr := uint32(a)
 		var got []byte
 		err := c.retry(ctx, fmt.Sprintf("read flash at 0x%04x", addr), func() error {
-			if addr >= 0x20000 {
-				return fmt.Errorf("address 0x%x needs extended addressing, which this client does not speak", addr)
-			}
-			if err := c.loadAddress(ctx, addr); err != nil {
-				return err
-			}
 			var err error
-			got, err = c.cmd(ctx, []byte{CmdReadPage, byte(n >> 8), byte(n), MemFlash, CRCEOP}, int(n), c.wire(int(n)))
+			got, err = c.addressed(ctx, addr, []byte{CmdReadPage, byte(n >> 8), byte(n), MemFlash, CRCEOP}, int(n), c.wire(int(n)))
 			return err
 		})
 		if err != nil {
