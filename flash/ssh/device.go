@@ -1,0 +1,200 @@
+package ssh
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+)
+
+// device runs the device-side half of kiln's SSH work with stock tools, or
+// with the uploaded helper when one fits the device. It counts the bytes it
+// sends.
+type device struct {
+	r      Runner
+	helper string // verified helper path on the device, "" for stock tools
+	hsum   string // its sha256
+	sent   int64
+}
+
+type countingReader struct {
+	r io.Reader
+	n *int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	*c.n += int64(n)
+	return n, err
+}
+
+func (d *device) run(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
+	if stdin != nil {
+		stdin = countingReader{stdin, &d.sent}
+	}
+	return d.r.Run(ctx, cmd, stdin, stdout)
+}
+
+func (d *device) output(ctx context.Context, cmd string) (string, error) {
+	var out bytes.Buffer
+	err := d.run(ctx, cmd, nil, &out)
+	return out.String(), err
+}
+
+// quote makes s one shell word.
+func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// readAt reads n bytes at off from dev, past the page cache (O_DIRECT, so
+// the range is widened to whole sectors).
+func (d *device) readAt(ctx context.Context, dev string, off, n int64) ([]byte, error) {
+	lo, hi := off&^511, (off+n+511)&^511
+	var out bytes.Buffer
+	cmd := fmt.Sprintf("dd if=%s bs=65536 iflag=direct,skip_bytes,count_bytes skip=%d count=%d status=none", quote(dev), lo, hi-lo)
+	if err := d.run(ctx, cmd, nil, &out); err != nil {
+		return nil, fmt.Errorf("read %s at %d: %w", dev, off, err)
+	}
+	b := out.Bytes()
+	if int64(len(b)) < off-lo+n {
+		return nil, fmt.Errorf("read %s at %d: short read (%d of %d bytes)", dev, off, len(b), hi-lo)
+	}
+	return b[off-lo : off-lo+n], nil
+}
+
+// hash returns the device's SHA-256 of n bytes of dev at off, read past the page cache.
+func (d *device) hash(ctx context.Context, dev string, off, n int64) (string, error) {
+	if off%512 != 0 || n%512 != 0 {
+		return "", fmt.Errorf("hash %s: range %d+%d is not whole sectors", dev, off, n)
+	}
+	out, err := d.output(ctx, fmt.Sprintf("dd if=%s bs=1048576 iflag=direct,skip_bytes,count_bytes skip=%d count=%d status=none | sha256sum", quote(dev), off, n))
+	if err != nil {
+		return "", fmt.Errorf("hash %s: %w", dev, err)
+	}
+	f := strings.Fields(out)
+	if len(f) == 0 || len(f[0]) != 64 {
+		return "", fmt.Errorf("hash %s: unexpected sha256sum output %q", dev, out)
+	}
+	return f[0], nil
+}
+
+// write writes r to dev at off and flushes it to the medium.
+func (d *device) write(ctx context.Context, dev string, off int64, r io.Reader) error {
+	cmd := fmt.Sprintf("dd of=%s bs=1048576 iflag=fullblock oflag=seek_bytes seek=%d conv=notrunc,fsync status=none", quote(dev), off)
+	if err := d.run(ctx, cmd, r, nil); err != nil {
+		return fmt.Errorf("write %s at %d: %w", dev, off, err)
+	}
+	return nil
+}
+
+// block is one run of bytes to write at an offset of a device.
+type block struct {
+	Off  int64
+	Data []byte
+}
+
+// writeBlocks writes scattered blocks in one session.
+func (d *device) writeBlocks(ctx context.Context, dev string, blocks []block) error {
+	if len(blocks) == 0 {
+		return nil
+	}
+	var stdin bytes.Buffer
+	if d.helper != "" {
+		for _, b := range blocks {
+			fmt.Fprintf(&stdin, "%d %d\n", b.Off, len(b.Data))
+			stdin.Write(b.Data)
+		}
+		return d.run(ctx, d.helperCmd("apply", dev), &stdin, nil)
+	}
+	// Stock tools: one dd per run, each reading exactly its bytes from stdin.
+	var script strings.Builder
+	script.WriteString("set -e\n")
+	for _, b := range blocks {
+		fmt.Fprintf(&script, "dd of=%s bs=%d count=1 iflag=fullblock oflag=seek_bytes seek=%d conv=notrunc status=none\n", quote(dev), len(b.Data), b.Off)
+		stdin.Write(b.Data)
+	}
+	script.WriteString("sync\n")
+	return d.run(ctx, "sh -c "+quote(script.String()), &stdin, nil)
+}
+
+// blockHashes returns the SHA-256 of every bs-byte block of dev in [off, off+n).
+func (d *device) blockHashes(ctx context.Context, dev string, off, n, bs int64) ([][32]byte, error) {
+	var out bytes.Buffer
+	var cmd string
+	if d.helper != "" {
+		cmd = d.helperCmd("blockhash", dev, fmt.Sprint(off), fmt.Sprint(n), fmt.Sprint(bs))
+	} else {
+		cmd = fmt.Sprintf(`i=0; while [ $i -lt %d ]; do dd if=%s bs=%d skip=$((%d+i)) count=1 iflag=direct status=none | sha256sum; i=$((i+1)); done`,
+			(n+bs-1)/bs, quote(dev), bs, off/bs)
+		if off%bs != 0 {
+			return nil, fmt.Errorf("block hashes: offset %d is not a multiple of %d", off, bs)
+		}
+	}
+	if err := d.run(ctx, cmd, nil, &out); err != nil {
+		return nil, fmt.Errorf("block hashes of %s: %w", dev, err)
+	}
+	var sums [][32]byte
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		var s [32]byte
+		if len(f) == 0 || hex.DecodedLen(len(f[0])) != 32 {
+			return nil, fmt.Errorf("block hashes of %s: bad line %q", dev, sc.Text())
+		}
+		hex.Decode(s[:], []byte(f[0]))
+		sums = append(sums, s)
+	}
+	if want := (n + bs - 1) / bs; int64(len(sums)) != want {
+		return nil, fmt.Errorf("block hashes of %s: got %d, want %d", dev, len(sums), want)
+	}
+	return sums, nil
+}
+
+func (d *device) helperCmd(args ...string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = quote(a)
+	}
+	// The helper is checked by hash on the device right before it runs.
+	return fmt.Sprintf("echo %s | sha256sum -c -s - && %s %s", quote(d.hsum+"  "+d.helper), d.helper, strings.Join(q, " "))
+}
+
+// goarchOf maps `uname -m` to Go's architecture names.
+var goarchOf = map[string]string{"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"}
+
+// installHelper uploads the static helper for the device's architecture if
+// one exists in dir (files kiln-helper-<goarch>) and is not there yet. With
+// no fitting helper the device keeps using stock tools.
+func (d *device) installHelper(ctx context.Context, dir string) error {
+	if dir == "" {
+		return nil
+	}
+	m, err := d.output(ctx, "uname -m")
+	if err != nil {
+		return err
+	}
+	arch := goarchOf[strings.TrimSpace(m)]
+	data, err := os.ReadFile(filepath.Join(dir, "kiln-helper-"+arch))
+	if arch == "" || err != nil {
+		return nil
+	}
+	sum := sha256.Sum256(data)
+	d.hsum = hex.EncodeToString(sum[:])
+	path := "/tmp/kiln-helper-" + d.hsum[:16]
+	if _, err := d.output(ctx, fmt.Sprintf("echo %s | sha256sum -c -s -", quote(d.hsum+"  "+path))); err != nil {
+		up := fmt.Sprintf("cat > %[1]s.tmp && chmod 700 %[1]s.tmp && mv %[1]s.tmp %[1]s", path)
+		if err := d.run(ctx, up, bytes.NewReader(data), nil); err != nil {
+			return fmt.Errorf("upload helper: %w", err)
+		}
+	}
+	d.helper = path
+	return nil
+}
+
+// HelperArch is the architecture a helper built from this source runs on.
+var HelperArch = runtime.GOARCH

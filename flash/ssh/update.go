@@ -1,0 +1,568 @@
+package ssh
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Layout is what kiln.json on an image's first partition says about its slots.
+type Layout struct {
+	Derivation string `json:"derivation"`
+	Name       string `json:"name,omitempty"`
+	Board      string `json:"board,omitempty"`
+	Slots      []Slot `json:"slots"`
+}
+
+// Slot is one A/B slot: a boot partition and a root partition.
+type Slot struct {
+	Name string `json:"name"`
+	Boot int    `json:"boot"`
+	Root int    `json:"root"`
+}
+
+// RunCloser is a Runner that can be closed: one connection to a device.
+type RunCloser interface {
+	Runner
+	io.Closer
+}
+
+// Dialer opens a new connection to the device (updates reconnect after reboots).
+type Dialer func(ctx context.Context) (RunCloser, error)
+
+// DialerFor returns a Dialer for a real device.
+func DialerFor(a Addr, opts Options) Dialer {
+	return func(ctx context.Context) (RunCloser, error) { return Dial(ctx, a, opts) }
+}
+
+// UpdateOptions tunes an A/B update.
+type UpdateOptions struct {
+	Disk          string        // the device's disk; default /dev/mmcblk0
+	Health        string        // health check command run on the new slot; default "true"
+	HealthTimeout time.Duration // default 60s
+	BootTimeout   time.Duration // how long a reboot may take; default 120s
+	NoDelta       bool          // always send whole partitions
+	BlockSize     int64         // delta block size; default 64 KiB
+	HelperDir     string        // where kiln-helper-<goarch> files are; "" for stock tools only
+	Log           func(format string, a ...any)
+}
+
+// UpdateResult is what an update did.
+type UpdateResult struct {
+	Device      string `json:"device"`
+	From        string `json:"from_slot"`
+	To          string `json:"to_slot"`
+	Derivation  string `json:"derivation"`
+	RootSHA256  string `json:"root_sha256"`
+	BootSHA256  string `json:"boot_sha256"`
+	BytesSent   int64  `json:"bytes_sent"`
+	BytesImage  int64  `json:"bytes_image"`
+	Committed   bool   `json:"committed"`
+	RolledBack  bool   `json:"rolled_back"`
+	Reason      string `json:"reason,omitempty"`
+	UsedHelper  bool   `json:"used_helper"`
+	DurationSec float64 `json:"duration_s"`
+}
+
+var (
+	// ErrRolledBack means the new slot failed its trial boot or health check
+	// and the device is back on its committed slot.
+	ErrRolledBack = errors.New("update rolled back")
+	// ErrLayout means the device or the image has no usable A/B layout.
+	ErrLayout = errors.New("no A/B layout")
+)
+
+// partDev names partition n of disk (/dev/mmcblk0 → /dev/mmcblk0p2, /dev/sda → /dev/sda2).
+func partDev(disk string, n int) string {
+	if c := disk[len(disk)-1]; c >= '0' && c <= '9' {
+		return fmt.Sprintf("%sp%d", disk, n)
+	}
+	return fmt.Sprintf("%s%d", disk, n)
+}
+
+// localImage is an image file on the host.
+type localImage struct {
+	f      *os.File
+	parts  []Partition
+	layout Layout
+}
+
+func openImage(path string) (*localImage, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	head := make([]byte, tableBytes)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	parts, err := ParseTable(head)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	img := &localImage{f: f, parts: parts}
+	p1, ok := partByNum(parts, 1)
+	if !ok {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w: no partition 1", path, ErrLayout)
+	}
+	kj, err := readFATFile(fileReader(f, p1), "kiln.json")
+	if err == nil {
+		err = json.Unmarshal(kj.Data, &img.layout)
+	}
+	if err != nil || len(img.layout.Slots) != 2 {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w: partition 1 has no kiln.json with two slots (%v)", path, ErrLayout, err)
+	}
+	return img, nil
+}
+
+func fileReader(f io.ReaderAt, p Partition) readerAt {
+	return func(off, n int64) ([]byte, error) {
+		if off+n > p.Size {
+			return nil, fmt.Errorf("read past partition %d", p.Number)
+		}
+		b := make([]byte, n)
+		_, err := f.ReadAt(b, p.Start+off)
+		return b, err
+	}
+}
+
+func partByNum(parts []Partition, n int) (Partition, bool) {
+	for _, p := range parts {
+		if p.Number == n {
+			return p, true
+		}
+	}
+	return Partition{}, false
+}
+
+// remoteReader reads a device partition over SSH in cached 64 KiB chunks.
+func remoteReader(ctx context.Context, d *device, dev string, size int64) readerAt {
+	const chunk = 65536
+	cache := map[int64][]byte{}
+	return func(off, n int64) ([]byte, error) {
+		if off+n > size {
+			return nil, fmt.Errorf("read past the end of %s", dev)
+		}
+		out := make([]byte, 0, n)
+		for pos := off; pos < off+n; {
+			c := pos / chunk * chunk
+			b, ok := cache[c]
+			if !ok {
+				var err error
+				if b, err = d.readAt(ctx, dev, c, min(chunk, size-c)); err != nil {
+					return nil, err
+				}
+				cache[c] = b
+			}
+			k := min(int64(len(b))-(pos-c), off+n-pos)
+			out = append(out, b[pos-c:pos-c+k]...)
+			pos += k
+		}
+		return out, nil
+	}
+}
+
+// remote is what an update knows of the device.
+type remote struct {
+	d         *device
+	parts     []Partition
+	layout    Layout
+	autoboot  *fatFile
+	committed Slot // the slot autoboot.txt [all] boots
+	running   Slot // the slot whose root the kernel runs
+	bootID    string
+}
+
+var rootRE = regexp.MustCompile(`root=PARTUUID=([0-9A-Fa-f-]+)`)
+
+// inspect reads the device's table, slots, autoboot.txt and running slot.
+func inspect(ctx context.Context, d *device, disk string) (*remote, error) {
+	head, err := d.readAt(ctx, disk, 0, tableBytes)
+	if err != nil {
+		return nil, err
+	}
+	r := &remote{d: d}
+	if r.parts, err = ParseTable(head); err != nil {
+		return nil, fmt.Errorf("%s: %w", disk, err)
+	}
+	p1, ok := partByNum(r.parts, 1)
+	if !ok {
+		return nil, fmt.Errorf("%s: %w: no partition 1", disk, ErrLayout)
+	}
+	rd := remoteReader(ctx, d, partDev(disk, 1), p1.Size)
+	kj, err := readFATFile(rd, "kiln.json")
+	if err == nil {
+		err = json.Unmarshal(kj.Data, &r.layout)
+	}
+	if err != nil || len(r.layout.Slots) != 2 {
+		return nil, fmt.Errorf("%s: %w: partition 1 has no kiln.json with two slots (%v)", disk, ErrLayout, err)
+	}
+	if r.autoboot, err = readFATFile(rd, "autoboot.txt"); err != nil {
+		return nil, fmt.Errorf("%s: autoboot.txt: %w", disk, err)
+	}
+	all, _, err := parseAutoboot(r.autoboot.Data)
+	if err != nil {
+		return nil, err
+	}
+	cmdline, err := d.output(ctx, "cat /proc/cmdline")
+	if err != nil {
+		return nil, err
+	}
+	m := rootRE.FindStringSubmatch(cmdline)
+	if m == nil {
+		return nil, fmt.Errorf("%s: %w: /proc/cmdline has no root=PARTUUID=", disk, ErrLayout)
+	}
+	runningRoot := 0
+	for _, p := range r.parts {
+		if strings.EqualFold(p.PartUUID, m[1]) {
+			runningRoot = p.Number
+		}
+	}
+	found := 0
+	for _, s := range r.layout.Slots {
+		if s.Boot == all {
+			r.committed, found = s, found+1
+		}
+		if s.Root == runningRoot {
+			r.running, found = s, found+1
+		}
+	}
+	if found != 2 {
+		return nil, fmt.Errorf("%s: %w: committed boot partition %d / running root %d match no slot", disk, ErrLayout, all, runningRoot)
+	}
+	id, err := d.output(ctx, "cat /proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return nil, err
+	}
+	r.bootID = strings.TrimSpace(id)
+	return r, nil
+}
+
+// parseAutoboot returns boot_partition in [all] and in [tryboot].
+func parseAutoboot(b []byte) (all, try int, err error) {
+	section := "all"
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "["):
+			section = strings.Trim(line, "[]")
+		case strings.HasPrefix(line, "boot_partition="):
+			n, e := strconv.Atoi(strings.TrimPrefix(line, "boot_partition="))
+			if e != nil {
+				return 0, 0, fmt.Errorf("autoboot.txt: bad %q", line)
+			}
+			if section == "tryboot" {
+				try = n
+			} else {
+				all = n
+			}
+		}
+	}
+	if all == 0 {
+		return 0, 0, fmt.Errorf("autoboot.txt: no boot_partition in [all]")
+	}
+	return all, try, nil
+}
+
+// autobootText is kiln's autoboot.txt. Its length does not depend on the
+// (single-digit) partition numbers, so rewriting it changes bytes in place
+// inside one sector.
+func autobootText(all, try int) string {
+	return fmt.Sprintf("[all]\ntryboot_a_b=1\nboot_partition=%d\n[tryboot]\nboot_partition=%d\n", all, try)
+}
+
+// setAutoboot rewrites autoboot.txt in place and reads it back.
+func (r *remote) setAutoboot(ctx context.Context, disk string, all, try int) error {
+	want := autobootText(all, try)
+	if len(want) != len(r.autoboot.Data) {
+		return fmt.Errorf("autoboot.txt is %d bytes, kiln's is %d: cannot rewrite it in place", len(r.autoboot.Data), len(want))
+	}
+	if string(r.autoboot.Data) == want {
+		return nil
+	}
+	dev := partDev(disk, 1)
+	pos := int64(0)
+	var blocks []block
+	for _, x := range r.autoboot.Extents {
+		blocks = append(blocks, block{Off: x.Off, Data: []byte(want[pos : pos+x.Len])})
+		pos += x.Len
+	}
+	if err := r.d.writeBlocks(ctx, dev, blocks); err != nil {
+		return fmt.Errorf("rewrite autoboot.txt: %w", err)
+	}
+	for _, b := range blocks {
+		got, err := r.d.readAt(ctx, dev, b.Off, int64(len(b.Data)))
+		if err != nil {
+			return fmt.Errorf("read back autoboot.txt: %w", err)
+		}
+		if !bytes.Equal(got, b.Data) {
+			return fmt.Errorf("read back autoboot.txt: content differs")
+		}
+	}
+	r.autoboot.Data = []byte(want)
+	return nil
+}
+
+func (o *UpdateOptions) defaults() {
+	if o.Disk == "" {
+		o.Disk = "/dev/mmcblk0"
+	}
+	if o.Health == "" {
+		o.Health = "true"
+	}
+	if o.HealthTimeout == 0 {
+		o.HealthTimeout = 60 * time.Second
+	}
+	if o.BootTimeout == 0 {
+		o.BootTimeout = 120 * time.Second
+	}
+	if o.BlockSize == 0 {
+		o.BlockSize = 64 << 10
+	}
+	if o.Log == nil {
+		o.Log = func(string, ...any) {}
+	}
+}
+
+// Update installs the image at path (an .img with kiln's A/B layout) on the
+// device's inactive slot, proves the write by hashing it on the device,
+// trial-boots it, runs the health check and commits — or rolls back.
+// It returns ErrRolledBack (wrapped) when the device ended on its old slot.
+func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOptions) (*UpdateResult, error) {
+	opts.defaults()
+	start := time.Now()
+	res := &UpdateResult{Device: name}
+	defer func() { res.DurationSec = time.Since(start).Seconds() }()
+
+	img, err := openImage(path)
+	if err != nil {
+		return res, err
+	}
+	defer img.f.Close()
+	res.Derivation = img.layout.Derivation
+	src := img.layout.Slots[0]
+	srcBoot, ok1 := partByNum(img.parts, src.Boot)
+	srcRoot, ok2 := partByNum(img.parts, src.Root)
+	if !ok1 || !ok2 {
+		return res, fmt.Errorf("%s: %w: slot %s partitions missing", path, ErrLayout, src.Name)
+	}
+
+	c, err := dial(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer func() { c.Close() }()
+	d := &device{r: c}
+	rem, err := inspect(ctx, d, opts.Disk)
+	if err != nil {
+		return res, err
+	}
+	if rem.running != rem.committed {
+		// A trial from an earlier, interrupted update: go back to the committed slot first.
+		opts.Log("%s: running uncommitted slot %s; rebooting to committed slot %s", name, rem.running.Name, rem.committed.Name)
+		if c, rem, err = rebootAndWait(ctx, dial, c, rem, opts, ""); err != nil {
+			return res, err
+		}
+		d = rem.d
+		if rem.running != rem.committed {
+			return res, fmt.Errorf("%s: still not on the committed slot after a reboot", name)
+		}
+	}
+	target := rem.layout.Slots[0]
+	if target == rem.committed {
+		target = rem.layout.Slots[1]
+	}
+	res.From, res.To = rem.committed.Name, target.Name
+	tBoot, ok1 := partByNum(rem.parts, target.Boot)
+	tRoot, ok2 := partByNum(rem.parts, target.Root)
+	if !ok1 || !ok2 {
+		return res, fmt.Errorf("%s: %w: slot %s partitions missing", name, ErrLayout, target.Name)
+	}
+	if srcBoot.Size > tBoot.Size || srcRoot.Size > tRoot.Size {
+		return res, fmt.Errorf("%s: the image's slot (boot %d, root %d bytes) does not fit the device's slot %s (boot %d, root %d bytes)",
+			name, srcBoot.Size, srcRoot.Size, target.Name, tBoot.Size, tRoot.Size)
+	}
+
+	// The boot partition, with cmdline.txt naming the device's target root.
+	boot := make([]byte, srcBoot.Size)
+	if _, err := img.f.ReadAt(boot, srcBoot.Start); err != nil {
+		return res, err
+	}
+	cl, err := readFATFile(func(off, n int64) ([]byte, error) { return boot[off : off+n], nil }, "cmdline.txt")
+	if err != nil {
+		return res, fmt.Errorf("%s: boot partition: %w", path, err)
+	}
+	writes, _, err := patchFATFile(cl, "PARTUUID="+srcRoot.PartUUID, "PARTUUID="+tRoot.PartUUID)
+	if err != nil {
+		return res, fmt.Errorf("%s: cmdline.txt: %w", path, err)
+	}
+	for off, b := range writes {
+		copy(boot[off:], b)
+	}
+
+	if err := d.installHelper(ctx, opts.HelperDir); err != nil {
+		return res, err
+	}
+	res.UsedHelper = d.helper != ""
+	root := io.NewSectionReader(img.f, srcRoot.Start, srcRoot.Size)
+	if res.RootSHA256, err = writeVerified(ctx, d, partDev(opts.Disk, target.Root), root, srcRoot.Size, opts); err != nil {
+		return res, err
+	}
+	if res.BootSHA256, err = writeVerified(ctx, d, partDev(opts.Disk, target.Boot), bytes.NewReader(boot), srcBoot.Size, opts); err != nil {
+		return res, err
+	}
+	res.BytesImage = srcRoot.Size + srcBoot.Size
+	res.BytesSent = d.sent
+
+	// Arm the one-shot trial boot of the new slot.
+	if err := rem.setAutoboot(ctx, opts.Disk, rem.committed.Boot, target.Boot); err != nil {
+		return res, err
+	}
+	opts.Log("%s: slot %s written and verified on the device; trial boot", name, target.Name)
+	c, trial, err := rebootAndWait(ctx, dial, c, rem, opts, "0 tryboot")
+	if err != nil {
+		return res, err
+	}
+	res.BytesSent += d.sent - res.BytesSent
+	rollback := func(reason string) (*UpdateResult, error) {
+		res.RolledBack, res.Reason = true, reason
+		opts.Log("%s: %s; rolling back to slot %s", name, reason, rem.committed.Name)
+		var back *remote
+		var err error
+		if trial.running != rem.committed {
+			if c, back, err = rebootAndWait(ctx, dial, c, trial, opts, ""); err != nil {
+				return res, fmt.Errorf("%s: %s, and the rollback reboot failed: %w", name, reason, err)
+			}
+			if back.running != rem.committed {
+				return res, fmt.Errorf("%s: %s, and after the rollback it runs slot %s", name, reason, back.running.Name)
+			}
+		}
+		return res, fmt.Errorf("%s: %s: %w (device is on slot %s)", name, reason, ErrRolledBack, rem.committed.Name)
+	}
+	if trial.running != target {
+		return rollback(fmt.Sprintf("trial boot came up on slot %s, not %s", trial.running.Name, target.Name))
+	}
+	hctx, cancel := context.WithTimeout(ctx, opts.HealthTimeout)
+	err = c.Run(hctx, opts.Health, nil, io.Discard)
+	cancel()
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return rollback(fmt.Sprintf("health check did not finish in %v", opts.HealthTimeout))
+		}
+		return rollback(fmt.Sprintf("health check failed: %v", err))
+	}
+	if err := trial.setAutoboot(ctx, opts.Disk, target.Boot, rem.committed.Boot); err != nil {
+		return res, fmt.Errorf("%s: commit: %w", name, err)
+	}
+	res.Committed = true
+	opts.Log("%s: committed slot %s", name, target.Name)
+	return res, nil
+}
+
+// writeVerified writes n bytes from r to dev (only changed blocks when the
+// device can hash them) and returns the device's hash of the range, which
+// must equal the image's.
+func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n int64, opts UpdateOptions) (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(r, 0, n)); err != nil {
+		return "", err
+	}
+	want := hex.EncodeToString(h.Sum(nil))
+	if !opts.NoDelta {
+		sums, err := d.blockHashes(ctx, dev, 0, n, opts.BlockSize)
+		if err != nil {
+			return "", err
+		}
+		var blocks []block
+		buf := make([]byte, opts.BlockSize)
+		for i, s := range sums {
+			off := int64(i) * opts.BlockSize
+			k := min(opts.BlockSize, n-off)
+			if _, err := r.ReadAt(buf[:k], off); err != nil {
+				return "", err
+			}
+			if sha256.Sum256(buf[:k]) != s {
+				blocks = append(blocks, block{Off: off, Data: append([]byte(nil), buf[:k]...)})
+			}
+		}
+		opts.Log("%s: %d of %d blocks differ", dev, len(blocks), len(sums))
+		for len(blocks) > 0 {
+			k := min(len(blocks), 256)
+			if err := d.writeBlocks(ctx, dev, blocks[:k]); err != nil {
+				return "", err
+			}
+			blocks = blocks[k:]
+		}
+	} else if err := d.write(ctx, dev, 0, io.NewSectionReader(r, 0, n)); err != nil {
+		return "", err
+	}
+	got, err := d.hash(ctx, dev, 0, n)
+	if err != nil {
+		return "", err
+	}
+	if got != want {
+		return got, fmt.Errorf("%s: device sha256 %s, image %s: %w", dev, got, want, errVerify)
+	}
+	return got, nil
+}
+
+// rebootAndWait reboots the device (arg "" or "0 tryboot"), waits for a new
+// boot and reconnects.
+func rebootAndWait(ctx context.Context, dial Dialer, c RunCloser, rem *remote, opts UpdateOptions, arg string) (RunCloser, *remote, error) {
+	cmd := "reboot"
+	if arg != "" {
+		cmd += " " + quote(arg)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := c.Run(rctx, cmd, nil, nil)
+	cancel()
+	if err != nil && !errors.Is(err, ErrConnLost) && !errors.Is(err, context.DeadlineExceeded) {
+		return c, nil, fmt.Errorf("reboot: %w", err)
+	}
+	c.Close()
+	deadline := time.Now().Add(opts.BootTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		if err := ctx.Err(); err != nil {
+			return c, nil, err
+		}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		nc, err := dial(dctx)
+		cancel()
+		if err == nil {
+			nd := &device{r: nc, helper: rem.d.helper, hsum: rem.d.hsum, sent: rem.d.sent}
+			nr, err := inspect(ctx, nd, opts.Disk)
+			if err == nil && nr.bootID != rem.bootID {
+				*rem.d = *nd
+				nr.d = rem.d
+				return nc, nr, nil
+			}
+			nc.Close()
+			if err != nil {
+				last = err
+			}
+		} else {
+			last = err
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return c, nil, ctx.Err()
+		}
+	}
+	return c, nil, fmt.Errorf("device did not come back within %v after reboot (last: %v)", opts.BootTimeout, last)
+}

@@ -1,0 +1,222 @@
+package ssh
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/ssh/sshtest"
+)
+
+var helperDir string
+
+func TestMain(m *testing.M) {
+	if sshtest.Available() == nil {
+		dir, err := os.MkdirTemp("", "kiln-helper-")
+		if err == nil {
+			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s", "-o", filepath.Join(dir, "kiln-helper-"+HelperArch), "kiln.dev/kiln/cmd/kiln-helper")
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				os.Stderr.Write(out)
+				os.Exit(1)
+			}
+			helperDir = dir
+		}
+	}
+	code := m.Run()
+	if helperDir != "" {
+		os.RemoveAll(helperDir)
+	}
+	os.Exit(code)
+}
+
+// fleet starts n devices holding img.
+func fleet(t *testing.T, n int, spec sshtest.ImageSpec) (*sshtest.Fleet, []*sshtest.Device, string) {
+	t.Helper()
+	if err := sshtest.Available(); err != nil {
+		t.Skipf("test devices need root and the real tools: %v", err)
+	}
+	f, err := sshtest.NewFleet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	img, err := sshtest.BuildImage(f.Dir, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs []*sshtest.Device
+	for i := 0; i < n; i++ {
+		d, err := f.AddDevice(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, d)
+	}
+	return f, devs, img
+}
+
+func dialer(f *sshtest.Fleet, d *sshtest.Device) Dialer {
+	return DialerFor(Addr{User: "root", Host: d.Addr, Port: 22}, Options{KnownHosts: f.KnownHosts, KeyFiles: []string{f.ClientKey}, Timeout: 5 * time.Second})
+}
+
+func partHash(t *testing.T, path string, n int64) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyN(h, f, n); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func fastOpts() UpdateOptions {
+	return UpdateOptions{Health: "/usr/bin/health", HealthTimeout: 3 * time.Second, BootTimeout: 15 * time.Second, HelperDir: helperDir, BlockSize: 64 << 10}
+}
+
+func TestUpdateCommitsNewSlot(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "1111111111111111aaaa", Seed: 1})
+	dev := devs[0]
+	v2, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "2222222222222222bbbb", Seed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := Update(ctx, dialer(f, dev), dev.Name, v2, fastOpts())
+	if err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	if !res.Committed || res.RolledBack || res.From != "a" || res.To != "b" {
+		t.Fatalf("result %+v", res)
+	}
+	if dev.Running != 5 || dev.BootPart != 3 {
+		t.Fatalf("device runs root %d from boot %d, want 5 from 3", dev.Running, dev.BootPart)
+	}
+	// The device's slot b holds exactly the image's slot a root, by the host's own reading.
+	img, err := openImage(v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.f.Close()
+	src, _ := partByNum(img.parts, 4)
+	want := sha256.New()
+	io.Copy(want, io.NewSectionReader(img.f, src.Start, src.Size))
+	if got := partHash(t, dev.PartDev(5), src.Size); got != hex.EncodeToString(want.Sum(nil)) || got != res.RootSHA256 {
+		t.Fatalf("slot b root %s, image %x, reported %s", got, want.Sum(nil), res.RootSHA256)
+	}
+	// A power cycle keeps the committed slot.
+	if err := dev.PowerCycle(); err != nil {
+		t.Fatal(err)
+	}
+	if dev.Running != 5 {
+		t.Fatalf("after power cycle the device runs root %d", dev.Running)
+	}
+	// A second update goes back to slot a.
+	v3, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "3333333333333333cccc", Seed: 2, Changed: 0.01, ChangeSeed: 3})
+	res, err = Update(ctx, dialer(f, dev), dev.Name, v3, fastOpts())
+	if err != nil || !res.Committed || res.To != "a" || dev.Running != 4 {
+		t.Fatalf("second update: %v %+v running %d", err, res, dev.Running)
+	}
+	if !res.UsedHelper {
+		t.Errorf("helper was not used")
+	}
+	t.Logf("second update sent %d bytes for a %d-byte slot", res.BytesSent, res.BytesImage)
+}
+
+func TestUpdateRollsBackOnFailingHealthCheck(t *testing.T) {
+	for _, tc := range []struct{ name, script, reason string }{
+		{"failing", "exit 1", "health check failed"},
+		{"hanging", "sleep 600", "health check did not finish"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "4444444444444444dddd", Seed: 4})
+			dev := devs[0]
+			dev.SetHealth(tc.script)
+			v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "5555555555555555eeee", Seed: 5})
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			res, err := Update(ctx, dialer(f, dev), dev.Name, v2, fastOpts())
+			if !errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), tc.reason) {
+				t.Fatalf("err = %v", err)
+			}
+			if res.Committed || !res.RolledBack || dev.Running != 4 || dev.BootPart != 2 {
+				t.Fatalf("result %+v, device on root %d", res, dev.Running)
+			}
+			if err := dev.PowerCycle(); err != nil || dev.Running != 4 {
+				t.Fatalf("power cycle: %v, root %d", err, dev.Running)
+			}
+		})
+	}
+}
+
+func TestUpdateRefusesWrongHostKey(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "6666666666666666ffff", Seed: 6})
+	dev := devs[0]
+	before := partHash(t, dev.PartDev(5), 8<<20)
+	// known_hosts that names the device with another key.
+	other := filepath.Join(f.Dir, "other")
+	exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other).Run()
+	pub, _ := os.ReadFile(other + ".pub")
+	kh := filepath.Join(f.Dir, "wrong_known_hosts")
+	os.WriteFile(kh, []byte(dev.Addr+" "+strings.Join(strings.Fields(string(pub))[:2], " ")+"\n"), 0o600)
+	d := DialerFor(Addr{User: "root", Host: dev.Addr, Port: 22}, Options{KnownHosts: kh, KeyFiles: []string{f.ClientKey}})
+	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "7777777777777777abab", Seed: 7})
+	_, err := Update(context.Background(), d, dev.Name, v2, fastOpts())
+	if !errors.Is(err, ErrHostKey) || !strings.Contains(err.Error(), "CHANGED") {
+		t.Fatalf("err = %v", err)
+	}
+	// An unknown host is refused too.
+	empty := filepath.Join(f.Dir, "empty_known_hosts")
+	os.WriteFile(empty, nil, 0o600)
+	d = DialerFor(Addr{User: "root", Host: dev.Addr, Port: 22}, Options{KnownHosts: empty, KeyFiles: []string{f.ClientKey}})
+	if _, err := Update(context.Background(), d, dev.Name, v2, fastOpts()); !errors.Is(err, ErrHostKey) {
+		t.Fatalf("unknown host: err = %v", err)
+	}
+	if after := partHash(t, dev.PartDev(5), 8<<20); after != before || dev.Boots() != 1 {
+		t.Fatalf("device touched: slot b changed %v, boots %d", after != before, dev.Boots())
+	}
+}
+
+func TestUpdateCutMidWriteKeepsOldSlot(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "8888888888888888cdcd", Seed: 8, RootSize: 32 << 20, Payload: 24 << 20})
+	dev := devs[0]
+	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "9999999999999999efef", Seed: 9, RootSize: 32 << 20, Payload: 24 << 20})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var logged []string
+	opts := fastOpts()
+	opts.NoDelta = true
+	opts.Log = func(format string, a ...any) { logged = append(logged, format) }
+	errc := make(chan error, 1)
+	go func() { _, err := Update(ctx, dialer(f, dev), dev.Name, v2, opts); errc <- err }()
+	// Cut the power while the root slot is being written.
+	time.Sleep(150 * time.Millisecond)
+	dev.PowerCut()
+	err := <-errc
+	if err == nil {
+		t.Fatal("update reported success after the connection was cut")
+	}
+	if errors.Is(err, flash.ErrVerify) {
+		t.Logf("cut surfaced as a verification failure: %v", err)
+	}
+	if err := dev.Boot(false); err != nil {
+		t.Fatalf("device does not boot after the cut: %v", err)
+	}
+	if dev.Running != 4 {
+		t.Fatalf("device runs root %d after the cut, want the old slot 4", dev.Running)
+	}
+}
