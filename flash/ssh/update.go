@@ -59,18 +59,18 @@ type UpdateOptions struct {
 
 // UpdateResult is what an update did.
 type UpdateResult struct {
-	Device      string `json:"device"`
-	From        string `json:"from_slot"`
-	To          string `json:"to_slot"`
-	Derivation  string `json:"derivation"`
-	RootSHA256  string `json:"root_sha256"`
-	BootSHA256  string `json:"boot_sha256"`
-	BytesSent   int64  `json:"bytes_sent"`
-	BytesImage  int64  `json:"bytes_image"`
-	Committed   bool   `json:"committed"`
-	RolledBack  bool   `json:"rolled_back"`
-	Reason      string `json:"reason,omitempty"`
-	UsedHelper  bool   `json:"used_helper"`
+	Device      string  `json:"device"`
+	From        string  `json:"from_slot"`
+	To          string  `json:"to_slot"`
+	Derivation  string  `json:"derivation"`
+	RootSHA256  string  `json:"root_sha256"`
+	BootSHA256  string  `json:"boot_sha256"`
+	BytesSent   int64   `json:"bytes_sent"`
+	BytesImage  int64   `json:"bytes_image"`
+	Committed   bool    `json:"committed"`
+	RolledBack  bool    `json:"rolled_back"`
+	Reason      string  `json:"reason,omitempty"`
+	UsedHelper  bool    `json:"used_helper"`
 	DurationSec float64 `json:"duration_s"`
 }
 

@@ -17,10 +17,10 @@ import (
 // config.txt, kiln.json), root A and root B (squashfs). It is made with the
 // real tools (sfdisk, mkfs.vfat, mtools, mksquashfs).
 type ImageSpec struct {
-	Derivation string // also seeds every ID in the image
-	RootSize   int64  // size of each root partition; default 8 MiB
-	Payload    int64  // bytes of pseudo-random payload in the root; default 1 MiB
-	Seed       int64  // payload seed
+	Derivation string  // also seeds every ID in the image
+	RootSize   int64   // size of each root partition; default 8 MiB
+	Payload    int64   // bytes of pseudo-random payload in the root; default 1 MiB
+	Seed       int64   // payload seed
 	Changed    float64 // fraction of the payload's 4 KiB blocks that differ from Seed's payload
 	ChangeSeed int64
 	BothSlots  bool // slot B holds the same system as slot A
