@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,5 +90,59 @@ func TestWrongSignatureRefused(t *testing.T) {
 	}
 	if dev.PagesWritten() != 0 {
 		t.Fatal("wrote to the wrong device")
+	}
+}
+
+// Every sync try pulses reset first; a silent board ends in a diagnosis
+// that names the tries.
+func TestSyncRetriesPulseResetEachTime(t *testing.T) {
+	cfg := stk500test.Uno()
+	cfg.Faults.StopAfter = 1
+	dev := stk500test.New(cfg)
+	host, board := net.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go dev.Serve(ctx, board)
+	defer host.Close()
+	resets := 0
+	c := stk500.New(host, stk500.Config{Signature: cfg.Signature, Tries: 5, Timeout: 30 * time.Millisecond,
+		Reset: func(context.Context) error { resets++; dev.Reset(); return nil }})
+	err := c.Connect(ctx)
+	if !errors.Is(err, flash.ErrNoAnswer) || !strings.Contains(err.Error(), "stk500: no answer from bootloader after 5 tries") {
+		t.Fatalf("err = %v", err)
+	}
+	if resets != 5 {
+		t.Fatalf("%d resets for 5 tries", resets)
+	}
+}
+
+// NOSYNC, a lost answer byte and a corrupted request byte each cost a
+// resync and a retry of the page, not the flash.
+func TestRecoversFromSingleFaults(t *testing.T) {
+	for name, f := range map[string]stk500test.Faults{
+		"nosync":     {Nack: 40},
+		"drop-tx":    {DropTx: 101},
+		"corrupt-rx": {CorruptRx: 1503}, // inside a page's data: only verification sees it
+		"drop-rx":    {DropRx: 2000},
+		"delay":      {DelayTx: 60, Delay: 400 * time.Millisecond},
+	} {
+		cfg := stk500test.Uno()
+		cfg.Faults = f
+		dev := stk500test.New(cfg)
+		c := connect(t, dev, unoConfig())
+		img := randomImage(7, 0, 4096)
+		_, err := flash.Program(context.Background(), c, img, nil)
+		if name == "corrupt-rx" {
+			if !errors.Is(err, flash.ErrVerify) {
+				t.Errorf("%s: err = %v, want ErrVerify", name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		if !bytes.Equal(dev.AppFlash()[:4096], img.Segments[0].Data) {
+			t.Errorf("%s: device differs", name)
+		}
 	}
 }
