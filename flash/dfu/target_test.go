@@ -393,3 +393,30 @@ func TestRandomFaults(t *testing.T) {
 		t.Errorf("only %d of %d runs succeeded (recovered %d, injected %d)", ok, runs, recovered, injected)
 	}
 }
+
+// TestAltChoice: one image with bytes in the internal flash (alt 0) and in
+// the OTP area (alt 2, writable but not erasable): each part goes through
+// its own alternate setting, and only flash sectors are erased.
+func TestAltChoice(t *testing.T) {
+	dev, tg := f401(t)
+	otp := []byte("kiln serial 0001")
+	img, err := flash.NewImage("t",
+		flash.Segment{Addr: 0x08000000, Data: bytes.Repeat([]byte{0x11}, 100)},
+		flash.Segment{Addr: 0x1fff7800, Data: otp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := flash.Program(context.Background(), tg, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	st := dev.Stats()
+	if !slices.Equal(st.Erased, []uint32{0x08000000}) {
+		t.Errorf("erased %#x, want only flash sector 0", st.Erased)
+	}
+	if st.SetAlts < 2 {
+		t.Errorf("%d alternate setting changes, want the OTP written through alt 2", st.SetAlts)
+	}
+	if got, _ := dev.Memory(0x1fff7800, len(otp)); !bytes.Equal(got, otp) {
+		t.Errorf("OTP holds %q", got)
+	}
+}
