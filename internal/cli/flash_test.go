@@ -67,9 +67,18 @@ type emulator struct {
 
 // startEmulate runs the real binary: kiln emulate BOARD --state FILE, and
 // reads the port from its first line.
-func startEmulate(t *testing.T, board, state string) *emulator {
+func startEmulate(t testing.TB, board, state string) *emulator {
 	t.Helper()
-	cmd := exec.Command(kilnBin, "emulate", board, "--state", state)
+	return startEmulator(t, exec.Command(kilnBin, "emulate", board, "--state", state))
+}
+
+// startEmulateCmd starts a kiln emulate command and returns its port.
+func startEmulateCmd(t testing.TB, cmd *exec.Cmd) string {
+	return startEmulator(t, cmd).port
+}
+
+func startEmulator(t testing.TB, cmd *exec.Cmd) *emulator {
+	t.Helper()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
