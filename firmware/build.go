@@ -1,0 +1,664 @@
+package firmware
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/firmware/fetch"
+	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/recipes"
+)
+
+// Sentinel errors of Build.
+var (
+	// ErrTooBig: the program does not fit the board's application flash.
+	ErrTooBig = errors.New("program does not fit the board's flash")
+	// ErrNotReproducible: --check built outputs that differ from the first build.
+	ErrNotReproducible = errors.New("outputs are not reproducible")
+)
+
+// DefaultSourceDateEpoch is SOURCE_DATE_EPOCH for every build
+// (1980-01-01T00:00:00Z, the earliest time a FAT or ZIP file can hold).
+const DefaultSourceDateEpoch = 315532800
+
+// Fixed paths inside the sandbox: a build's outputs do not depend on where
+// the checkout or the store is.
+const (
+	sandboxToolchain = "/toolchain"
+	sandboxInputs    = "/inputs"
+	sandboxBuild     = "/build"
+	objDir           = ".obj"
+	outDir           = ".out"
+)
+
+// Options says what to build and how.
+type Options struct {
+	// Dir is the recipe directory.
+	Dir string
+	// Store is where derivations are kept; required.
+	Store *store.Store
+	// Fetcher gets the toolchain and inputs; nil means one on Store with the
+	// default HTTP client.
+	Fetcher *fetch.Fetcher
+	// Out, if set, is the directory the outputs are copied to.
+	Out string
+	// Check builds again in a fresh sandbox, ignoring the store, and fails
+	// with ErrNotReproducible unless every output is bit-identical.
+	Check bool
+	// NoSandbox builds on the host when namespaces are not allowed. The
+	// manifest records it.
+	NoSandbox bool
+	// Jobs is the number of parallel compiles; 0 means one per CPU.
+	Jobs int
+	// Log, if set, gets one line per step.
+	Log func(format string, a ...any)
+}
+
+// Timings are the wall-clock durations of a build's steps.
+type Timings struct {
+	Hash  time.Duration `json:"hash"`
+	Fetch time.Duration `json:"fetch"`
+	Build time.Duration `json:"build"`
+	Check time.Duration `json:"check"`
+	Total time.Duration `json:"total"`
+}
+
+// Result is what Build did.
+type Result struct {
+	Name       string `json:"name"`
+	Derivation string `json:"derivation"`
+	// StorePath is the store entry holding the outputs and manifest.json.
+	StorePath string `json:"store_path"`
+	// Out is where the outputs were copied ("" if nowhere).
+	Out string `json:"out,omitempty"`
+	// Hit is true when the store already held the derivation and no
+	// compiler ran.
+	Hit bool `json:"hit"`
+	// Checked is true when a second build confirmed every output.
+	Checked  bool      `json:"checked"`
+	Manifest *Manifest `json:"manifest"`
+	Timings  Timings   `json:"timings"`
+}
+
+// outputNames are the files of a firmware store entry, manifest last.
+var outputNames = []string{ELFName, HEXName, BINName, ManifestName}
+
+// Build builds the recipe in opts.Dir, or finds it in the store.
+func Build(ctx context.Context, opts Options) (*Result, error) {
+	start := time.Now()
+	if opts.Store == nil {
+		return nil, errors.New("firmware: build: no store")
+	}
+	logf := opts.Log
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	r, err := recipes.Load(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if r.Kind != recipes.KindFirmware {
+		return nil, fmt.Errorf("%s: kind %q is not firmware", r.File, r.Kind)
+	}
+	d, err := r.Derive()
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Name: r.Name, Derivation: d.Hash()}
+	res.Timings.Hash = time.Since(start)
+	s := opts.Store
+
+	if p, ok := s.Lookup(res.Derivation, r.Name); ok {
+		if err := s.Verify(p); err != nil {
+			return nil, fmt.Errorf("firmware: %s: %w", r.Name, err)
+		}
+		m, err := ReadManifest(p)
+		if err != nil {
+			return nil, err
+		}
+		res.Hit, res.StorePath, res.Manifest = true, p, m
+		logf("store hit %s", p)
+	} else {
+		b, err := prepare(ctx, opts, d, logf)
+		if err != nil {
+			return nil, err
+		}
+		res.Timings.Fetch = time.Since(start) - res.Timings.Hash
+		t := time.Now()
+		files, m, err := b.run(ctx)
+		if err != nil {
+			return nil, err
+		}
+		p, err := s.Add(res.Derivation, r.Name, func(dir string) error {
+			for _, name := range outputNames {
+				if err := os.WriteFile(filepath.Join(dir, name), files[name], 0o444); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("firmware: store %s: %w", r.Name, err)
+		}
+		res.Timings.Build = time.Since(t)
+		res.StorePath, res.Manifest = p, m
+		logf("built %s", p)
+	}
+
+	if opts.Check {
+		t := time.Now()
+		if err := check(ctx, opts, d, res.StorePath, logf); err != nil {
+			return nil, err
+		}
+		res.Checked = true
+		res.Timings.Check = time.Since(t)
+	}
+	if opts.Out != "" {
+		if err := copyOutputs(res.StorePath, opts.Out); err != nil {
+			return nil, err
+		}
+		res.Out = opts.Out
+	}
+	res.Timings.Total = time.Since(start)
+	return res, nil
+}
+
+// check builds d again from scratch and compares every output with the
+// store entry at stored.
+func check(ctx context.Context, opts Options, d *recipes.Derivation, stored string, logf func(string, ...any)) error {
+	b, err := prepare(ctx, opts, d, logf)
+	if err != nil {
+		return err
+	}
+	files, _, err := b.run(ctx)
+	if err != nil {
+		return fmt.Errorf("firmware: check %s: %w", d.Name, err)
+	}
+	var differ []string
+	for _, name := range outputNames {
+		old, err := os.ReadFile(filepath.Join(stored, name))
+		if err != nil {
+			return fmt.Errorf("firmware: check %s: %w", d.Name, err)
+		}
+		if !bytes.Equal(old, files[name]) {
+			differ = append(differ, fmt.Sprintf("%s (%s, rebuilt %s)", name, short(sha256Hex(old)), short(sha256Hex(files[name]))))
+		}
+	}
+	if len(differ) > 0 {
+		return fmt.Errorf("firmware: check %s: %w: %s differ", d.Name, ErrNotReproducible, strings.Join(differ, ", "))
+	}
+	logf("check: %d outputs bit-identical", len(outputNames))
+	return nil
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
+// copyOutputs copies a store entry's files to out (replacing what is there).
+func copyOutputs(from, out string) error {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return fmt.Errorf("firmware: output directory: %w", err)
+	}
+	for _, name := range outputNames {
+		data, err := os.ReadFile(filepath.Join(from, name))
+		if err != nil {
+			return fmt.Errorf("firmware: %w", err)
+		}
+		dst := filepath.Join(out, name)
+		tmp := dst + ".tmp"
+		if err := os.WriteFile(tmp, data, 0o644); err != nil {
+			return fmt.Errorf("firmware: %w", err)
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			return fmt.Errorf("firmware: %w", err)
+		}
+	}
+	return nil
+}
+
+// builder is one build of a derivation, ready to run.
+type builder struct {
+	opts      Options
+	d         *recipes.Derivation
+	r         *recipes.Recipe
+	board     *boards.Board
+	tc        *recipes.Toolchain
+	tcPath    string            // toolchain tree in the store
+	inputs    map[string]string // input name → its root in the store
+	impure    []Impurity
+	sandboxed bool
+}
+
+// prepare fetches (or finds) the toolchain and inputs, verifies their store
+// entries and works out the host files the toolchain needs.
+func prepare(ctx context.Context, opts Options, d *recipes.Derivation, logf func(string, ...any)) (*builder, error) {
+	r := d.Recipe()
+	b := &builder{opts: opts, d: d, r: r, board: d.Board, tc: d.ToolchainDef(), inputs: map[string]string{}, sandboxed: !opts.NoSandbox}
+	if b.tc == nil {
+		return nil, fmt.Errorf("%s: %w: no toolchain", r.File, recipes.ErrInvalid)
+	}
+	f := opts.Fetcher
+	if f == nil {
+		f = &fetch.Fetcher{Store: opts.Store}
+	}
+	var err error
+	if b.tcPath, err = f.Toolchain(ctx, b.tc); err != nil {
+		return nil, fmt.Errorf("%s: %w", r.File, err)
+	}
+	t := time.Now()
+	if err := verifyEntry(opts.Store, b.tcPath); err != nil {
+		return nil, fmt.Errorf("firmware: toolchain %s: %w", b.tc.Name, err)
+	}
+	logf("verified toolchain %s in %s", b.tc.Name, time.Since(t).Round(time.Millisecond))
+	for _, in := range r.Inputs {
+		p, err := f.Input(ctx, in)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", r.File, err)
+		}
+		if err := verifyEntry(opts.Store, p); err != nil {
+			return nil, fmt.Errorf("firmware: input %s: %w", in.Name, err)
+		}
+		if in.Subdir != "" {
+			p = filepath.Join(p, filepath.FromSlash(in.Subdir))
+		}
+		b.inputs[in.Name] = p
+	}
+	if b.sandboxed {
+		t := time.Now()
+		if b.impure, err = hostClosure(b.tcPath, b.tc.LibDirs); err != nil {
+			return nil, err
+		}
+		logf("found %d host files the toolchain loads in %s", len(b.impure), time.Since(t).Round(time.Millisecond))
+	}
+	return b, nil
+}
+
+// paths maps the build's places to where the commands see them.
+type paths struct {
+	toolchain string
+	input     func(name string) string
+	build     string
+}
+
+func (b *builder) paths(hostBuild string) paths {
+	if b.sandboxed {
+		return paths{
+			toolchain: sandboxToolchain,
+			input:     func(n string) string { return sandboxInputs + "/" + n },
+			build:     sandboxBuild,
+		}
+	}
+	return paths{toolchain: b.tcPath, input: func(n string) string { return b.inputs[n] }, build: hostBuild}
+}
+
+// expand replaces $in/<name> and $src in a recipe path.
+func (p paths) expand(s string) string {
+	switch {
+	case s == "$src":
+		return p.build
+	case strings.HasPrefix(s, "$src/"):
+		return p.build + "/" + strings.TrimPrefix(s, "$src/")
+	case strings.HasPrefix(s, "$in/"):
+		name, rest, _ := strings.Cut(strings.TrimPrefix(s, "$in/"), "/")
+		if rest == "" {
+			return p.input(name)
+		}
+		return p.input(name) + "/" + rest
+	}
+	return s
+}
+
+// run builds once in a fresh directory and returns the output files (by
+// name) and the manifest.
+func (b *builder) run(ctx context.Context) (map[string][]byte, *Manifest, error) {
+	tmp, err := os.MkdirTemp("", "kiln-build-")
+	if err != nil {
+		return nil, nil, fmt.Errorf("firmware: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	hostBuild := filepath.Join(tmp, "build")
+	for _, sf := range b.d.SourceFiles() {
+		dst := filepath.Join(hostBuild, filepath.FromSlash(sf.Path))
+		if err := copyFile(filepath.Join(b.r.Dir, filepath.FromSlash(sf.Path)), dst); err != nil {
+			return nil, nil, fmt.Errorf("firmware: %s: %w", sf.Path, err)
+		}
+	}
+	pl, err := b.plan(hostBuild)
+	if err != nil {
+		return nil, nil, err
+	}
+	if b.sandboxed {
+		pl.Root = filepath.Join(tmp, "root")
+		if err := os.Mkdir(pl.Root, 0o755); err != nil {
+			return nil, nil, fmt.Errorf("firmware: %w", err)
+		}
+		if err := runSandboxed(ctx, pl); err != nil {
+			return nil, nil, b.wrapErr(err)
+		}
+	} else {
+		if rep := runPlan(ctx, pl); !rep.OK {
+			return nil, nil, b.wrapErr(rep.err())
+		}
+	}
+	elfData, err := os.ReadFile(filepath.Join(hostBuild, outDir, ELFName))
+	if err != nil {
+		return nil, nil, fmt.Errorf("firmware: %s: link gave no ELF: %w", b.r.Name, err)
+	}
+	imgs, err := FromELF(ELFName, elfData)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := b.fits(imgs.Image); err != nil {
+		return nil, nil, err
+	}
+	files := map[string][]byte{ELFName: elfData, HEXName: imgs.HEX, BINName: imgs.BIN}
+	m := b.manifest(files, imgs)
+	if files[ManifestName], err = m.Marshal(); err != nil {
+		return nil, nil, err
+	}
+	return files, m, nil
+}
+
+// ldOverflow is how GNU ld reports a program too big for a memory region
+// (older versions say only that a section "will not fit").
+var ldOverflow = regexp.MustCompile("(?:region `([^']+)' overflowed by ([0-9]+) bytes|will not fit in region `([^']+)')")
+
+func (b *builder) wrapErr(err error) error {
+	var ce *CommandError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	if m := ldOverflow.FindStringSubmatch(ce.Output); m != nil && strings.HasPrefix(ce.What, "link") {
+		region, by := m[1]+m[3], ""
+		if m[2] != "" {
+			by = " by " + m[2] + " bytes"
+		}
+		if r := strings.ToLower(region); r == "text" || strings.Contains(r, "flash") || strings.Contains(r, "rom") {
+			return fmt.Errorf("%s: %w: the linker's %s region overflowed%s (%s has %d bytes of application flash)",
+				b.r.File, ErrTooBig, region, by, b.board.Name, b.board.Flash.Size)
+		}
+	}
+	return fmt.Errorf("%s: %w", b.r.File, err)
+}
+
+// fits checks the image against the board: it must fit the application
+// flash and stay clear of the bootloader.
+func (b *builder) fits(img *flash.Image) error {
+	fl := b.board.Flash
+	ext := img.Extent()
+	if uint64(ext.Addr)+uint64(ext.Size) > fl.End() && img.Size() > 0 {
+		used := uint64(ext.Addr) + uint64(ext.Size) - uint64(fl.Base)
+		return fmt.Errorf("%s: %w: the program needs %d bytes, %s has %d bytes of application flash",
+			b.r.File, ErrTooBig, used, b.board.Name, fl.Size)
+	}
+	if err := img.Check(b.board); err != nil {
+		return fmt.Errorf("%s: %w", b.r.File, err)
+	}
+	return nil
+}
+
+// archFlags are the compiler flags the board implies.
+func (b *builder) archFlags() []string {
+	switch b.board.Arch {
+	case "avr":
+		return []string{"-mmcu=" + b.board.MCU}
+	case "cortex-m":
+		f := []string{"-mcpu=" + b.board.CPU, "-mthumb"}
+		if b.board.FPU != "" {
+			f = append(f, "-mfpu="+b.board.FPU, "-mfloat-abi=hard")
+		}
+		return f
+	}
+	return nil
+}
+
+// plan turns the derivation into the commands of the build.
+func (b *builder) plan(hostBuild string) (*plan, error) {
+	p := b.paths(hostBuild)
+	bld := b.r.Build
+	var mounts []mount
+	if b.sandboxed {
+		mounts = append(mounts, mount{Source: b.tcPath, Target: sandboxToolchain}, mount{Source: hostBuild, Target: sandboxBuild, RW: true})
+		names := make([]string, 0, len(b.inputs))
+		for n := range b.inputs {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			mounts = append(mounts, mount{Source: b.inputs[n], Target: p.input(n)})
+		}
+		for _, im := range b.impure {
+			mounts = append(mounts, mount{Source: im.Path, Target: im.Target})
+		}
+	}
+	env := []string{
+		"PATH=" + p.toolchain + "/" + b.tc.BinDir,
+		"TZ=UTC", "LC_ALL=C", "HOME=/homeless",
+		"SOURCE_DATE_EPOCH=" + strconv.FormatInt(DefaultSourceDateEpoch, 10),
+	}
+	var libPath []string
+	for _, l := range b.tc.LibDirs {
+		libPath = append(libPath, p.toolchain+"/"+l)
+	}
+	if b.sandboxed {
+		libPath = append(libPath, hostLibDir)
+		env = append(env, "TMPDIR=/tmp")
+	} else {
+		env = append(env, "TMPDIR="+filepath.Join(filepath.Dir(hostBuild), "tmp"))
+		if err := os.MkdirAll(filepath.Join(filepath.Dir(hostBuild), "tmp"), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if len(libPath) > 0 {
+		env = append(env, "LD_LIBRARY_PATH="+strings.Join(libPath, ":"))
+	}
+
+	common := b.archFlags()
+	var defs []string
+	keys := make([]string, 0, len(bld.Defines))
+	for k := range bld.Defines {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if v := bld.Defines[k]; v != "" {
+			defs = append(defs, "-D"+k+"="+v)
+		} else {
+			defs = append(defs, "-D"+k)
+		}
+	}
+	for _, inc := range bld.Includes {
+		defs = append(defs, "-I"+p.expand(inc))
+	}
+	if !b.sandboxed {
+		// Outside the sandbox the paths differ from build to build; map
+		// them to the sandbox's so debug information does not record them.
+		defs = append(defs, "-fdebug-prefix-map="+hostBuild+"="+sandboxBuild,
+			"-fdebug-prefix-map="+b.tcPath+"="+sandboxToolchain)
+		for n, root := range b.inputs {
+			defs = append(defs, "-fdebug-prefix-map="+root+"="+sandboxInputs+"/"+n)
+		}
+	}
+	tool := func(name string) string { return b.tc.Prefix + name }
+
+	cxx := false
+	var objs, coreObjs []string
+	var compiles []command
+	addCompile := func(src, rel, obj string) error {
+		ext := strings.ToLower(path.Ext(src))
+		var argv []string
+		switch {
+		case ext == ".c":
+			argv = append(append([]string{tool("gcc")}, common...), bld.CFlags...)
+		case ext == ".cpp" || ext == ".cc" || ext == ".cxx":
+			argv = append(append([]string{tool("g++")}, common...), bld.CXXFlags...)
+			cxx = true
+		case path.Ext(src) == ".S" || ext == ".s":
+			argv = append(append([]string{tool("gcc")}, common...), bld.ASFlags...)
+		default:
+			return nil // headers and other files are not compiled
+		}
+		if err := os.MkdirAll(filepath.Join(hostBuild, filepath.FromSlash(path.Dir(obj))), 0o755); err != nil {
+			return err
+		}
+		argv = append(argv, defs...)
+		argv = append(argv, "-frandom-seed="+rel, "-c", src, "-o", obj)
+		compiles = append(compiles, command{Argv: argv, What: "compile " + rel})
+		return nil
+	}
+	for _, sf := range b.d.SourceFiles() {
+		if !sf.Compile {
+			continue
+		}
+		obj := objDir + "/" + sf.Path + ".o"
+		n := len(compiles)
+		if err := addCompile(sf.Path, sf.Path, obj); err != nil {
+			return nil, err
+		}
+		if len(compiles) > n {
+			objs = append(objs, obj)
+		}
+	}
+	for _, g := range bld.CoreSources {
+		name, rest, _ := strings.Cut(strings.TrimPrefix(g, "$in/"), "/")
+		root := b.inputs[name]
+		matches, err := filepath.Glob(filepath.Join(root, filepath.FromSlash(rest)))
+		if err != nil {
+			return nil, fmt.Errorf("%s: core source %q: %w", b.r.File, g, err)
+		}
+		if len(matches) == 0 {
+			return nil, fmt.Errorf("%s: core source %q %w", b.r.File, g, recipes.ErrNoMatch)
+		}
+		sort.Strings(matches)
+		for _, m := range matches {
+			relIn, err := filepath.Rel(root, m)
+			if err != nil {
+				return nil, err
+			}
+			relIn = filepath.ToSlash(relIn)
+			rel := "$in/" + name + "/" + relIn
+			obj := objDir + "/core/" + name + "/" + relIn + ".o"
+			n := len(compiles)
+			if err := addCompile(p.input(name)+"/"+relIn, rel, obj); err != nil {
+				return nil, err
+			}
+			if len(compiles) > n {
+				coreObjs = append(coreObjs, obj)
+			}
+		}
+	}
+	if len(compiles) == 0 {
+		return nil, fmt.Errorf("%s: %w: no C, C++ or assembler source to compile", b.r.File, recipes.ErrNoMatch)
+	}
+	if err := os.MkdirAll(filepath.Join(hostBuild, outDir), 0o755); err != nil {
+		return nil, err
+	}
+
+	var stages [][]command
+	for i, argv := range bld.Pre {
+		cmd := append([]string{p.expand(argv[0])}, argv[1:]...)
+		stages = append(stages, []command{{Argv: cmd, What: fmt.Sprintf("pre command %d (%s)", i+1, argv[0])}})
+	}
+	stages = append(stages, compiles)
+	link := []string{tool("gcc")}
+	if cxx {
+		link[0] = tool("g++")
+	}
+	link = append(link, common...)
+	link = append(link, bld.LDFlags...)
+	if bld.LinkerScript != "" {
+		link = append(link, "-T", p.expand(bld.LinkerScript))
+	}
+	link = append(link, "-o", outDir+"/"+ELFName)
+	link = append(link, objs...)
+	if len(coreObjs) > 0 {
+		archive := objDir + "/core.a"
+		stages = append(stages, []command{{Argv: append([]string{tool("ar"), "rcsD", archive}, coreObjs...), What: "archive core.a"}})
+		link = append(link, archive)
+	}
+	for _, l := range bld.Libs {
+		link = append(link, "-l"+l)
+	}
+	stages = append(stages, []command{{Argv: link, What: "link " + ELFName}})
+
+	jobs := b.opts.Jobs
+	if jobs <= 0 {
+		jobs = runtime.NumCPU()
+	}
+	return &plan{Mounts: mounts, Env: env, Dir: p.build, Jobs: jobs, Stages: stages}, nil
+}
+
+// manifest describes this build's outputs.
+func (b *builder) manifest(files map[string][]byte, imgs *Images) *Manifest {
+	m := &Manifest{
+		Format: ManifestFormat, Builder: Builder,
+		Name: b.r.Name, Version: b.r.Version, Board: b.board.Name, Derivation: b.d.Hash(),
+		Outputs:     map[string]Output{},
+		LoadAddress: imgs.Load, ImageSHA256: imgs.Image.SHA256(), ImageSize: imgs.Image.Size(), FlashSize: b.board.Flash.Size,
+		Toolchain:       ToolchainRef{Name: b.tc.Name},
+		Inputs:          []InputRef{},
+		Sources:         []FileRef{},
+		HostImpurities:  b.impure,
+		Sandbox:         b.sandboxed,
+		SourceDateEpoch: DefaultSourceDateEpoch,
+	}
+	if m.HostImpurities == nil {
+		m.HostImpurities = []Impurity{}
+	}
+	for name, data := range files {
+		m.Outputs[name] = Output{SHA256: sha256Hex(data), Size: int64(len(data))}
+	}
+	for _, pk := range b.tc.Packages {
+		src := ""
+		if len(pk.Sources) > 0 {
+			src = pk.Sources[0]
+		}
+		m.Toolchain.Packages = append(m.Toolchain.Packages, PackageRef{Name: pk.Name, Source: src, SHA256: pk.SHA256})
+	}
+	for _, in := range b.r.Inputs {
+		m.Inputs = append(m.Inputs, InputRef{Name: in.Name, SHA256: in.SHA256, Sources: in.Sources})
+	}
+	sort.Slice(m.Inputs, func(i, j int) bool { return m.Inputs[i].Name < m.Inputs[j].Name })
+	for _, sf := range b.d.SourceFiles() {
+		m.Sources = append(m.Sources, FileRef{Path: sf.Path, SHA256: sf.SHA256})
+	}
+	return m
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
