@@ -484,74 +484,18 @@ func TestFaultInjection(t *testing.T) {
 	var ok, failed int
 	kinds := map[string]int{}
 	rates := []float64{0, 2e-4, 5e-4, 1e-3, 3e-3}
+	// The runs mostly wait for timeouts: run eight at a time whatever
+	// -parallel says (t.Run may be called from several goroutines).
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for seed := int64(1); seed <= runs; seed++ {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			t.Parallel()
-			r := rand.New(rand.NewSource(seed))
-			name := []string{"bluepill", "nucleo-f401re"}[r.Intn(2)]
-			d := newDevice(t, name)
-			b := d.Board
-			d.Faults = stm32test.Faults{Seed: seed, Rate: rates[r.Intn(len(rates))], Delay: time.Duration(r.Intn(250)) * time.Millisecond}
-			if r.Intn(8) == 0 {
-				d.Faults.StopAfter = 50 + r.Intn(6000)
-			}
-			if r.Intn(10) == 0 {
-				d.WeakBit = 1 + r.Intn(10)
-			}
-			fill(t, d, seed)
-			rw := serve(t, d)
-			size := 64 + r.Intn(6000)
-			off := uint32(r.Intn(int(b.Flash.Size) - size))
-			if name == "nucleo-f401re" {
-				off = uint32(r.Intn(0x10000 - size)) // the small sectors: fast to erase
-			}
-			img, _ := flash.ParseBin("fault.bin", randBytes(r, size), b.Flash.Base+off)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			tg, err := stm32.Open(ctx, rw, b, stm32.Options{Timeout: 100 * time.Millisecond, Note: func(f string, a ...any) {
-				t.Logf("note: "+f, a...)
-			}})
-			var res flash.Result
-			if err == nil {
-				res, err = flash.Program(ctx, tg, img, nil)
-			}
-			got, merr := d.Memory(img.Segments[0].Addr, size)
-			if merr != nil {
-				t.Fatal(merr)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err == nil {
-				ok++
-				if !res.Verified || !bytes.Equal(got, img.Segments[0].Data) {
-					t.Fatalf("reported success, but the device differs from the image (faults %+v)", d.Faults)
-				}
-				return
-			}
-			failed++
-			msg := err.Error()
-			var kind string
-			switch {
-			case errors.Is(err, flash.ErrVerify):
-				kind = "verify"
-			case errors.Is(err, flash.ErrNoAnswer):
-				kind = "no answer"
-			case errors.Is(err, stm32.ErrNACK):
-				kind = "nack"
-			case strings.Contains(msg, "garbled"):
-				kind = "garbled"
-			default:
-				t.Errorf("unclassified error: %v", err)
-			}
-			kinds[kind]++
-			if !strings.Contains(msg, "stm32: ") && !strings.Contains(msg, "first difference at") {
-				t.Errorf("error does not say where it comes from: %v", err)
-			}
-			if strings.Contains(msg, "\n") {
-				t.Errorf("error spans lines: %q", msg)
-			}
-			t.Logf("%s: %v", kind, err)
-		})
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			t.Run(fmt.Sprint(seed), func(t *testing.T) { faultRun(t, seed, rates, &mu, &ok, &failed, kinds) })
+		}()
 	}
 	t.Cleanup(func() {
 		t.Logf("%d flashes with faults: %d verified successes, %d clear failures %v", runs, ok, failed, kinds)
@@ -559,4 +503,71 @@ func TestFaultInjection(t *testing.T) {
 			t.Errorf("the fault mix should give both outcomes: %d ok, %d failed", ok, failed)
 		}
 	})
+}
+
+func faultRun(t *testing.T, seed int64, rates []float64, mu *sync.Mutex, ok, failed *int, kinds map[string]int) {
+	r := rand.New(rand.NewSource(seed))
+	name := []string{"bluepill", "nucleo-f401re"}[r.Intn(2)]
+	d := newDevice(t, name)
+	b := d.Board
+	d.Faults = stm32test.Faults{Seed: seed, Rate: rates[r.Intn(len(rates))], Delay: time.Duration(r.Intn(250)) * time.Millisecond}
+	if r.Intn(8) == 0 {
+		d.Faults.StopAfter = 50 + r.Intn(6000)
+	}
+	if r.Intn(10) == 0 {
+		d.WeakBit = 1 + r.Intn(10)
+	}
+	fill(t, d, seed)
+	rw := serve(t, d)
+	size := 64 + r.Intn(6000)
+	off := uint32(r.Intn(int(b.Flash.Size) - size))
+	if name == "nucleo-f401re" {
+		off = uint32(r.Intn(0x10000 - size)) // the small sectors: fast to erase
+	}
+	img, _ := flash.ParseBin("fault.bin", randBytes(r, size), b.Flash.Base+off)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tg, err := stm32.Open(ctx, rw, b, stm32.Options{Timeout: 100 * time.Millisecond, Note: func(f string, a ...any) {
+		t.Logf("note: "+f, a...)
+	}})
+	var res flash.Result
+	if err == nil {
+		res, err = flash.Program(ctx, tg, img, nil)
+	}
+	got, merr := d.Memory(img.Segments[0].Addr, size)
+	if merr != nil {
+		t.Fatal(merr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if err == nil {
+		*ok++
+		if !res.Verified || !bytes.Equal(got, img.Segments[0].Data) {
+			t.Fatalf("reported success, but the device differs from the image (faults %+v)", d.Faults)
+		}
+		return
+	}
+	*failed++
+	msg := err.Error()
+	var kind string
+	switch {
+	case errors.Is(err, flash.ErrVerify):
+		kind = "verify"
+	case errors.Is(err, flash.ErrNoAnswer):
+		kind = "no answer"
+	case errors.Is(err, stm32.ErrNACK):
+		kind = "nack"
+	case strings.Contains(msg, "garbled"):
+		kind = "garbled"
+	default:
+		t.Errorf("unclassified error: %v", err)
+	}
+	kinds[kind]++
+	if !strings.Contains(msg, "stm32: ") && !strings.Contains(msg, "first difference at") {
+		t.Errorf("error does not say where it comes from: %v", err)
+	}
+	if strings.Contains(msg, "\n") {
+		t.Errorf("error spans lines: %q", msg)
+	}
+	t.Logf("%s: %v", kind, err)
 }
