@@ -49,20 +49,22 @@ func runFetch(c *cli.Context) error {
 	}
 	f := &fetch.Fetcher{Store: st, HTTP: http.DefaultClient,
 		Log: func(s string) { fmt.Fprintf(e.stderr, "kiln: %s\n", s) }}
+	// Inputs first: they are small, and a wrong pin fails before the
+	// toolchain's hundreds of megabytes are fetched.
 	var got []fetchedPath
-	if tc := d.ToolchainDef(); tc != nil {
-		p, err := f.Toolchain(c.Context, tc)
-		if err != nil {
-			return fetchHint(err)
-		}
-		got = append(got, fetchedPath{"toolchain", tc.Name, p})
-	}
 	for _, in := range d.Recipe().Inputs {
 		p, err := f.Input(c.Context, in)
 		if err != nil {
 			return fetchHint(err)
 		}
 		got = append(got, fetchedPath{"input", in.Name, p})
+	}
+	if tc := d.ToolchainDef(); tc != nil {
+		p, err := f.Toolchain(c.Context, tc)
+		if err != nil {
+			return fetchHint(err)
+		}
+		got = append([]fetchedPath{{"toolchain", tc.Name, p}}, got...)
 	}
 	if c.Bool("json") {
 		return e.printJSON(map[string]any{"derivation": d.Hash(), "store": st.Root, "fetched": got})
