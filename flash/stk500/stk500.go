@@ -165,7 +165,10 @@ func (c *Client) sync(ctx context.Context) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("stk500: no answer from bootloader after %d tries (last: %v): %w", c.cfg.Tries, last, flash.ErrNoAnswer)
+	if errors.Is(last, flash.ErrNoAnswer) {
+		return fmt.Errorf("stk500: no answer from bootloader after %d tries: %w", c.cfg.Tries, last)
+	}
+	return fmt.Errorf("stk500: no answer from bootloader after %d tries: %w (last answer: %v)", c.cfg.Tries, flash.ErrNoAnswer, last)
 }
 
 // cmd sends req and reads INSYNC, n payload bytes and OK. extra is the

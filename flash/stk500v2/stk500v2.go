@@ -184,7 +184,10 @@ func (c *Client) sync(ctx context.Context) error {
 		}
 		return nil
 	}
-	return fmt.Errorf("stk500v2: no answer from bootloader after %d tries (last: %v): %w", c.cfg.Tries, last, flash.ErrNoAnswer)
+	if errors.Is(last, flash.ErrNoAnswer) {
+		return fmt.Errorf("stk500v2: no answer from bootloader after %d tries: %w", c.cfg.Tries, last)
+	}
+	return fmt.Errorf("stk500v2: no answer from bootloader after %d tries: %w (last answer: %v)", c.cfg.Tries, flash.ErrNoAnswer, last)
 }
 
 // Identity names the device.
