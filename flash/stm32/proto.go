@@ -36,8 +36,9 @@ var (
 	ErrWrongDevice = errors.New("wrong device")
 	// ErrUnsupported means the bootloader does not list a command kiln needs.
 	ErrUnsupported = errors.New("command not supported by this bootloader")
-
-	errGarbled = errors.New("garbled answer")
+	// ErrGarbled means the device answered with a byte the protocol does
+	// not allow there (line noise, or a lost byte shifted the exchange).
+	ErrGarbled = errors.New("garbled answer")
 )
 
 // noBootloader is the diagnosis when 0x7F never gets an answer.
@@ -61,7 +62,7 @@ func (w *wire) frameTime(n int) time.Duration {
 	return w.timeout + 2*time.Duration(n)*w.byteT
 }
 
-// ack waits for ACK. NACK is ErrNACK; other bytes are errGarbled.
+// ack waits for ACK. NACK is ErrNACK; other bytes are ErrGarbled.
 func (w *wire) ack(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -77,7 +78,7 @@ func (w *wire) ack(ctx context.Context, timeout time.Duration) error {
 		case busy:
 			continue
 		}
-		return fmt.Errorf("%w: 0x%02x instead of ACK", errGarbled, b)
+		return fmt.Errorf("%w: 0x%02x instead of ACK", ErrGarbled, b)
 	}
 }
 
@@ -143,7 +144,7 @@ func (w *wire) getID(ctx context.Context) (uint16, error) {
 		return 0, fmt.Errorf("get id: %w", err)
 	}
 	if len(b) < 2 {
-		return 0, fmt.Errorf("get id: %w: %d byte product id", errGarbled, len(b))
+		return 0, fmt.Errorf("get id: %w: %d byte product id", ErrGarbled, len(b))
 	}
 	return uint16(b[0])<<8 | uint16(b[1]), nil
 }
@@ -246,7 +247,7 @@ func (w *wire) checksum(ctx context.Context, addr uint32, n int) (uint32, error)
 		return 0, fmt.Errorf("checksum at 0x%08x: %w", addr, err)
 	}
 	if xor(b[:4]) != b[4] {
-		return 0, fmt.Errorf("checksum at 0x%08x: %w: bad XOR", addr, errGarbled)
+		return 0, fmt.Errorf("checksum at 0x%08x: %w: bad XOR", addr, ErrGarbled)
 	}
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), nil
 }
@@ -275,7 +276,7 @@ func (w *wire) drain(ctx context.Context, quiet time.Duration) (int, error) {
 		}
 		n++
 	}
-	return n, fmt.Errorf("%w: the line never went quiet", errGarbled)
+	return n, fmt.Errorf("%w: the line never went quiet", ErrGarbled)
 }
 
 // resync brings the bootloader back to a command boundary after an error.
@@ -289,7 +290,7 @@ func (w *wire) drain(ctx context.Context, quiet time.Duration) (int, error) {
 func (w *wire) resync(ctx context.Context) error {
 	var err error
 	for i := 0; i < 3; i++ {
-		if err = w.resyncOnce(ctx); err == nil || !errors.Is(err, errGarbled) {
+		if err = w.resyncOnce(ctx); err == nil || !errors.Is(err, ErrGarbled) {
 			break
 		}
 	}
@@ -341,7 +342,7 @@ func (w *wire) resyncOnce(ctx context.Context) error {
 		}
 		break
 	}
-	return fmt.Errorf("%w: no NACK at a command boundary", errGarbled)
+	return fmt.Errorf("%w: no NACK at a command boundary", ErrGarbled)
 }
 
 func (w *wire) quiet() time.Duration {

@@ -557,7 +557,7 @@ func faultRun(t *testing.T, seed int64, rates []float64, mu *sync.Mutex, ok, fai
 		kind = "no answer"
 	case errors.Is(err, stm32.ErrNACK):
 		kind = "nack"
-	case strings.Contains(msg, "garbled"):
+	case errors.Is(err, stm32.ErrGarbled):
 		kind = "garbled"
 	default:
 		t.Errorf("unclassified error: %v", err)

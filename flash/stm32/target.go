@@ -233,7 +233,7 @@ func (t *Target) retry(ctx context.Context, what string, f func() error) error {
 }
 
 func retryable(err error) bool {
-	return errors.Is(err, ErrNACK) || errors.Is(err, flash.ErrNoAnswer) || errors.Is(err, errGarbled)
+	return errors.Is(err, ErrNACK) || errors.Is(err, flash.ErrNoAnswer) || errors.Is(err, ErrGarbled)
 }
 
 // Info returns what the bootloader said about itself.
@@ -507,7 +507,7 @@ func (t *Target) readStable(ctx context.Context, addr uint32, n int) ([]byte, er
 		}
 		prev = got
 	}
-	return nil, fmt.Errorf("stm32: read 0x%08x+%d: %w: reads disagree", addr, n, errGarbled)
+	return nil, fmt.Errorf("stm32: read 0x%08x+%d: %w: reads disagree", addr, n, ErrGarbled)
 }
 
 // halfWord reports whether the device is an STM32F1, whose flash refuses
