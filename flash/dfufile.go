@@ -64,7 +64,9 @@ func ParseDfuSuffix(data []byte) (DfuSuffix, error) {
 	return s, nil
 }
 
-// ParseDfu reads a .dfu file. A DfuSe file carries its addresses; a plain
+// ParseDfu reads a .dfu file. A DfuSe file carries its addresses (every
+// element of every target becomes a segment; the flasher picks the
+// alternate setting by address, not by the target's number); a plain
 // DFU file (dfu-suffix -a on a raw binary) is written at addr, which must be
 // given then; a TI Stellaris prefix (dfu-prefix -s) carries its own.
 func ParseDfu(name string, data []byte, addr *uint32) (*Image, error) {

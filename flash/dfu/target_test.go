@@ -420,3 +420,32 @@ func TestAltChoice(t *testing.T) {
 		t.Errorf("OTP holds %q", got)
 	}
 }
+
+// TestFaultStorm: with faults on one request in five or so, many runs
+// fail, but every failure is reported as an error and every reported
+// success is real.
+func TestFaultStorm(t *testing.T) {
+	ok, failed := 0, 0
+	for seed := uint64(0); seed < 100; seed++ {
+		dev, tg := f401(t)
+		dev.Faults = dfutest.Faults{Rand: rand.New(rand.NewPCG(seed, 2)),
+			Stall: 0.08, WrongState: 0.08, WriteError: 0.1, ShortUpload: 0.1, CorruptWrite: 0.01, CorruptUpload: 0.01}
+		tg.Retries = 2
+		r := rand.New(rand.NewPCG(seed, 3))
+		img, _ := flash.NewImage("storm", flash.Segment{Addr: 0x0800e000 + uint32(r.IntN(0x4000)), Data: randBytes(r, 1+r.IntN(12<<10))})
+		_, err := flash.Program(context.Background(), tg, img, nil)
+		if err != nil {
+			failed++
+			continue
+		}
+		ok++
+		got, _ := dev.Memory(img.Segments[0].Addr, len(img.Segments[0].Data))
+		if !bytes.Equal(got, img.Segments[0].Data) {
+			t.Fatalf("seed %d: success reported with wrong content", seed)
+		}
+	}
+	t.Logf("100 runs under a fault storm: %d verified, %d reported errors", ok, failed)
+	if ok == 0 || failed == 0 {
+		t.Errorf("the storm should produce both outcomes (ok %d, failed %d)", ok, failed)
+	}
+}
