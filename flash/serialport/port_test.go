@@ -132,3 +132,22 @@ func TestFind(t *testing.T) {
 		t.Fatalf("none: %v", err)
 	}
 }
+
+// The 1200 bps touch opens and closes the port at 1200 baud, then waits for
+// the port to be there again; on a pty it is there at once.
+func TestTouch1200(t *testing.T) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	defer tty.Close()
+	p, err := Open(context.Background(), tty.Name(), Options{Reset: "1200bps"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if _, err := Open(context.Background(), "/dev/kiln-no-such-tty", Options{Reset: "1200bps"}); err == nil || !strings.Contains(err.Error(), "1200 bps touch") {
+		t.Fatalf("missing port: %v", err)
+	}
+}
