@@ -46,6 +46,8 @@ test: deps build
 	$(GO) test -run '^$$' -fuzz='^FuzzParseHex$$' -fuzztime=10s ./flash
 	$(GO) test -run '^$$' -fuzz='^FuzzParseDfu$$' -fuzztime=10s ./flash
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./flash/stk500v2
+	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=10s ./firmware/fetch
+	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./recipes
 	@echo "make test: all packages passed"
 
 bench: deps build
