@@ -283,11 +283,11 @@ type kilnReport struct {
 }
 
 // kilnFlash runs the kiln command: flash ARTIFACT to the simulated Uno.
-func kilnFlash(t testing.TB, sim *simavr.Sim, artifact string) kilnReport {
+func kilnFlash(t testing.TB, port, artifact string) kilnReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, kiln(t), "flash", "--board", "arduino-uno", "--port", sim.Port, "--json", artifact)
+	cmd := exec.CommandContext(ctx, kiln(t), "flash", "--board", "arduino-uno", "--port", port, "--json", artifact)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -340,7 +340,7 @@ func flashAndProve(t *testing.T, artifact, want string) {
 		t.Fatalf("kiln loads %s with hash %s, want %s", artifact, img.SHA256(), want)
 	}
 	sim := start(t)
-	rep := kilnFlash(t, sim, artifact)
+	rep := kilnFlash(t, sim.Port, artifact)
 	t.Logf("kiln: %d bytes, write %.2fs, verify %.2fs, device %q", rep.Bytes, rep.WriteSec, rep.VerifySec, rep.Device)
 	if !rep.Verified {
 		t.Errorf("kiln reported verified=false")

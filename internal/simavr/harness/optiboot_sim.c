@@ -34,7 +34,8 @@
  * stdin takes commands, one a line: "dump FILE", "stats", "reset", "quit".
  * End of stdin or SIGTERM/SIGINT ends the run; on the way out the flash is
  * written to FLASHFILE when -o is given. OPTIBOOT_SIM_TRACE=1 in the
- * environment traces every byte on the wire to stderr.
+ * environment traces every byte on the wire to stderr; OPTIBOOT_SIM_NOSKIP=1
+ * turns spin skipping off (see struct spin).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -205,13 +206,25 @@ static void wire_to_pty(struct avr_irq_t *irq, uint32_t value, void *param)
 	w->tx++;
 }
 
+/* The end of a page operation is a cycle timer, so that spin skipping
+ * (below) stops there. */
+static avr_cycle_count_t spm_done(avr_t *avr, avr_cycle_count_t when, void *param)
+{
+	(void)avr;
+	(void)when;
+	(void)param;
+	return 0;
+}
+
 static void spm_write(avr_t *avr, avr_io_addr_t addr, uint8_t v, void *param)
 {
 	(void)param;
 	(void)addr;
 	spm_forced = 0;
-	if ((v & SPMEN) && (v & (PGERS | PGWRT)))
+	if ((v & SPMEN) && (v & (PGERS | PGWRT))) {
 		spm_busy_until = avr->cycle + spm_cycles;
+		avr_cycle_timer_register(avr, spm_cycles, spm_done, NULL);
+	}
 }
 
 /* simavr stores what a read hook returns in data[addr]: a forced SPMEN
@@ -229,6 +242,101 @@ static uint8_t spm_read(avr_t *avr, avr_io_addr_t addr, void *param)
 		v &= ~SPMEN;
 	}
 	return v;
+}
+
+/*
+ * Spin skipping. Optiboot spends nearly all its time in loops such as
+ *     loop: lds r24, UCSR0A ; sbrs r24, RXC0 ; rjmp loop
+ * (or in/sbrc on SPMCSR). Between two cycle timers nothing such a loop reads
+ * can change (the UART, the watchdog and the flash change state only in
+ * timers; interrupts are off), so whole iterations can be skipped up to the
+ * next timer: the same cycles pass, the same state results, and the host's
+ * CPU is spent only on instructions that do something. Without this, a real
+ * time 16 MHz core costs most of a host core and falls behind on a busy
+ * machine.
+ */
+struct spin {
+	avr_flashaddr_t pc;      /* loop head seen last */
+	avr_cycle_count_t at;    /* cycle it was seen at */
+	avr_cycle_count_t due;   /* earliest timer then */
+	unsigned long long skipped;
+};
+
+static uint16_t op_at(avr_t *avr, avr_flashaddr_t pc)
+{
+	if (pc + 1 > avr->flashend)
+		return 0xffff;
+	return avr->flash[pc] | (avr->flash[pc + 1] << 8);
+}
+
+/* loop_cycles returns the cycles of one turn if pc heads a read-test-jump
+ * loop on an I/O register, else 0. */
+static int loop_cycles(avr_t *avr, avr_flashaddr_t pc)
+{
+	uint16_t op = op_at(avr, pc);
+	int rd, len, cycles;
+	if ((op & 0xf800) == 0xb000) { /* in rd, A */
+		rd = (op >> 4) & 0x1f;
+		len = 2;
+		cycles = 1;
+	} else if ((op & 0xfe0f) == 0x9000) { /* lds rd, k */
+		uint16_t k = op_at(avr, pc + 2);
+		if (k > avr->ioend)
+			return 0;
+		rd = (op >> 4) & 0x1f;
+		len = 4;
+		cycles = 2;
+	} else {
+		return 0;
+	}
+	uint16_t t = op_at(avr, pc + len);
+	if ((t & 0xfc08) != 0xfc00 || ((t >> 4) & 0x1f) != rd) /* sbrc/sbrs rd, b */
+		return 0;
+	uint16_t j = op_at(avr, pc + len + 2);
+	if ((j & 0xf000) != 0xc000)
+		return 0;
+	int k = j & 0x0fff;
+	if (k & 0x800)
+		k -= 0x1000;
+	if ((avr_flashaddr_t)((int)(pc + len + 2) + 2 + 2 * k) != pc)
+		return 0;
+	return cycles + 1 + 2; /* read, test (not skipping), rjmp */
+}
+
+static avr_cycle_count_t next_timer(avr_t *avr)
+{
+	avr_cycle_count_t due = ~(avr_cycle_count_t)0;
+	for (avr_cycle_timer_slot_p t = avr->cycle_timers.timer; t; t = t->next)
+		if (t->when < due)
+			due = t->when;
+	return due;
+}
+
+/* spin_skip is called with the core at an instruction boundary; it moves
+ * the cycle counter over whole loop turns that cannot change anything,
+ * never past limit. */
+static void spin_skip(avr_t *avr, struct spin *sp, avr_cycle_count_t limit)
+{
+	if (avr->sreg[S_I])
+		return;
+	int n = loop_cycles(avr, avr->pc);
+	if (!n)
+		return;
+	avr_cycle_count_t now = avr->cycle, due = next_timer(avr);
+	/* One whole turn since the last visit, with no timer due in it: the
+	 * test did not leave the loop, and the next turn reads the same. */
+	if (sp->pc == avr->pc && now - sp->at == (avr_cycle_count_t)n && sp->due > now) {
+		avr_cycle_count_t end = due < limit ? due : limit;
+		if (end > now + 2 * (avr_cycle_count_t)n) {
+			avr_cycle_count_t turns = (end - now) / n - 1;
+			avr->cycle += turns * n;
+			sp->skipped += turns * n;
+			now = avr->cycle;
+		}
+	}
+	sp->pc = avr->pc;
+	sp->at = now;
+	sp->due = due;
 }
 
 static int write_flash(avr_t *avr, const char *path)
@@ -404,6 +512,8 @@ int main(int argc, char **argv)
 	avr_cycle_count_t start_cycle = avr->cycle;
 	unsigned long behind = 0; /* times the core fell >20 ms behind */
 	int held = 0;  /* core left the bootloader: not executed until reset */
+	struct spin spin = { 0 };
+	int skip = getenv("OPTIBOOT_SIM_NOSKIP") == NULL;
 	int done = 0;
 	char line[4200];
 	size_t line_len = 0;
@@ -425,6 +535,8 @@ int main(int argc, char **argv)
 					held = 1;
 					break;
 				}
+				if (skip)
+					spin_skip(avr, &spin, target);
 			}
 		}
 
@@ -524,9 +636,9 @@ int main(int argc, char **argv)
 	}
 
 	fprintf(stderr, "optiboot_sim: %llu cycles in %.3f s wall, fell behind real time %lu times, "
-	        "%lu receive overruns, %lu bytes dropped\n",
+	        "%lu receive overruns, %lu bytes dropped, %llu idle cycles skipped\n",
 	        (unsigned long long)(avr->cycle - start_cycle), (double)(now_ns() - start_ns) / 1e9, behind,
-	        wire.overruns, wire.dropped);
+	        wire.overruns, wire.dropped, spin.skipped);
 	int rc = 0;
 	if (flash_out) {
 		if (write_flash(avr, flash_out) == 0) {
