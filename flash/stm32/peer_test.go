@@ -259,3 +259,43 @@ func TestStm32flashThroughKilnEmulate(t *testing.T) {
 		})
 	}
 }
+
+// TestKilnRefusesBadImagesBeforeIO: `kiln flash` checks the artifact against
+// the board before it opens the port: an ELF built for an AVR, and a .bin
+// that runs past the end of the Blue Pill's flash, fail with exit 1 and the
+// emulator behind the port never sees a byte (not even the 0x7F sync).
+func TestKilnRefusesBadImagesBeforeIO(t *testing.T) {
+	kiln := kilnBinary(t)
+	d := newDevice(t, "bluepill")
+	port := servePTY(t, d)
+	dir := t.TempDir()
+	beyond := filepath.Join(dir, "beyond.bin")
+	if err := os.WriteFile(beyond, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	avr := avrELF(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"avr elf", []string{avr.Source}, "ELF for EM_AVR"},
+		{"past the end of flash", []string{"--address", "0x0800f800", beyond}, "outside bluepill's application flash"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"flash", "--board", "bluepill", "--port", port, "--log", "off"}, tc.args...)
+			out, err := exec.Command(kiln, args...).CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("kiln flash: %v, want exit 1\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.want) || !strings.HasPrefix(string(out), "kiln: ") {
+				t.Errorf("output lacks %q:\n%s", tc.want, out)
+			}
+			if st := d.Stats(); st.Inits != 0 || len(st.Commands) != 0 {
+				t.Errorf("the device saw %d syncs and commands %v", st.Inits, st.Commands)
+			}
+			t.Logf("%s", strings.TrimSpace(string(out)))
+		})
+	}
+}

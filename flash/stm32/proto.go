@@ -135,6 +135,21 @@ func (w *wire) get(ctx context.Context) (version byte, cmds []byte, err error) {
 	return b[0], b[1:], nil
 }
 
+// getVersion reads Get Version's bootloader version and two option bytes.
+func (w *wire) getVersion(ctx context.Context) ([3]byte, error) {
+	var v [3]byte
+	if err := w.cmd(ctx, cmdGetVersion); err != nil {
+		return v, err
+	}
+	if err := w.l.ReadFull(ctx, v[:], w.frameTime(3)); err != nil {
+		return v, fmt.Errorf("get version: %w", err)
+	}
+	if err := w.ack(ctx, w.frameTime(1)); err != nil {
+		return v, fmt.Errorf("get version: %w", err)
+	}
+	return v, nil
+}
+
 func (w *wire) getID(ctx context.Context) (uint16, error) {
 	if err := w.cmd(ctx, cmdGetID); err != nil {
 		return 0, err

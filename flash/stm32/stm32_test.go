@@ -409,19 +409,20 @@ func TestRecovery(t *testing.T) {
 		f    stm32test.Faults
 		weak int
 	}{
-		// Bytes from the host: sync 1, Get 2, Get ID 2, unique ID read 9,
-		// erase 6 (15-20), then 266 per block write (data from the 8th byte).
-		// Bytes to the host: 1 + 15 + 5 + 15 for Open, 2 for the erase, 3
-		// per block write (39-62), then 3 + 256 per block read.
-		{name: "drop a data byte of the first write", f: stm32test.Faults{DropRx: 21 + 7 + 100}},
-		{name: "corrupt a data byte of the third write", f: stm32test.Faults{CorruptRx: 553 + 7 + 200}},
-		{name: "drop the erase list's checksum", f: stm32test.Faults{DropRx: 20}},
-		{name: "drop the ACK after the first write", f: stm32test.Faults{DropTx: 41}},
-		{name: "corrupt the ACK after the second write", f: stm32test.Faults{CorruptTx: 44}},
-		{name: "delay the third write's ACK past the timeout", f: stm32test.Faults{DelayTx: 47, Delay: 300 * time.Millisecond}},
-		{name: "NACK the third write command", f: stm32test.Faults{Nack: 7}},
-		{name: "drop a byte of a read reply", f: stm32test.Faults{DropTx: 63 + 3 + 100}},
-		{name: "drop a byte of the unique id", f: stm32test.Faults{DropTx: 30}},
+		// Bytes from the host: sync 1, Get 2, Get Version 2, Get ID 2,
+		// unique ID read 9, erase 6 (17-22), then 266 per block write (data
+		// from the 8th byte). Bytes to the host: 1 + 15 + 5 + 5 + 15 for
+		// Open, 2 for the erase, 3 per block write (44-67), then 3 + 256 per
+		// block read.
+		{name: "drop a data byte of the first write", f: stm32test.Faults{DropRx: 23 + 7 + 100}},
+		{name: "corrupt a data byte of the third write", f: stm32test.Faults{CorruptRx: 555 + 7 + 200}},
+		{name: "drop the erase list's checksum", f: stm32test.Faults{DropRx: 22}},
+		{name: "drop the ACK after the first write", f: stm32test.Faults{DropTx: 46}},
+		{name: "corrupt the ACK after the second write", f: stm32test.Faults{CorruptTx: 49}},
+		{name: "delay the third write's ACK past the timeout", f: stm32test.Faults{DelayTx: 52, Delay: 300 * time.Millisecond}},
+		{name: "NACK the third write command", f: stm32test.Faults{Nack: 8}},
+		{name: "drop a byte of a read reply", f: stm32test.Faults{DropTx: 68 + 3 + 100}},
+		{name: "drop a byte of the unique id", f: stm32test.Faults{DropTx: 35}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -35,10 +35,11 @@ type Options struct {
 
 // Info is what the bootloader said about itself.
 type Info struct {
-	Version  byte   // bootloader version, 0x22 means 2.2
-	Commands []byte // the commands Get listed
-	PID      uint16 // product ID from Get ID
-	UID      []byte // 96-bit unique ID, nil when it could not be read
+	Version  byte    // bootloader version, 0x22 means 2.2
+	Commands []byte  // the commands Get listed
+	Options  [2]byte // the option bytes Get Version reports (read protection status)
+	PID      uint16  // product ID from Get ID
+	UID      []byte  // 96-bit unique ID, nil when it could not be read
 }
 
 // Lists reports whether the bootloader listed command c.
@@ -128,6 +129,16 @@ func Open(ctx context.Context, rw io.ReadWriter, b *boards.Board, opts Options) 
 		t.erase = cmdErase
 	default:
 		return nil, fmt.Errorf("stm32: bootloader %s lists no erase command: %w", t.version(), ErrUnsupported)
+	}
+	if t.info.Lists(cmdGetVersion) {
+		err = t.retry(ctx, "get version", func() error {
+			v, err := t.w.getVersion(ctx)
+			t.info.Options = [2]byte{v[1], v[2]}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	err = t.retry(ctx, "get id", func() error {
 		var err error
