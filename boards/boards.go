@@ -166,6 +166,11 @@ func (b *Board) Validate() error {
 		if b.Flash.Size%b.Flash.Page != 0 && b.Flash.Layout == "" {
 			return bad("flash size %d is not a multiple of the page size %d", b.Flash.Size, b.Flash.Page)
 		}
+		if b.Flash.Layout != "" {
+			if _, err := b.Flash.Pages(); err != nil {
+				return bad("flash: %v", err)
+			}
+		}
 		if b.Bootloader != nil && b.Flash.Overlaps(b.Bootloader.Base, int(b.Bootloader.Size)) {
 			return bad("bootloader 0x%x+%d overlaps the application area", b.Bootloader.Base, b.Bootloader.Size)
 		}

@@ -119,3 +119,21 @@ func TestPagesIn(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateChecksLayout(t *testing.T) {
+	data := []byte(`name = "bad-layout"
+arch = "cortex-m"
+mcu = "stm32f401re"
+cpu = "cortex-m4"
+cpu_hz = 84000000
+flash = { base = 0x08000000, size = 524288, page = 16384, layout = "04*016Kg,01*064Kg,02*128Kg" }
+signature = "0x433"
+protocol = "stm32-uart"
+baud = 115200
+`)
+	if _, err := Parse("bad-layout.toml", data, nil); err == nil {
+		t.Fatal("a layout covering 384 KiB of a 512 KiB flash was accepted")
+	} else {
+		t.Log(err)
+	}
+}
