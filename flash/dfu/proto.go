@@ -141,11 +141,28 @@ func (e *StateError) Error() string {
 	return fmt.Sprintf("device in %v, want %v", e.Got, e.Want)
 }
 
+// Clock is what the protocol waits on between GETSTATUS polls. The wall
+// clock is the default; a device model may share a virtual clock with the
+// host so that timing runs are exact and fast (see dfutest.VirtualClock).
+type Clock interface {
+	Now() time.Time
+	Sleep(ctx context.Context, d time.Duration) error
+}
+
+// WallClock is the real clock.
+type WallClock struct{}
+
+// Now returns time.Now().
+func (WallClock) Now() time.Time { return time.Now() }
+
+// Sleep waits d or until ctx ends.
+func (WallClock) Sleep(ctx context.Context, d time.Duration) error { return sleep(ctx, d) }
+
 // proto is the DFU request layer over a Controller.
 type proto struct {
 	c     Controller
 	iface uint16
-	// sleep waits for bwPollTimeout; it is time-based with ctx.
+	clock Clock
 }
 
 func (p *proto) getStatus(ctx context.Context) (StatusReport, error) {
@@ -226,7 +243,7 @@ func (p *proto) settle(ctx context.Context, done State) error {
 			if i > 1000 {
 				return fmt.Errorf("device stays in %v: %w", st.State, &StateError{Got: st.State, Want: []State{done}})
 			}
-			if err := sleep(ctx, st.PollTimeout); err != nil {
+			if err := p.clock.Sleep(ctx, st.PollTimeout); err != nil {
 				return err
 			}
 		default:
@@ -264,7 +281,7 @@ func (p *proto) idle(ctx context.Context) error {
 			}
 		case DfuDnBusy, DfuDnloadSync:
 			last = &StateError{Got: st.State, Want: []State{DfuIdle}}
-			if err := sleep(ctx, st.PollTimeout); err != nil {
+			if err := p.clock.Sleep(ctx, st.PollTimeout); err != nil {
 				return err
 			}
 		case DfuDnloadIdle, DfuUploadIdle, DfuManifestSync:

@@ -120,7 +120,7 @@ func New(c Controller, d Descriptor) (*Target, error) {
 	if d.DFUVersion != 0x011a {
 		return nil, fmt.Errorf("dfu: %v: DFU version %x.%02x is not DfuSe (1.1a); kiln writes DfuSe devices only", d, d.DFUVersion>>8, d.DFUVersion&0xff)
 	}
-	t := &Target{p: proto{c: c, iface: uint16(d.Interface)}, c: c, desc: d, xfer: d.TransferSize, alt: -1, Retries: DefaultRetries}
+	t := &Target{p: proto{c: c, iface: uint16(d.Interface), clock: WallClock{}}, c: c, desc: d, xfer: d.TransferSize, alt: -1, Retries: DefaultRetries}
 	if t.xfer <= 0 {
 		t.xfer = 2048
 	}
@@ -136,6 +136,10 @@ func New(c Controller, d Descriptor) (*Target, error) {
 	}
 	return t, nil
 }
+
+// SetClock makes the target wait bwPollTimeout on c instead of the wall
+// clock.
+func (t *Target) SetClock(c Clock) { t.p.clock = c }
 
 // Memories returns the memories the device lists, one per alternate setting.
 func (t *Target) Memories() []*Memory { return t.mems }

@@ -167,6 +167,7 @@ type Device struct {
 	left      bool
 	leftAt    uint32
 	debt      time.Duration // bus time not yet slept
+	clock     dfu.Clock
 	stats     Stats
 
 	// Faults are injected as configured; set before use.
@@ -178,7 +179,7 @@ func New(cfg Config) (*Device, error) {
 	if cfg.TransferSize <= 0 {
 		cfg.TransferSize = 2048
 	}
-	d := &Device{cfg: cfg, state: dfu.DfuIdle}
+	d := &Device{cfg: cfg, state: dfu.DfuIdle, clock: dfu.WallClock{}}
 	for i, s := range cfg.Alts {
 		m, err := dfu.ParseLayout(i, s)
 		if err != nil {
@@ -255,6 +256,57 @@ func (d *Device) SetTiming(t Timing) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.cfg.Timing = t
+}
+
+// SetClock makes the model keep time on c (share it with the host's
+// dfu.Target to run timing exactly without waiting).
+func (d *Device) SetClock(c dfu.Clock) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.clock = c
+}
+
+// VirtualClock is a dfu.Clock whose Sleep advances time at once. A host
+// and a model sharing one see the same time line: the model is busy for
+// its datasheet times, the host waits its poll timeouts, and Elapsed is
+// what the session would take on the wall clock, minus host CPU time.
+type VirtualClock struct {
+	mu    sync.Mutex
+	start time.Time
+	now   time.Time
+}
+
+// NewVirtualClock starts a virtual clock.
+func NewVirtualClock() *VirtualClock {
+	t := time.Unix(1<<30, 0)
+	return &VirtualClock{start: t, now: t}
+}
+
+// Now returns the virtual time.
+func (c *VirtualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Sleep advances the virtual time by d.
+func (c *VirtualClock) Sleep(ctx context.Context, d time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d > 0 {
+		c.mu.Lock()
+		c.now = c.now.Add(d)
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+// Elapsed returns the virtual time since the clock started.
+func (c *VirtualClock) Elapsed() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now.Sub(c.start)
 }
 
 // Stats returns a copy of the counters.
@@ -344,24 +396,10 @@ func (d *Device) pace(ctx context.Context, dur time.Duration) error {
 	if d.debt < time.Millisecond {
 		return nil
 	}
-	start := time.Now()
-	err := sleep(ctx, d.debt)
-	d.debt -= time.Since(start)
+	start := d.clock.Now()
+	err := d.clock.Sleep(ctx, d.debt)
+	d.debt -= d.clock.Now().Sub(start)
 	return err
-}
-
-func sleep(ctx context.Context, dur time.Duration) error {
-	if dur <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(dur)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // SetAlt selects an alternate setting (SET_INTERFACE): the device returns
@@ -386,9 +424,9 @@ func (d *Device) SetAlt(ctx context.Context, alt int) error {
 
 // waitIdleBus NAKs a request that comes while the device is busy.
 func (d *Device) waitIdleBus(ctx context.Context) error {
-	if wait := time.Until(d.busyUntil); wait > 0 {
+	if wait := d.busyUntil.Sub(d.clock.Now()); wait > 0 {
 		d.stats.EarlyPolls++
-		return sleep(ctx, wait)
+		return d.clock.Sleep(ctx, wait)
 	}
 	return nil
 }
@@ -501,7 +539,7 @@ func (d *Device) getStatus(b []byte) (int, error) {
 		dur, st := d.execute(*d.pending)
 		d.pending = nil
 		d.stats.Busy += dur
-		d.busyUntil = time.Now().Add(dur)
+		d.busyUntil = d.clock.Now().Add(dur)
 		d.result = st
 		d.state = dfu.DfuDnBusy
 		poll = (dur + time.Millisecond - 1) / time.Millisecond * time.Millisecond
