@@ -566,3 +566,54 @@ func rebootAndWait(ctx context.Context, dial Dialer, c RunCloser, rem *remote, o
 	}
 	return c, nil, fmt.Errorf("device did not come back within %v after reboot (last: %v)", opts.BootTimeout, last)
 }
+
+// Status is what a device runs, read from the device itself.
+type Status struct {
+	Device     string `json:"device"`
+	Running    string `json:"running_slot"`
+	Committed  string `json:"committed_slot"`
+	Derivation string `json:"derivation"` // from the running slot's boot partition
+	Trial      bool   `json:"trial"`      // running an uncommitted slot
+}
+
+// Inspect reads which slot the device runs and which image that slot holds.
+func Inspect(ctx context.Context, dial Dialer, name, disk string) (*Status, error) {
+	if disk == "" {
+		disk = "/dev/mmcblk0"
+	}
+	c, err := dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	d := &device{r: c}
+	rem, err := inspect(ctx, d, disk)
+	if err != nil {
+		return nil, err
+	}
+	st := &Status{Device: name, Running: rem.running.Name, Committed: rem.committed.Name, Trial: rem.running != rem.committed}
+	bp, ok := partByNum(rem.parts, rem.running.Boot)
+	if !ok {
+		return nil, fmt.Errorf("%s: %w: no boot partition %d", name, ErrLayout, rem.running.Boot)
+	}
+	kj, err := readFATFile(remoteReader(ctx, d, partDev(disk, bp.Number), bp.Size), "kiln.json")
+	if err != nil {
+		return nil, fmt.Errorf("%s: running slot's kiln.json: %w", name, err)
+	}
+	var l Layout
+	if err := json.Unmarshal(kj.Data, &l); err != nil {
+		return nil, fmt.Errorf("%s: running slot's kiln.json: %w", name, err)
+	}
+	st.Derivation = l.Derivation
+	return st, nil
+}
+
+// ImageDerivation returns the derivation hash recorded in an image's kiln.json.
+func ImageDerivation(path string) (string, error) {
+	img, err := openImage(path)
+	if err != nil {
+		return "", err
+	}
+	defer img.f.Close()
+	return img.layout.Derivation, nil
+}

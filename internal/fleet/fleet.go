@@ -1,0 +1,375 @@
+// Package fleet rolls an image out to many devices the way a robot fleet
+// needs it: declared per group, in waves (a canary first, then growing
+// fractions), only inside each device's update window, with bounded
+// parallelism, and halted as soon as failures reach a threshold. Status
+// compares what every device runs, read from the device, with what the fleet
+// file declares.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"kiln.dev/kiln/flash/ssh"
+)
+
+// File is a fleet file (FLEET.toml).
+type File struct {
+	SSHKey      string   `toml:"ssh_key"`
+	KnownHosts  string   `toml:"known_hosts"`
+	Health      string   `toml:"health"`       // default health check command
+	Window      string   `toml:"window"`       // update-window command: non-zero exit defers the device
+	Parallel    int      `toml:"parallel"`     // jobs at once; default 4
+	MaxFailures int      `toml:"max_failures"` // halt when this many devices failed; default 1
+	Waves       []any    `toml:"waves"`        // integers: device counts; fractions: cumulative share of the fleet
+	BootTimeout Duration `toml:"boot_timeout"`
+	Groups      []Group  `toml:"group"`
+	Devices     []Device `toml:"device"`
+
+	dir string
+}
+
+// Group says which image its devices run.
+type Group struct {
+	Name   string `toml:"name"`
+	Image  string `toml:"image"` // an .img with kiln's A/B layout, relative to the fleet file
+	Health string `toml:"health"`
+}
+
+// Device is one robot.
+type Device struct {
+	Name  string `toml:"name"`
+	URL   string `toml:"url"` // ssh://user@host[:port]/dev/mmcblk0
+	Group string `toml:"group"`
+}
+
+// Duration is a TOML string such as "90s".
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	d.Duration = v
+	return err
+}
+
+// Load reads and validates a fleet file.
+func Load(path string) (*File, error) {
+	var f File
+	md, err := toml.DecodeFile(path, &f)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return nil, fmt.Errorf("%s:%d:%d: %s", path, perr.Position.Line, perr.Position.Col, perr.Message)
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("%s: unknown key %q", path, und[0].String())
+	}
+	f.dir = filepath.Dir(path)
+	if f.Parallel <= 0 {
+		f.Parallel = 4
+	}
+	if f.MaxFailures <= 0 {
+		f.MaxFailures = 1
+	}
+	if len(f.Waves) == 0 {
+		f.Waves = []any{int64(1), 1.0}
+	}
+	groups := map[string]bool{}
+	for _, g := range f.Groups {
+		if g.Name == "" || g.Image == "" {
+			return nil, fmt.Errorf("%s: every group needs name and image", path)
+		}
+		groups[g.Name] = true
+	}
+	seen := map[string]bool{}
+	for _, d := range f.Devices {
+		if d.Name == "" || seen[d.Name] {
+			return nil, fmt.Errorf("%s: device names must be present and unique (%q)", path, d.Name)
+		}
+		seen[d.Name] = true
+		if !groups[d.Group] {
+			return nil, fmt.Errorf("%s: device %s: unknown group %q", path, d.Name, d.Group)
+		}
+		if _, err := ssh.ParseAddr(d.URL); err != nil {
+			return nil, fmt.Errorf("%s: device %s: %w", path, d.Name, err)
+		}
+	}
+	if _, err := f.plan(len(f.Devices)); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &f, nil
+}
+
+// plan turns Waves into cumulative device counts for n devices.
+func (f *File) plan(n int) ([]int, error) {
+	var out []int
+	prev := 0
+	for _, w := range f.Waves {
+		var k int
+		switch v := w.(type) {
+		case int64:
+			k = prev + int(v)
+		case float64:
+			if v <= 0 || v > 1 {
+				return nil, fmt.Errorf("wave %v: a fraction must be in (0, 1]", v)
+			}
+			k = int(math.Ceil(v * float64(n)))
+		default:
+			return nil, fmt.Errorf("wave %v: want a device count or a fraction", w)
+		}
+		k = min(max(k, prev), n)
+		if k > prev {
+			out = append(out, k)
+		}
+		prev = k
+	}
+	if prev < n {
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func (f *File) path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(f.dir, p)
+}
+
+func (f *File) group(name string) Group {
+	for _, g := range f.Groups {
+		if g.Name == name {
+			return g
+		}
+	}
+	return Group{}
+}
+
+func (f *File) dialer(d Device) (ssh.Dialer, string, error) {
+	a, err := ssh.ParseAddr(d.URL)
+	if err != nil {
+		return nil, "", err
+	}
+	opts := ssh.Options{KnownHosts: f.path(f.KnownHosts), Timeout: 10 * time.Second}
+	if f.SSHKey != "" {
+		opts.KeyFiles = []string{f.path(f.SSHKey)}
+	}
+	return ssh.DialerFor(a, opts), a.Path, nil
+}
+
+// DeviceStatus is one line of `kiln fleet status`.
+type DeviceStatus struct {
+	Name     string `json:"name"`
+	Group    string `json:"group"`
+	Declared string `json:"declared"`
+	Running  string `json:"running,omitempty"`
+	Slot     string `json:"slot,omitempty"`
+	Trial    bool   `json:"trial,omitempty"`
+	Drift    bool   `json:"drift"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Status asks every device what it runs.
+func (f *File) Status(ctx context.Context) ([]DeviceStatus, error) {
+	declared := map[string]string{}
+	for _, g := range f.Groups {
+		drv, err := ssh.ImageDerivation(f.path(g.Image))
+		if err != nil {
+			return nil, fmt.Errorf("group %s: %w", g.Name, err)
+		}
+		declared[g.Name] = drv
+	}
+	out := make([]DeviceStatus, len(f.Devices))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, f.Parallel)
+	for i, d := range f.Devices {
+		out[i] = DeviceStatus{Name: d.Name, Group: d.Group, Declared: declared[d.Group]}
+		wg.Add(1)
+		go func(s *DeviceStatus, d Device) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			dial, disk, err := f.dialer(d)
+			if err == nil {
+				var st *ssh.Status
+				if st, err = ssh.Inspect(ctx, dial, d.Name, disk); err == nil {
+					s.Running, s.Slot, s.Trial = st.Derivation, st.Running, st.Trial
+				}
+			}
+			if err != nil {
+				s.Error = err.Error()
+			}
+			s.Drift = s.Running != s.Declared
+		}(&out[i], d)
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// Outcome of one device in a rollout.
+const (
+	Updated  = "updated"
+	Current  = "current"  // already ran the declared image
+	Deferred = "deferred" // outside its update window
+	Failed   = "failed"
+	Skipped  = "skipped" // the rollout halted before its wave
+)
+
+// DeviceResult is what a rollout did to one device.
+type DeviceResult struct {
+	Name      string  `json:"name"`
+	Wave      int     `json:"wave"`
+	Outcome   string  `json:"outcome"`
+	Error     string  `json:"error,omitempty"`
+	BytesSent int64   `json:"bytes_sent,omitempty"`
+	Seconds   float64 `json:"seconds,omitempty"`
+}
+
+// Report is the result of a rollout.
+type Report struct {
+	Devices []DeviceResult `json:"devices"`
+	Waves   []int          `json:"waves"` // cumulative device counts
+	Halted  bool           `json:"halted"`
+	Failed  int            `json:"failed"`
+}
+
+// ErrHalted means the rollout stopped at its failure threshold.
+var ErrHalted = errors.New("rollout halted")
+
+// Deploy rolls the declared images out in waves.
+func (f *File) Deploy(ctx context.Context, helperDir string, log func(string, ...any)) (*Report, error) {
+	if log == nil {
+		log = func(string, ...any) {}
+	}
+	waves, err := f.plan(len(f.Devices))
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Waves: waves, Devices: make([]DeviceResult, len(f.Devices))}
+	for i, d := range f.Devices {
+		rep.Devices[i] = DeviceResult{Name: d.Name, Outcome: Skipped}
+	}
+	var mu sync.Mutex
+	prev := 0
+	for w, upto := range waves {
+		log("wave %d: devices %d-%d", w+1, prev+1, upto)
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, f.Parallel)
+		for i := prev; i < upto; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				mu.Lock()
+				halted := rep.Halted
+				mu.Unlock()
+				if halted {
+					return
+				}
+				r := f.deployOne(ctx, f.Devices[i], helperDir, log)
+				r.Wave = w + 1
+				mu.Lock()
+				rep.Devices[i] = r
+				if r.Outcome == Failed {
+					rep.Failed++
+					if rep.Failed >= f.MaxFailures && !rep.Halted {
+						rep.Halted = true
+						log("halting the rollout: %d failure(s) reached the threshold %d", rep.Failed, f.MaxFailures)
+					}
+				}
+				mu.Unlock()
+			}(i)
+		}
+		wg.Wait()
+		if rep.Halted {
+			return rep, fmt.Errorf("%w after wave %d: %d device(s) failed (threshold %d)", ErrHalted, w+1, rep.Failed, f.MaxFailures)
+		}
+		prev = upto
+	}
+	if rep.Failed > 0 {
+		return rep, fmt.Errorf("%d device(s) failed", rep.Failed)
+	}
+	return rep, nil
+}
+
+func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log func(string, ...any)) DeviceResult {
+	start := time.Now()
+	res := DeviceResult{Name: d.Name}
+	fail := func(err error) DeviceResult {
+		res.Outcome, res.Error = Failed, err.Error()
+		res.Seconds = time.Since(start).Seconds()
+		log("%s: failed: %v", d.Name, err)
+		return res
+	}
+	g := f.group(d.Group)
+	img := f.path(g.Image)
+	want, err := ssh.ImageDerivation(img)
+	if err != nil {
+		return fail(err)
+	}
+	dial, disk, err := f.dialer(d)
+	if err != nil {
+		return fail(err)
+	}
+	st, err := ssh.Inspect(ctx, dial, d.Name, disk)
+	if err != nil {
+		return fail(err)
+	}
+	if st.Derivation == want && !st.Trial {
+		res.Outcome = Current
+		return res
+	}
+	if f.Window != "" {
+		c, err := dial(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		werr := c.Run(ctx, f.Window, nil, nil)
+		c.Close()
+		if werr != nil {
+			res.Outcome, res.Error = Deferred, "outside its update window"
+			log("%s: deferred (update window: %v)", d.Name, werr)
+			return res
+		}
+	}
+	health := g.Health
+	if health == "" {
+		health = f.Health
+	}
+	ur, err := ssh.Update(ctx, dial, d.Name, img, ssh.UpdateOptions{Disk: disk, Health: health, HelperDir: helperDir, BootTimeout: f.BootTimeout.Duration, Log: log})
+	if err != nil {
+		return fail(err)
+	}
+	res.Outcome, res.BytesSent, res.Seconds = Updated, ur.BytesSent, time.Since(start).Seconds()
+	log("%s: updated to slot %s (%d bytes sent)", d.Name, ur.To, ur.BytesSent)
+	return res
+}
+
+// Sorted returns results in fleet-file order by name, for stable output.
+func Sorted(rs []DeviceResult) []DeviceResult {
+	out := append([]DeviceResult(nil), rs...)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Wave < out[j].Wave })
+	return out
+}
+
+// helperDirDefault is where kiln-helper-<arch> files sit: next to the kiln binary.
+func HelperDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	return filepath.Dir(exe)
+}

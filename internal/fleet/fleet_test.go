@@ -1,0 +1,148 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"kiln.dev/kiln/flash/ssh/sshtest"
+)
+
+func TestDeployInWavesHaltsAtThresholdAndStatusShowsDrift(t *testing.T) {
+	if err := sshtest.Available(); err != nil {
+		t.Skipf("test devices need root and the real tools: %v", err)
+	}
+	f, err := sshtest.NewFleet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	old, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "aaaa000000000000old1", Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "bbbb000000000000new2", Seed: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs []*sshtest.Device
+	var devices strings.Builder
+	for i := 0; i < 6; i++ {
+		d, err := f.AddDevice(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, d)
+		fmt.Fprintf(&devices, "[[device]]\nname = %q\nurl = \"ssh://root@%s/dev/mmcblk0\"\ngroup = \"cells\"\n", fmt.Sprintf("cell-%d", i+1), d.Addr)
+	}
+	// cell-2 is busy (outside its update window); cell-3's new slot fails its health check.
+	os.WriteFile(filepath.Join(devs[1].Dir, "run/busy"), nil, 0o644)
+	devs[2].SetHealth("exit 1")
+	fleetFile := filepath.Join(f.Dir, "fleet.toml")
+	os.WriteFile(fleetFile, []byte(fmt.Sprintf(`ssh_key = %q
+known_hosts = %q
+health = "/usr/bin/health"
+window = "test ! -e /run/busy"
+parallel = 2
+max_failures = 1
+waves = [1, 0.5, 1.0]
+boot_timeout = "20s"
+
+[[group]]
+name = "cells"
+image = %q
+
+%s`, f.ClientKey, f.KnownHosts, filepath.Base(newer), devices.String())), 0o644)
+	fl, err := Load(fleetFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	rep, err := fl.Deploy(ctx, helperDir, t.Logf)
+	if !errors.Is(err, ErrHalted) || !rep.Halted {
+		t.Fatalf("deploy: err = %v, report %+v", err, rep)
+	}
+	if fmt.Sprint(rep.Waves) != "[1 3 6]" {
+		t.Errorf("waves %v, want [1 3 6]", rep.Waves)
+	}
+	want := []string{Updated, Deferred, Failed, Skipped, Skipped, Skipped}
+	for i, r := range rep.Devices {
+		if r.Outcome != want[i] {
+			t.Errorf("%s: %s (%s), want %s", r.Name, r.Outcome, r.Error, want[i])
+		}
+	}
+	st, err := fl.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDrift := []bool{false, true, true, true, true, true}
+	for i, s := range st {
+		if s.Drift != wantDrift[i] || s.Error != "" {
+			t.Errorf("%s: drift %v (running %s, declared %s, err %q), want drift %v", s.Name, s.Drift, s.Running, s.Declared, s.Error, wantDrift[i])
+		}
+		wantRunning := "aaaa000000000000old1"
+		if !wantDrift[i] {
+			wantRunning = "bbbb000000000000new2"
+		}
+		if s.Running != wantRunning {
+			t.Errorf("%s runs %s, want %s", s.Name, s.Running, wantRunning)
+		}
+	}
+	// Fix the fleet and roll out again: everything converges, the canary is current.
+	os.Remove(filepath.Join(devs[1].Dir, "run/busy"))
+	devs[2].SetHealth("exit 0")
+	rep, err = fl.Deploy(ctx, helperDir, t.Logf)
+	if err != nil {
+		t.Fatalf("second deploy: %v", err)
+	}
+	if rep.Devices[0].Outcome != Current {
+		t.Errorf("canary: %s, want current", rep.Devices[0].Outcome)
+	}
+	st, _ = fl.Status(ctx)
+	for _, s := range st {
+		if s.Drift {
+			t.Errorf("%s still drifts: %+v", s.Name, s)
+		}
+	}
+}
+
+func TestLoadRejectsBadFleets(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown group": "[[group]]\nname='g'\nimage='x.img'\n[[device]]\nname='d'\nurl='ssh://root@h/dev/mmcblk0'\ngroup='nope'\n",
+		"bad url":       "[[group]]\nname='g'\nimage='x.img'\n[[device]]\nname='d'\nurl='http://h'\ngroup='g'\n",
+		"bad wave":      "waves=[2.5]\n[[group]]\nname='g'\nimage='x.img'\n",
+		"bad toml":      "waves=[\n",
+		"unknown key":   "colour='red'\n",
+		"duplicate":     "[[group]]\nname='g'\nimage='x.img'\n[[device]]\nname='d'\nurl='ssh://h/dev/x'\ngroup='g'\n[[device]]\nname='d'\nurl='ssh://h/dev/x'\ngroup='g'\n",
+	} {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
+		os.WriteFile(p, []byte(body), 0o644)
+		if _, err := Load(p); err == nil || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+}
+
+func TestWavePlan(t *testing.T) {
+	for _, c := range []struct {
+		waves []any
+		n     int
+		want  string
+	}{
+		{[]any{int64(1), 0.5, 1.0}, 6, "[1 3 6]"},
+		{[]any{int64(1), 0.25}, 10, "[1 3 10]"},
+		{[]any{1.0}, 4, "[4]"},
+		{[]any{int64(2), int64(2)}, 3, "[2 3]"},
+	} {
+		f := &File{Waves: c.waves}
+		got, err := f.plan(c.n)
+		if err != nil || fmt.Sprint(got) != c.want {
+			t.Errorf("plan(%v, %d) = %v, %v; want %s", c.waves, c.n, got, err, c.want)
+		}
+	}
+}
