@@ -20,7 +20,12 @@
 //     the usual Arduino auto-reset;
 //   - holds the core (does not execute it) once it leaves the bootloader for
 //     the application, so a just-written test image cannot run;
+//   - skips whole turns of the bootloader's busy-wait loops up to the next
+//     simulator timer (exactly: nothing such a loop reads changes between
+//     timers), so real-time simulation costs little host CPU;
 //   - dumps the simulated flash on request (Sim.Flash).
 //
 // A flashing tool sees Sim.Port as it would see /dev/ttyACM0 on a real Uno.
+// Sim.Stats counts the bytes that crossed the line and any receive overruns
+// (bytes a real ATmega would have lost).
 package simavr
