@@ -66,6 +66,7 @@ type Device struct {
 	BootPart int // boot partition it booted from
 	stop     chan struct{}
 	done     chan struct{}
+	extra    []string // more loop devices
 }
 
 // Fleet holds devices and the client key that can log in to all of them.
@@ -463,6 +464,9 @@ func (d *Device) Close() {
 	if d.Loop != "" {
 		run("losetup", "-d", d.Loop)
 	}
+	for _, l := range d.extra {
+		run("losetup", "-d", l)
+	}
 	run("ip", "link", "del", d.veth+"h")
 	run("ip", "netns", "del", d.netns)
 }
@@ -477,4 +481,20 @@ func Wait(ctx context.Context, cond func() bool) bool {
 		}
 	}
 	return true
+}
+
+// AddDisk gives the device another block device /dev/NAME (a card reader)
+// backed by a file of size bytes filled with fill, and returns the file.
+func (d *Device) AddDisk(name string, size int64, fill byte) (string, error) {
+	path := filepath.Join(d.stateDir, name+".disk")
+	if err := os.WriteFile(path, bytes.Repeat([]byte{fill}, int(size)), 0o600); err != nil {
+		return "", err
+	}
+	out, err := run("losetup", "--show", "-f", path)
+	if err != nil {
+		return "", err
+	}
+	loop := strings.TrimSpace(out)
+	d.extra = append(d.extra, loop)
+	return path, mknodFromSys(filepath.Base(loop), filepath.Join(d.Dir, "dev", name))
 }
