@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"kiln.dev/kiln/firmware/store"
 )
@@ -23,6 +24,11 @@ var debs = map[string]string{
 	"arduino-core-avr": "1.8.7+dfsg-1~deb12u1",       // data only, deep tree
 	"binutils-avr":     "2.26.20160125+Atmel3.6.2-4", // executables, hardlinks
 	"zlib1g":           "1:1.2.13.dfsg-1",            // shared library, symlinks, /lib
+}
+
+// benchDebs are bigger packages for the benchmark only.
+var benchDebs = map[string]string{
+	"gcc-avr": "1:5.4.0+Atmel3.6.2-3",
 }
 
 var debDir string // where TestMain put them
@@ -50,7 +56,11 @@ func realDeb(t testing.TB, name string) string {
 		t.Skip("apt-get does not exist on this platform")
 	}
 	os.MkdirAll(dir, 0o755)
-	cmd := exec.Command("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", name+"="+debs[name])
+	version := debs[name]
+	if version == "" {
+		version = benchDebs[name]
+	}
+	cmd := exec.Command("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", name+"="+version)
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("apt-get download %s: %v\n%s", name, err, out)
@@ -387,4 +397,31 @@ func FuzzArReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkUnpackDebVsDpkgDeb unpacks gcc-avr (15 MB .deb, 68 MB of files)
+// with kiln (Go: ar, xz, tar) and with dpkg-deb -x, in the same run.
+func BenchmarkUnpackDebVsDpkgDeb(b *testing.B) {
+	if _, err := exec.LookPath("dpkg-deb"); err != nil {
+		b.Skip("dpkg-deb does not exist on this platform")
+	}
+	deb := realDeb(b, "gcc-avr")
+	var kiln, dpkg time.Duration
+	for i := 0; i < b.N; i++ {
+		d1, d2 := b.TempDir(), b.TempDir()
+		start := time.Now()
+		if err := unpackDebFile(deb, d1); err != nil {
+			b.Fatal(err)
+		}
+		kiln += time.Since(start)
+		start = time.Now()
+		if out, err := exec.Command("dpkg-deb", "-x", deb, d2).CombinedOutput(); err != nil {
+			b.Fatalf("dpkg-deb -x: %v %s", err, out)
+		}
+		dpkg += time.Since(start)
+	}
+	ratio := kiln.Seconds() / dpkg.Seconds()
+	b.Logf("unpack gcc-avr: kiln %v, dpkg-deb -x %v: kiln/dpkg-deb = %.2fx", kiln/time.Duration(b.N), dpkg/time.Duration(b.N), ratio)
+	fmt.Printf("BenchmarkUnpackDebVsDpkgDeb: kiln/dpkg-deb = %.2fx (kiln %v, dpkg-deb %v per unpack of gcc-avr)\n", ratio, kiln/time.Duration(b.N), dpkg/time.Duration(b.N))
+	b.ReportMetric(ratio, "kiln/dpkg-deb")
 }
