@@ -396,6 +396,53 @@ func Verify(pk *PublicKey, r io.Reader, s *Signature) error {
 }
 
 func verify(keys []*PublicKey, r io.Reader, s *Signature) (*PublicKey, error) {
+	if s.Algorithm == algHashed {
+		if _, err := findKey(keys, s); err != nil {
+			return nil, err
+		}
+		h, _ := blake2b.New512(nil)
+		if _, err := io.Copy(h, r); err != nil {
+			return nil, fmt.Errorf("trust: verify: %w", err)
+		}
+		return verifyDigest(keys, h.Sum(nil), s)
+	}
+	pk, err := findKey(keys, s)
+	if err != nil {
+		return nil, err
+	}
+	if s.Algorithm != algLegacy {
+		return nil, fmt.Errorf("trust: verify: %w: algorithm %q", ErrMalformed, s.Algorithm)
+	}
+	msg, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("trust: verify: %w", err)
+	}
+	return pk, checkSigs(pk, msg, s)
+}
+
+// verifyDigest checks a prehashed ("ED") signature over digest.
+func verifyDigest(keys []*PublicKey, digest []byte, s *Signature) (*PublicKey, error) {
+	pk, err := findKey(keys, s)
+	if err != nil {
+		return nil, err
+	}
+	if s.Algorithm != algHashed {
+		return nil, fmt.Errorf("trust: verify: %w: algorithm %q is not prehashed", ErrMalformed, s.Algorithm)
+	}
+	return pk, checkSigs(pk, digest, s)
+}
+
+func checkSigs(pk *PublicKey, msg []byte, s *Signature) error {
+	if !ed25519.Verify(pk.Key, msg, s.Sig) {
+		return fmt.Errorf("trust: verify: %w: the data does not match the signature", ErrBadSignature)
+	}
+	if !ed25519.Verify(pk.Key, append(append([]byte(nil), s.Sig...), s.TrustedComment...), s.GlobalSig) {
+		return fmt.Errorf("trust: verify: %w: the trusted comment was changed", ErrBadSignature)
+	}
+	return nil
+}
+
+func findKey(keys []*PublicKey, s *Signature) (*PublicKey, error) {
 	var pk *PublicKey
 	for _, k := range keys {
 		if k.ID == s.KeyID {
@@ -409,28 +456,6 @@ func verify(keys []*PublicKey, r io.Reader, s *Signature) (*PublicKey, error) {
 			ids[i] = k.ID.String()
 		}
 		return nil, fmt.Errorf("trust: verify: %w: key %s, trusted %s", ErrWrongKey, s.KeyID, strings.Join(ids, ", "))
-	}
-	var msg []byte
-	switch s.Algorithm {
-	case algHashed:
-		h, _ := blake2b.New512(nil)
-		if _, err := io.Copy(h, r); err != nil {
-			return nil, fmt.Errorf("trust: verify: %w", err)
-		}
-		msg = h.Sum(nil)
-	case algLegacy:
-		var err error
-		if msg, err = io.ReadAll(r); err != nil {
-			return nil, fmt.Errorf("trust: verify: %w", err)
-		}
-	default:
-		return nil, fmt.Errorf("trust: verify: %w: algorithm %q", ErrMalformed, s.Algorithm)
-	}
-	if !ed25519.Verify(pk.Key, msg, s.Sig) {
-		return nil, fmt.Errorf("trust: verify: %w: the data does not match the signature", ErrBadSignature)
-	}
-	if !ed25519.Verify(pk.Key, append(append([]byte(nil), s.Sig...), s.TrustedComment...), s.GlobalSig) {
-		return nil, fmt.Errorf("trust: verify: %w: the trusted comment was changed", ErrBadSignature)
 	}
 	return pk, nil
 }
@@ -485,14 +510,46 @@ func ParseClaims(trustedComment string) Claims {
 // way and writing it, the file name and the derivation hash into the
 // trusted comment.
 func SignArtifact(sk *SecretKey, r io.Reader, name, derivation string, now time.Time) (*Signature, Claims, error) {
-	b2, _ := blake2b.New512(nil)
-	s2 := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(b2, s2), r); err != nil {
+	b2, s2, err := hashBoth(r)
+	if err != nil {
 		return nil, Claims{}, fmt.Errorf("trust: sign %s: %w", name, err)
 	}
-	c := Claims{Timestamp: now.Unix(), File: name, SHA256: hex.EncodeToString(s2.Sum(nil)), Derivation: derivation}
-	s, err := signDigest(sk, b2.Sum(nil), c.String())
+	c := Claims{Timestamp: now.Unix(), File: name, SHA256: hex.EncodeToString(s2), Derivation: derivation}
+	s, err := signDigest(sk, b2, c.String())
 	return s, c, err
+}
+
+// hashBoth returns the BLAKE2b-512 and the SHA-256 of what r yields,
+// hashing each chunk with both functions at once (one core each).
+func hashBoth(r io.Reader) (b2sum, s256 []byte, err error) {
+	b2, _ := blake2b.New512(nil)
+	s2 := sha256.New()
+	bufs := [2][]byte{make([]byte, 256<<10), make([]byte, 256<<10)}
+	chunks := make(chan []byte)
+	done := make(chan struct{})
+	go func() {
+		for c := range chunks {
+			s2.Write(c)
+			done <- struct{}{}
+		}
+	}()
+	defer close(chunks)
+	for i := 0; ; i++ {
+		buf := bufs[i%2]
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			chunks <- buf[:n]
+			b2.Write(buf[:n])
+			<-done
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return nil, nil, rerr
+		}
+	}
+	return b2.Sum(nil), s2.Sum(nil), nil
 }
 
 // Verified is what VerifyArtifact proved.
@@ -506,12 +563,26 @@ type Verified struct {
 // names a SHA-256, that it is the data's: a signer cannot claim a hash the
 // data does not have.
 func VerifyArtifact(keys []*PublicKey, r io.Reader, s *Signature) (*Verified, error) {
-	s2 := sha256.New()
-	pk, err := verify(keys, io.TeeReader(r, s2), s)
+	var sum []byte
+	var pk *PublicKey
+	var err error
+	if s.Algorithm == algHashed {
+		// Both hashes at once; the signature is over the BLAKE2b one.
+		b2, s2, herr := hashBoth(r)
+		if herr != nil {
+			return nil, fmt.Errorf("trust: verify: %w", herr)
+		}
+		pk, err = verifyDigest(keys, b2, s)
+		sum = s2
+	} else {
+		h := sha256.New()
+		pk, err = verify(keys, io.TeeReader(r, h), s)
+		sum = h.Sum(nil)
+	}
 	if err != nil {
 		return nil, err
 	}
-	v := &Verified{Key: pk, Claims: ParseClaims(s.TrustedComment), SHA256: hex.EncodeToString(s2.Sum(nil))}
+	v := &Verified{Key: pk, Claims: ParseClaims(s.TrustedComment), SHA256: hex.EncodeToString(sum)}
 	if v.Claims.SHA256 != "" && !strings.EqualFold(v.Claims.SHA256, v.SHA256) {
 		return nil, fmt.Errorf("trust: verify: %w: trusted comment names sha256 %s, the file is %s", ErrBadSignature, v.Claims.SHA256, v.SHA256)
 	}
