@@ -19,7 +19,9 @@
  *     SPMEN set for SPM_USEC (default 4000), as a real chip's flash does;
  *   - when the core leaves the bootloader for the application, it is held
  *     (not executed) until the next reset, so the image just written (often
- *     random test data) cannot run and change the flash it is checked by.
+ *     random test data) cannot run and change the flash it is checked by;
+ *     bytes the host sends meanwhile are dropped, as an application that
+ *     ignores its UART would drop them.
  *
  * stdout carries only these lines (simavr's own messages go to stderr):
  *   port: /dev/pts/N          once, when the pty is ready
@@ -56,6 +58,7 @@
 #include "uart_pty.h"
 
 DEFINE_FIFO(uint16_t, uart_fifo);
+DEFINE_FIFO(uint8_t, uart_pty_fifo);
 
 /* ATmega48/88/168/328 family data addresses. */
 #define MCUSR_ADDR 0x54
@@ -360,13 +363,33 @@ static int write_flash(avr_t *avr, const char *path)
 	return 0;
 }
 
+static uart_pty_t pty;
+
+/* reset_mcu is an external reset. */
 static void reset_mcu(avr_t *avr, uint32_t boot, const char *why)
 {
 	avr_reset(avr);
 	avr->pc = boot;
 	avr->data[MCUSR_ADDR] = 1 << EXTRF;
 	avr->state = cpu_Running;
+	spm_busy_until = 0;
+	spm_forced = 0;
+	wire.shift_full = 0;
+	/* avr_reset dropped the cycle timers: keep bytes on the wire moving. */
+	if (wire.head != wire.tail)
+		avr_cycle_timer_register(avr, frame_cycles(&wire), wire_tick, &wire);
 	fprintf(ctl, "reset: %s\n", why);
+}
+
+/* eat_input stands for the application while the core is held: bytes the
+ * host sends then are read and ignored, not kept for the next bootloader
+ * session. */
+static void eat_input(void)
+{
+	wire.shift_full = 0;
+	wire.tail = wire.head;
+	while (!uart_pty_fifo_isempty(&pty.pty.out))
+		uart_pty_fifo_read(&pty.pty.out);
 }
 
 static int load_hex(avr_t *avr, const char *path)
@@ -445,7 +468,6 @@ int main(int argc, char **argv)
 	avr->reset_pc = boot;
 	avr->codeend = avr->flashend;
 
-	static uart_pty_t pty;
 	uart_pty_init(avr, &pty);
 	if (!pty.pty.s) {
 		fprintf(stderr, "optiboot_sim: no pseudo-terminal\n");
@@ -542,6 +564,9 @@ int main(int argc, char **argv)
 					spin_skip(avr, &spin, target);
 			}
 		}
+
+		if (held)
+			eat_input();
 
 		/* Pace: wait until wall-clock time catches up with the core. */
 		struct timespec ts = { 0, 50 * 1000000L };
