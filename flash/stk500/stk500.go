@@ -322,14 +322,16 @@ func pageData(img *flash.Image, addr, ps uint32) []byte {
 	return buf
 }
 
-// chunk is the most bytes one READ_PAGE may ask for: 256 for bootloaders
-// older than Optiboot 5 (8-bit count), else what the line carries in half
-// of Optiboot's one-second watchdog (sending does not feed it), at most 4 KiB.
+// chunk is the most bytes one READ_PAGE may ask for. Optiboot keeps byte
+// counts in 8 bits on chips with pages under 256 bytes (the ATmega328P), and
+// before version 5 everywhere: 256 bytes then. With 16-bit counts, what the
+// line carries in half of Optiboot's one-second watchdog (sending does not
+// feed it), at most 4 KiB.
 func (c *Client) chunk() int {
 	if c.cfg.ReadChunk > 0 {
 		return c.cfg.ReadChunk
 	}
-	if c.major < 5 {
+	if c.major < 5 || c.cfg.PageSize < 256 {
 		return 256
 	}
 	n := c.cfg.Baud / 10 / 2

@@ -294,10 +294,7 @@ func (d *Device) optiboot(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			length := int(h[0])<<8 | int(h[1])
-			if length == 0 {
-				length = 0x10000
-			}
+			length := d.length(h[0], h[1])
 			data, err := getN(length)
 			if err != nil {
 				return err
@@ -317,11 +314,7 @@ func (d *Device) optiboot(ctx context.Context) error {
 				return err
 			}
 			if !nack {
-				length := int(h[0])<<8 | int(h[1])
-				if length == 0 {
-					length = 0x10000
-				}
-				w.Putch(d.read(h[2], address, length)...)
+				w.Putch(d.read(h[2], address, d.length(h[0], h[1]))...)
 			}
 		case stk500.CmdReadSign:
 			if err := verify(); err != nil {
@@ -349,6 +342,23 @@ func (d *Device) optiboot(ctx context.Context) error {
 			w.Putch(stk500.RespOK)
 		}
 	}
+}
+
+// length is a PROG_PAGE or READ_PAGE byte count as Optiboot keeps it: its
+// pagelen_t is 8 bits on chips whose pages are under 256 bytes (the
+// ATmega328P), so the high byte is read and dropped, and a count of 0 runs
+// Optiboot's do-while loop 256 times (65536 with 16-bit lengths).
+func (d *Device) length(hi, lo byte) int {
+	if d.cfg.PageSize < 256 {
+		if lo == 0 {
+			return 256
+		}
+		return int(lo)
+	}
+	if n := int(hi)<<8 | int(lo); n > 0 {
+		return n
+	}
+	return 0x10000
 }
 
 // write is Optiboot's writebuffer: erase the page at address, fill the page

@@ -116,9 +116,20 @@ func TestWatchdogAndBadSyncStartTheApplication(t *testing.T) {
 	}
 }
 
-// A long READ_PAGE on a paced line outlives Optiboot's one-second watchdog
-// (sending does not feed it): the answer is cut off. The client's default
-// read chunk stays inside it.
+// Optiboot on the ATmega328P keeps READ_PAGE counts in 8 bits: asking for
+// 4096 bytes (0x1000) reads 256.
+func TestEightBitCounts(t *testing.T) {
+	c := line(t, stk500test.New(stk500test.Uno()))
+	exchange(t, c, []byte{stk500.CmdLoadAddress, 0, 0, stk500.CRCEOP}, 2)
+	got, err := exchange(t, c, []byte{stk500.CmdReadPage, 0x10, 0x00, 'F', stk500.CRCEOP}, 258)
+	if err != nil || got[0] != 0x14 || got[257] != 0x10 {
+		t.Fatalf("read of 0x1000: %d bytes, %v", len(got), err)
+	}
+}
+
+// On a chip with 256-byte pages (16-bit counts) a long READ_PAGE on a paced
+// line outlives Optiboot's one-second watchdog (sending does not feed it):
+// the answer is cut off. The client's default read chunk stays inside it.
 func TestPacedLongReadTripsWatchdog(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes seconds of paced line time")
@@ -126,12 +137,13 @@ func TestPacedLongReadTripsWatchdog(t *testing.T) {
 	t.Parallel()
 	cfg := stk500test.Uno()
 	cfg.Pace = true
+	cfg.PageSize = 256
 	img, _ := flash.NewImage("t", flash.Segment{Addr: 0, Data: bytes.Repeat([]byte{0xA5}, 12800)})
 	for _, chunk := range []int{0, 16384} {
 		dev := stk500test.New(cfg)
 		dev.LoadAppFlash(img.Segments[0].Data)
 		host := line(t, dev)
-		c := stk500.New(host, stk500.Config{Signature: cfg.Signature, Tries: 2, Retries: 1, ReadChunk: chunk,
+		c := stk500.New(host, stk500.Config{Signature: cfg.Signature, PageSize: 256, Tries: 2, Retries: 1, ReadChunk: chunk,
 			Reset: func(context.Context) error { dev.Reset(); return nil }})
 		if err := c.Connect(context.Background()); err != nil {
 			t.Fatal(err)
