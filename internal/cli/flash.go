@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -32,8 +33,12 @@ func init() {
 		Name:      "flash",
 		Usage:     "write an artifact to a board, then prove it by reading it back",
 		ArgsUsage: "ARTIFACT (.hex, .elf, .bin with --address, or a build output directory)",
-		Flags:     []cli.Flag{boardFlag, portFlag, protocolFlag, addressFlag, baudFlag, jsonFlag, policyFlag, sigFlag, groupFlag, logFlag},
+		Flags: []cli.Flag{boardFlag, portFlag, protocolFlag, addressFlag, baudFlag, jsonFlag, policyFlag, sigFlag, groupFlag, logFlag,
+			sshKeyFlag, knownHostsFlag, &cli.StringFlag{Name: "bmap", Usage: "block map `FILE` for an image over ssh:// (default: beside the image)"}},
 		Action: func(c *cli.Context) error {
+			if strings.HasPrefix(c.String("port"), "ssh://") {
+				return runSSHFlash(c, true) // a whole-device write (update.go)
+			}
 			return runFlashOrVerify(c, true)
 		},
 	})

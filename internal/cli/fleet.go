@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"kiln.dev/kiln/internal/fleet"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "fleet",
+		Usage: "deploy images to a fleet of devices in waves, and show drift",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "deploy",
+				Usage:     "roll the declared images out: canary first, then growing waves; halt at the failure threshold",
+				ArgsUsage: "FLEET.toml",
+				Flags:     []cli.Flag{jsonFlag},
+				Action:    runFleetDeploy,
+			},
+			{
+				Name:      "status",
+				Usage:     "what every device runs (read from the device) against what the fleet file declares",
+				ArgsUsage: "FLEET.toml",
+				Flags:     []cli.Flag{jsonFlag},
+				Action:    runFleetStatus,
+			},
+		},
+	})
+}
+
+func runFleetDeploy(c *cli.Context) error {
+	e := envOf(c)
+	if err := argN(c, 1, "one FLEET.toml"); err != nil {
+		return err
+	}
+	f, err := fleet.Load(c.Args().First())
+	if err != nil {
+		return err
+	}
+	var log func(string, ...any)
+	if !c.Bool("json") {
+		log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
+	}
+	rep, err := f.Deploy(c.Context, fleet.HelperDir(), log)
+	if rep != nil {
+		if c.Bool("json") {
+			out := map[string]any{"report": rep}
+			if err != nil {
+				out["error"] = err.Error()
+			}
+			if perr := e.printJSON(out); perr != nil && err == nil {
+				return perr
+			}
+		} else {
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "DEVICE\tWAVE\tOUTCOME\tSENT\tDETAIL")
+			for _, d := range rep.Devices {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", d.Name, d.Wave, d.Outcome, humanBytes(d.BytesSent), d.Error)
+			}
+			tw.Flush()
+		}
+	}
+	if errors.Is(err, fleet.ErrHalted) {
+		return withHint(err, "fix the failing devices (kiln fleet status shows what each runs), then deploy again: updated devices are skipped")
+	}
+	return err
+}
+
+func runFleetStatus(c *cli.Context) error {
+	e := envOf(c)
+	if err := argN(c, 1, "one FLEET.toml"); err != nil {
+		return err
+	}
+	f, err := fleet.Load(c.Args().First())
+	if err != nil {
+		return err
+	}
+	st, err := f.Status(c.Context)
+	if err != nil {
+		return err
+	}
+	drift := 0
+	for _, s := range st {
+		if s.Drift {
+			drift++
+		}
+	}
+	if c.Bool("json") {
+		return e.printJSON(map[string]any{"devices": st, "drift": drift})
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tGROUP\tSLOT\tRUNNING\tDECLARED\tSTATE")
+	short := func(s string) string {
+		if len(s) > 16 {
+			return s[:16]
+		}
+		return s
+	}
+	for _, s := range st {
+		state := "ok"
+		switch {
+		case s.Error != "":
+			state = "unreachable: " + s.Error
+		case s.Trial:
+			state = "drift (trial boot, uncommitted)"
+		case s.Drift:
+			state = "drift"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Group, s.Slot, short(s.Running), short(s.Declared), state)
+	}
+	tw.Flush()
+	fmt.Fprintf(e.stdout, "%d of %d devices drift from the fleet file\n", drift, len(st))
+	return nil
+}

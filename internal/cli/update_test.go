@@ -1,0 +1,114 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"kiln.dev/kiln/flash/ssh/sshtest"
+)
+
+// runKiln runs the real binary and returns stdout, stderr and the exit code.
+func runKilnSSH(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(kilnBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// TestUpdateAndFleetThroughTheBinary drives kiln update, kiln flash over
+// ssh:// and kiln fleet status against a real sshd test device. No helper
+// sits beside this kiln binary, so the device side runs on stock tools only.
+func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
+	if err := sshtest.Available(); err != nil {
+		t.Skipf("test devices need root and the real tools: %v", err)
+	}
+	f, err := sshtest.NewFleet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	v1, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "c11c11c11c11c11c1111", Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "c22c22c22c22c22c2222", Seed: 2})
+	dev, err := f.AddDevice(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := "ssh://root@" + dev.Addr
+	auth := []string{"--ssh-key", f.ClientKey, "--known-hosts", f.KnownHosts}
+
+	// A/B update, JSON for scripts.
+	out, errs, code := runKilnSSH(t, append(append([]string{"update", "--port", port, "--health", "/usr/bin/health", "--boot-timeout", "20s", "--json"}, auth...), v2)...)
+	if code != 0 {
+		t.Fatalf("kiln update: exit %d\n%s%s", code, out, errs)
+	}
+	var res struct {
+		Result struct {
+			Committed  bool   `json:"committed"`
+			To         string `json:"to_slot"`
+			RootSHA256 string `json:"root_sha256"`
+			UsedHelper bool   `json:"used_helper"`
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || !res.Result.Committed || res.Result.To != "b" || res.Result.UsedHelper {
+		t.Fatalf("update json: %v %s", err, out)
+	}
+	if dev.Running != 5 {
+		t.Fatalf("device runs root %d", dev.Running)
+	}
+
+	// Fleet status: the device now runs v2, the fleet declares v2.
+	fleetFile := filepath.Join(f.Dir, "fleet.toml")
+	os.WriteFile(fleetFile, []byte(fmt.Sprintf("ssh_key = %q\nknown_hosts = %q\n[[group]]\nname = \"g\"\nimage = %q\n[[device]]\nname = \"pi\"\nurl = \"%s/dev/mmcblk0\"\ngroup = \"g\"\n",
+		f.ClientKey, f.KnownHosts, v2, port)), 0o644)
+	out, errs, code = runKilnSSH(t, "fleet", "status", fleetFile)
+	if code != 0 || !strings.Contains(out, "0 of 1 devices drift") {
+		t.Fatalf("fleet status: exit %d\n%s%s", code, out, errs)
+	}
+
+	// Whole-device write to a card reader on the device.
+	disk, err := dev.AddDisk("sdq", 40<<20, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errs, code = runKilnSSH(t, append(append([]string{"flash", "--port", port + "/dev/sdq"}, auth...), v1)...)
+	if code != 0 || !strings.Contains(out, "computed on the device") {
+		t.Fatalf("kiln flash ssh: exit %d\n%s%s", code, out, errs)
+	}
+	want, _ := os.ReadFile(v1)
+	got, _ := os.ReadFile(disk)
+	if !bytes.Equal(got[:len(want)], want) {
+		t.Fatal("the card reader does not hold the image")
+	}
+
+	// A wrong host key: refused with a hint, exit 1, device untouched.
+	kh := filepath.Join(f.Dir, "kh-wrong")
+	other := filepath.Join(f.Dir, "otherkey")
+	exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other).Run()
+	pub, _ := os.ReadFile(other + ".pub")
+	os.WriteFile(kh, []byte(dev.Addr+" "+strings.Join(strings.Fields(string(pub))[:2], " ")+"\n"), 0o600)
+	boots := dev.Boots()
+	_, errs, code = runKilnSSH(t, "update", "--port", port, "--ssh-key", f.ClientKey, "--known-hosts", kh, v1)
+	if code != 1 || !strings.Contains(errs, "kiln: ") || !strings.Contains(errs, "host key") || !strings.Contains(errs, "hint:") {
+		t.Fatalf("wrong host key: exit %d: %s", code, errs)
+	}
+	if dev.Boots() != boots || dev.Running != 5 {
+		t.Fatal("device touched after a host key failure")
+	}
+}
