@@ -148,6 +148,11 @@ func (r *Recipe) Derive() (*Derivation, error) {
 		d.Sources = append(d.Sources, *f)
 	}
 	sort.Slice(d.Sources, func(i, j int) bool { return d.Sources[i].Path < d.Sources[j].Path })
+	if kd, ok := r.KindData.(KindDeriver); ok {
+		if d.Extra, err = kd.DeriveKind(r); err != nil {
+			return nil, fmt.Errorf("%s: %w", r.File, err)
+		}
+	}
 	for _, in := range r.Inputs {
 		d.Inputs = append(d.Inputs, InputPin{Name: in.Name, SHA256: in.SHA256, Subdir: in.Subdir, File: in.File})
 	}

@@ -65,8 +65,6 @@ type Recipe struct {
 	// KindData is what the kind's handler decoded from Ext; it is part of
 	// the derivation.
 	KindData any `json:"-"`
-
-	md toml.MetaData
 }
 
 // Input is a fixed-output input: identified by its sha256, fetched from any
@@ -143,7 +141,17 @@ var fileKeys = map[string]bool{
 // keys it does not know are reported as unknown. The value it returns
 // becomes part of the derivation (it must marshal to canonical JSON: structs
 // and maps, no floats whose formatting could vary).
+//
+// If the value implements KindDeriver, Derive calls it (with the recipe's
+// Dir set) and puts its result in the derivation instead: that is where a
+// kind hashes files of its own.
 type KindHandler func(r *Recipe, md *toml.MetaData, ext map[string]toml.Primitive) (any, error)
+
+// KindDeriver is implemented by kind data that needs the recipe directory
+// to become part of a derivation (for example to hash files it names).
+type KindDeriver interface {
+	DeriveKind(r *Recipe) (any, error)
+}
 
 var kinds = map[string]KindHandler{}
 
@@ -191,7 +199,6 @@ func Parse(file string, data []byte) (*Recipe, error) {
 	if err != nil {
 		return nil, tomlError(file, src, err)
 	}
-	r.md = md
 	var f struct {
 		Name      string   `toml:"name"`
 		Version   string   `toml:"version"`

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/BurntSushi/toml"
+
 	"kiln.dev/kiln/boards"
 )
 
@@ -340,4 +342,60 @@ func FuzzParse(f *testing.F) {
 			t.Errorf("accepted a recipe without name or board: %+v", r)
 		}
 	})
+}
+
+// testKind is a kind with one table of its own, for TestRegisterKind.
+type testKind struct {
+	Size int    `toml:"size" json:"size"`
+	File string `toml:"file" json:"file"`
+	Sum  string `json:"sum,omitempty"`
+}
+
+func (k testKind) DeriveKind(r *Recipe) (any, error) {
+	sum, err := HashFile(filepath.Join(r.Dir, k.File))
+	k.Sum = sum
+	return k, err
+}
+
+func init() {
+	RegisterKind("test-kind", func(r *Recipe, md *toml.MetaData, ext map[string]toml.Primitive) (any, error) {
+		var k testKind
+		if p, ok := ext["disk"]; ok {
+			if err := md.PrimitiveDecode(p, &k); err != nil {
+				return nil, err
+			}
+		}
+		if k.Size <= 0 {
+			return nil, fmt.Errorf("%w: disk.size must be positive", ErrInvalid)
+		}
+		return k, nil
+	})
+}
+
+// TestRegisterKind: another kind of recipe reads its own tables; keys it
+// does not read are still unknown keys; its derived data is in the hash.
+func TestRegisterKind(t *testing.T) {
+	head := "name = \"img\"\nversion = \"1\"\nboard = \"rpi-4b\"\nkind = \"test-kind\"\n"
+	dir := writeRecipe(t, "", head+"[disk]\nsize = 4\nfile = \"config.txt\"\n", map[string]string{"config.txt": "a=1\n"})
+	d := derive(t, dir)
+	if k, ok := d.Extra.(testKind); !ok || k.Size != 4 || k.Sum == "" {
+		t.Errorf("extra = %#v", d.Extra)
+	}
+	os.WriteFile(filepath.Join(dir, "config.txt"), []byte("a=2\n"), 0o644)
+	if derive(t, dir).Hash() == d.Hash() {
+		t.Error("a file the kind hashes did not change the hash")
+	}
+	for name, body := range map[string]string{
+		"unknown key in the kind's table":   head + "[disk]\nsize = 4\nfile = \"config.txt\"\ncolour = 1\n",
+		"unread table":                      head + "[disk]\nsize = 4\nfile = \"config.txt\"\n[partitions]\nboot = 1\n",
+		"kind's own validation":             head + "[disk]\nsize = 0\n",
+		"kind's table in a firmware recipe": strings.Replace(goodRecipe, "[build]", "[disk]\nsize = 4\n[build]", 1),
+	} {
+		_, err := Load(writeRecipe(t, "", body, map[string]string{"config.txt": "", "src/blink.cpp": "", "src/util.c": "", "src/blink.h": ""}))
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: err = %v", name, err)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+	}
 }
