@@ -97,6 +97,32 @@ struct wire {
 static struct wire wire;
 static int trace;
 
+/* Opening the pty is seen with inotify (IN_OPEN on the slave). It is
+ * checked again before each host byte is taken from uart_pty: the open
+ * event is queued before the opener can write, so every byte taken after
+ * it is noticed belongs to the new session and reaches the MCU only after
+ * the reset, never the bootloader instance that is about to be reset. */
+static int ino = -1;
+static int reset_pending;
+
+static void check_open(void)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	ssize_t n;
+	while ((n = read(ino, buf, sizeof buf)) > 0) {
+		for (char *p = buf; p < buf + n;) {
+			struct inotify_event *ev = (struct inotify_event *)p;
+			if (ev->mask & IN_OPEN) {
+				/* what is on the wire now was sent before the open */
+				reset_pending = 1;
+				wire.tail = wire.head;
+				wire.shift_full = 0;
+			}
+			p += sizeof *ev + ev->len;
+		}
+	}
+}
+
 /* SPM timing: page erase and page write keep SPMEN set this long. */
 static avr_cycle_count_t spm_busy_until;
 static avr_cycle_count_t spm_cycles;
@@ -165,8 +191,8 @@ static avr_cycle_count_t wire_tick(avr_t *avr, avr_cycle_count_t when, void *par
 	avr_cycle_count_t fc = frame_cycles(w);
 	w->uart->cycles_per_byte = fc;
 	wire_settle(w);
-	if (w->head == w->tail)
-		return 0;
+	if (w->head == w->tail || reset_pending)
+		return 0; /* restarted by wire_from_pty or reset_mcu */
 	uint8_t b = w->ring[w->tail++ & (sizeof w->ring - 1)];
 	w->rx++;
 	if (trace)
@@ -189,6 +215,8 @@ static void wire_from_pty(struct avr_irq_t *irq, uint32_t value, void *param)
 {
 	struct wire *w = param;
 	(void)irq;
+	if (!reset_pending)
+		check_open();
 	if (w->head - w->tail >= sizeof w->ring) {
 		w->dropped++;
 		return;
@@ -196,7 +224,7 @@ static void wire_from_pty(struct avr_irq_t *irq, uint32_t value, void *param)
 	w->ring[w->head++ & (sizeof w->ring - 1)] = (uint8_t)value;
 	if (trace)
 		fprintf(stderr, "pty> %02x at %llu\n", value, (unsigned long long)w->avr->cycle);
-	if (avr_cycle_timer_status(w->avr, wire_tick, w) == 0)
+	if (!reset_pending && avr_cycle_timer_status(w->avr, wire_tick, w) == 0)
 		avr_cycle_timer_register(w->avr, frame_cycles(w), wire_tick, w);
 }
 
@@ -375,6 +403,7 @@ static void reset_mcu(avr_t *avr, uint32_t boot, const char *why)
 	spm_busy_until = 0;
 	spm_forced = 0;
 	wire.shift_full = 0;
+	reset_pending = 0;
 	/* avr_reset dropped the cycle timers: keep bytes on the wire moving. */
 	if (wire.head != wire.tail)
 		avr_cycle_timer_register(avr, frame_cycles(&wire), wire_tick, &wire);
@@ -386,6 +415,9 @@ static void reset_mcu(avr_t *avr, uint32_t boot, const char *why)
  * session. */
 static void eat_input(void)
 {
+	check_open();
+	if (reset_pending)
+		return; /* what is queued belongs to the new session */
 	wire.shift_full = 0;
 	wire.tail = wire.head;
 	while (!uart_pty_fifo_isempty(&pty.pty.out))
@@ -491,7 +523,7 @@ int main(int argc, char **argv)
 	flags &= ~(AVR_UART_FLAG_POLL_SLEEP | AVR_UART_FLAG_STDIO);
 	avr_ioctl(avr, AVR_IOCTL_UART_SET_FLAGS('0'), &flags);
 
-	int ino = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	ino = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (ino < 0 || inotify_add_watch(ino, pty.pty.slavename, IN_OPEN) < 0) {
 		perror("optiboot_sim: inotify");
 		return 1;
@@ -544,6 +576,12 @@ int main(int argc, char **argv)
 	size_t line_len = 0;
 
 	while (!done && !stop_signal) {
+		if (reset_pending) {
+			reset_mcu(avr, boot, "open");
+			held = 0;
+			wall0 = now_ns();
+			cyc0 = avr->cycle;
+		}
 		if (!held) {
 			avr_cycle_count_t target = avr->cycle + slice;
 			while (avr->cycle < target) {
@@ -560,6 +598,8 @@ int main(int argc, char **argv)
 					held = 1;
 					break;
 				}
+				if (reset_pending)
+					break;
 				if (skip)
 					spin_skip(avr, &spin, target);
 			}
@@ -567,6 +607,8 @@ int main(int argc, char **argv)
 
 		if (held)
 			eat_input();
+		if (reset_pending)
+			continue;
 
 		/* Pace: wait until wall-clock time catches up with the core. */
 		struct timespec ts = { 0, 50 * 1000000L };
@@ -605,25 +647,8 @@ int main(int argc, char **argv)
 		if (r <= 0)
 			continue;
 
-		if (fds[0].revents & POLLIN) {
-			char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
-			int opened = 0;
-			ssize_t n;
-			while ((n = read(ino, buf, sizeof buf)) > 0) {
-				for (char *p = buf; p < buf + n;) {
-					struct inotify_event *ev = (struct inotify_event *)p;
-					if (ev->mask & IN_OPEN)
-						opened = 1;
-					p += sizeof *ev + ev->len;
-				}
-			}
-			if (opened) {
-				reset_mcu(avr, boot, "open");
-				held = 0;
-				wall0 = now_ns();
-				cyc0 = avr->cycle;
-			}
-		}
+		if (fds[0].revents & POLLIN)
+			check_open(); /* the reset follows at the top of the loop */
 
 		if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
 			ssize_t n = read(0, line + line_len, sizeof line - 1 - line_len);
