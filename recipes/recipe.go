@@ -168,7 +168,14 @@ var (
 // Load reads, parses and validates dir/recipe.toml. Errors name the file
 // ("dir/recipe.toml:LINE:COL: msg" for TOML errors); an unknown board wraps
 // boards.ErrUnknown and an unknown toolchain ErrUnknownToolchain.
+//
+// dir may also name the recipe file itself.
 func Load(dir string) (*Recipe, error) {
+	if filepath.Base(dir) == FileName {
+		if fi, err := os.Stat(dir); err == nil && fi.Mode().IsRegular() {
+			dir = filepath.Dir(dir)
+		}
+	}
 	file := filepath.Join(dir, FileName)
 	data, err := os.ReadFile(file)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/recipes"
@@ -40,6 +41,9 @@ type Fetcher struct {
 	Log func(string)
 	// APTGet is the apt-get program for deb: sources; "" means "apt-get".
 	APTGet string
+	// StallTimeout abandons an https: source that sends nothing for this
+	// long (the next source is tried); 0 means one minute.
+	StallTimeout time.Duration
 
 	logMu sync.Mutex
 }
@@ -277,7 +281,27 @@ func (f *Fetcher) get(ctx context.Context, in recipes.Input, src, dir string) (s
 	return "", "", fmt.Errorf("%s: unknown source kind", src)
 }
 
+// ErrStalled is returned (wrapped) for an https: source that stopped sending.
+var ErrStalled = errors.New("download stalled")
+
 func (f *Fetcher) getHTTPS(ctx context.Context, src, dir string) (string, string, error) {
+	stall := f.StallTimeout
+	if stall <= 0 {
+		stall = time.Minute
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// The watchdog cancels the request when no byte arrived for stall.
+	timer := time.AfterFunc(stall, func() { cancel(fmt.Errorf("%w: nothing for %v", ErrStalled, stall)) })
+	defer timer.Stop()
+	file, sum, err := f.getHTTPSWatched(ctx, src, dir, func() { timer.Reset(stall) })
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrStalled) {
+		return "", "", fmt.Errorf("%s: %w", src, cause)
+	}
+	return file, sum, err
+}
+
+func (f *Fetcher) getHTTPSWatched(ctx context.Context, src, dir string, progress func()) (string, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src, nil)
 	if err != nil {
 		return "", "", fmt.Errorf("%s: %w", src, err)
@@ -294,7 +318,7 @@ func (f *Fetcher) getHTTPS(ctx context.Context, src, dir string) (string, string
 	if resp.StatusCode != http.StatusOK {
 		return "", "", fmt.Errorf("%s: http status %s", src, resp.Status)
 	}
-	return saveHashed(resp.Body, filepath.Join(dir, "download"), src)
+	return saveHashed(&watchedReader{resp.Body, progress}, filepath.Join(dir, "download"), src)
 }
 
 // getDeb runs the host's apt client: apt-get download NAME=VERSION.
@@ -350,6 +374,20 @@ func lastLine(s string) string {
 		}
 	}
 	return "no output"
+}
+
+// watchedReader calls progress whenever bytes arrive.
+type watchedReader struct {
+	r        io.Reader
+	progress func()
+}
+
+func (w *watchedReader) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	if n > 0 {
+		w.progress()
+	}
+	return n, err
 }
 
 // saveHashed copies r into name, hashing it on the way.

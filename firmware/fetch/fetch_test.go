@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/recipes"
@@ -290,5 +291,39 @@ func TestToolchainMerge(t *testing.T) {
 			t.Logf("%s: %v", name, err)
 		}
 		emptyStore(t, f.Store)
+	}
+}
+
+// TestFetchStalledMirror: a mirror that stops sending is abandoned after
+// StallTimeout and the next one serves the input.
+func TestFetchStalledMirror(t *testing.T) {
+	body := []byte("firmware blob\n")
+	release := make(chan struct{})
+	slow := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000")
+		w.Write([]byte("partial"))
+		w.(http.Flusher).Flush()
+		select { // then nothing, until the client gives up
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer slow.Close()
+	defer close(release)
+	good, _ := server(t, body)
+	f, lines := newFetcher(t)
+	f.HTTP = slow.Client()
+	f.HTTP.Transport.(*http.Transport).TLSClientConfig.RootCAs.AddCert(good.Certificate())
+	f.StallTimeout = 300 * time.Millisecond
+	in := recipes.Input{Name: "blob", SHA256: sha256hex(body), Sources: []string{slow.URL + "/stall", good.URL + "/good"}}
+	p, err := f.Input(context.Background(), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(p, "blob")); string(b) != string(body) {
+		t.Errorf("stored %q", b)
+	}
+	if all := strings.Join(*lines, "\n"); !strings.Contains(all, "download stalled: nothing for 300ms") {
+		t.Errorf("log does not report the stall:\n%s", all)
 	}
 }
