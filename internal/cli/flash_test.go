@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -347,5 +348,44 @@ func TestBadInputsRefusedBeforePortOpens(t *testing.T) {
 	code := Main(context.Background(), []string{"kiln", "flash", "--board", "arduino-uno", "--port", "/dev/kiln-test-no-such-port", good}, nil, &stdout, &stderr)
 	if code != ExitFailure || opens != 1 || !strings.Contains(stderr.String(), "no such port") {
 		t.Fatalf("good image: exit %d, opens %d: %s", code, opens, stderr.String())
+	}
+}
+
+// kiln emulate --state loads the flash it saved; kiln verify reads it back
+// through the pty without writing, and says so in one JSON object.
+func TestVerifyThroughPTYAgainstLoadedState(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	state := filepath.Join(dir, "uno.state")
+	img := randomBytes(77, 32256)
+	if err := os.WriteFile(state, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	emu := startEmulate(t, "arduino-uno", state)
+	hex := writeHex(t, dir, "img.hex", 0, img[:9000])
+	out, err := exec.Command(kilnBin, "verify", "--board", "arduino-uno", "--port", emu.port, "--json", hex).Output()
+	if err != nil {
+		t.Fatalf("kiln verify: %v\n%s", err, out)
+	}
+	var rep flashReport
+	if err := json.Unmarshal(out, &rep); err != nil || !rep.Verified || rep.WriteSec != 0 {
+		t.Fatalf("%v %+v", err, rep)
+	}
+	orig := append([]byte(nil), img...)
+	img[100] ^= 0xFF
+	hex = writeHex(t, dir, "other.hex", 0, img[:9000])
+	cmd := exec.Command(kilnBin, "verify", "--board", "arduino-uno", "--port", emu.port, "--json", hex)
+	out, err = cmd.Output()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != ExitVerify {
+		t.Fatalf("verify of a different image: %v", err)
+	}
+	rep = flashReport{}
+	if err := json.Unmarshal(out, &rep); err != nil || rep.Verified || !strings.Contains(rep.Error, "first difference at 0x64") {
+		t.Fatalf("%v %+v", err, rep)
+	}
+	emu.stop(t)
+	if got, _ := os.ReadFile(state); !bytes.Equal(got, orig) {
+		t.Fatal("verify changed the device")
 	}
 }
