@@ -159,7 +159,7 @@ func Open(ctx context.Context, rw io.ReadWriter, b *boards.Board, opts Options) 
 		})
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return nil, err
 			}
 			t.info.UID = nil
 			t.note("unique id not readable: %v", err)
