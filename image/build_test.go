@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,12 +65,13 @@ func testTree(t *testing.T) (*Tree, string) {
 func testLayout(t *testing.T, table string) (*Layout, string) {
 	tr, dir := testTree(t)
 	return &Layout{
-		Table: table, Size: 256 << 20, Seed: "6b696c6e2074657374", Epoch: 1700000000,
+		Table: table, Size: 96 << 20, Seed: "6b696c6e2074657374", Epoch: 1700000000,
 		Partitions: []*Partition{
-			{Name: "boot", FS: FAT32, Size: 64 << 20, Bootable: true, Label: "BOOT", Contents: tr},
-			{Name: "root-a", FS: Squashfs, Size: 48 << 20, Slot: "a", Contents: tr},
-			{Name: "root-b", FS: Raw, Size: 48 << 20, Slot: "b"},
-			{Name: "data", FS: Ext4, Size: 64 << 20, Label: "data", Contents: tr},
+			{Name: "boot", FS: FAT32, Size: 40 << 20, Bootable: true, Label: "BOOT", Contents: tr},
+			{Name: "root-a", FS: Squashfs, Size: 12 << 20, Slot: "a", Contents: tr},
+			{Name: "root-b", FS: Raw, Size: 12 << 20, Slot: "b"},
+			{Name: "data", FS: Ext4, Size: 16 << 20, Label: "data", Contents: tr},
+			{Name: "spare", FS: Raw, Size: 4 << 20}, // mbr: makes root-b, data and spare logical partitions
 		},
 	}, dir
 }
@@ -129,7 +131,7 @@ func TestBuildValidatesWithRealTools(t *testing.T) {
 				t.Errorf("sfdisk -d: disk guid %s missing:\n%s", rep.DiskID, dump)
 			}
 			for i, p := range l.Partitions {
-				line := fmt.Sprintf("%s%d : start=%12d, size=%12d", img, i+1, p.Start/512, p.Size/512)
+				line := fmt.Sprintf("%s%d : start=%12d, size=%12d", img, l.Number(i), p.Start/512, p.Size/512)
 				if !strings.Contains(dump, line) {
 					t.Errorf("sfdisk -d lacks %q:\n%s", line, dump)
 				}
@@ -137,8 +139,13 @@ func TestBuildValidatesWithRealTools(t *testing.T) {
 					t.Errorf("sfdisk -d lacks partition uuid %s", l.PartUUID(i))
 				}
 			}
-			if table == "mbr" && !strings.Contains(dump, "type=c, bootable") {
-				t.Errorf("boot partition is not FAT32 LBA and bootable:\n%s", dump)
+			if table == "mbr" {
+				if !strings.Contains(dump, "type=c, bootable") || !strings.Contains(dump, "type=f") {
+					t.Errorf("boot partition is not FAT32 LBA and bootable, or no extended partition:\n%s", dump)
+				}
+				if l.Number(4) != 6 {
+					t.Errorf("partition 5 is number %d, want logical 6", l.Number(4))
+				}
 			}
 
 			// FAT32: fsck.vfat clean, mcopy reads every file back.
@@ -230,13 +237,9 @@ func TestBuildRejectsBadInputs(t *testing.T) {
 	big := NewTree()
 	bigFile := filepath.Join(t.TempDir(), "big")
 	f, _ := os.Create(bigFile)
-	rnd := make([]byte, 1<<20)
-	for i := 0; i < 12; i++ {
-		for j := range rnd {
-			rnd[j] = byte(sha256.Sum256([]byte{byte(i), byte(j), byte(j >> 8), byte(j >> 16)})[0])
-		}
-		f.Write(rnd)
-	}
+	rnd := make([]byte, 12<<20)
+	rand.New(rand.NewChaCha8([32]byte{1})).Read(rnd)
+	f.Write(rnd)
 	f.Close()
 	big.AddFile("big", bigFile)
 	cases := []struct {

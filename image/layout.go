@@ -68,8 +68,8 @@ func (l *Layout) Resolve() error {
 	if len(l.Partitions) == 0 {
 		return bad("no partitions")
 	}
-	if l.Table == "mbr" && len(l.Partitions) > 4 {
-		return bad("mbr holds at most 4 primary partitions, layout has %d", len(l.Partitions))
+	if l.Table == "mbr" && len(l.Partitions) > 60 {
+		return bad("mbr layout has %d partitions, kiln writes at most 60", len(l.Partitions))
 	}
 	if l.Table == "gpt" && len(l.Partitions) > 128 {
 		return bad("gpt holds at most 128 partitions")
@@ -96,7 +96,11 @@ func (l *Layout) Resolve() error {
 		default:
 			return bad("partition %s: filesystem %q: want fat32, squashfs, ext4 or raw", p.Name, p.FS)
 		}
+		logical := l.logical(i)
 		if p.Start == 0 {
+			if logical {
+				next += SectorSize // room for the partition's EBR
+			}
 			p.Start = (next + mib - 1) / mib * mib
 		}
 		if p.Size <= 0 || p.Size%SectorSize != 0 || p.Start%SectorSize != 0 {
@@ -104,6 +108,9 @@ func (l *Layout) Resolve() error {
 		}
 		if p.Start < first {
 			return bad("partition %s starts at byte %d, inside the partition table", p.Name, p.Start)
+		}
+		if logical && p.Start-SectorSize < next {
+			return bad("logical partition %s needs a free sector before it for its EBR", p.Name)
 		}
 		if p.Start+p.Size > last {
 			return bad("partition %s (bytes %d-%d) exceeds the disk (usable up to %d)", p.Name, p.Start, p.Start+p.Size, last)
@@ -115,18 +122,44 @@ func (l *Layout) Resolve() error {
 	sort.Slice(idx, func(i, j int) bool { return idx[i].Start < idx[j].Start })
 	for i := 1; i < len(idx); i++ {
 		a, b := idx[i-1], idx[i]
-		if a.Start+a.Size > b.Start {
+		if a.Start+a.Size > b.Start || (l.logical(indexOf(l.Partitions, b)) && a.Start+a.Size > b.Start-SectorSize) {
 			return bad("partitions %s and %s overlap", a.Name, b.Name)
 		}
 	}
 	return nil
 }
 
+// logical reports whether partition i (0-based) is an MBR logical
+// partition: an MBR layout of more than four partitions keeps three primary
+// ones and puts the rest in an extended partition (the fourth entry), in
+// the order given.
+func (l *Layout) logical(i int) bool {
+	return l.Table == "mbr" && len(l.Partitions) > 4 && i >= 3
+}
+
+// Number is partition i's (0-based) number as Linux and the Raspberry Pi
+// firmware count: 1–4 for primary partitions, 5 and up for logical ones.
+func (l *Layout) Number(i int) int {
+	if l.logical(i) {
+		return i + 2
+	}
+	return i + 1
+}
+
+func indexOf(ps []*Partition, p *Partition) int {
+	for i, q := range ps {
+		if q == p {
+			return i
+		}
+	}
+	return -1
+}
+
 // PartUUID returns the PARTUUID Linux and the Raspberry Pi firmware see for
 // partition i (0-based): "dddddddd-NN" for MBR, the partition GUID for GPT.
 func (l *Layout) PartUUID(i int) string {
 	if l.Table == "mbr" {
-		return fmt.Sprintf("%08x-%02x", l.DiskID(), i+1)
+		return fmt.Sprintf("%08x-%02x", l.DiskID(), l.Number(i))
 	}
 	return DeriveUUID(l.Seed, fmt.Sprintf("gpt-partition-%d", i+1))
 }

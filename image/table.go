@@ -30,12 +30,44 @@ func writeTable(f *os.File, s *sink, l *Layout) error {
 	switch l.Table {
 	case "mbr":
 		t := &mbr.Table{LogicalSectorSize: SectorSize, PhysicalSectorSize: SectorSize}
-		for i, p := range l.Partitions {
-			start, size := uint32(p.Start/SectorSize), uint32(p.Size/SectorSize)
-			mp := &mbr.Partition{Index: i + 1, Bootable: p.Bootable, Type: mbrType(p.FS), Start: start, Size: size}
+		entry := func(index int, boot bool, typ mbr.Type, start, size uint32) *mbr.Partition {
+			mp := &mbr.Partition{Index: index, Bootable: boot, Type: typ, Start: start, Size: size}
 			mp.StartCylinder, mp.StartHead, mp.StartSector = chs(start)
 			mp.EndCylinder, mp.EndHead, mp.EndSector = chs(start + size - 1)
-			t.Partitions = append(t.Partitions, mp)
+			return mp
+		}
+		var logical []*Partition
+		for i, p := range l.Partitions {
+			if l.logical(i) {
+				logical = append(logical, p)
+				continue
+			}
+			t.Partitions = append(t.Partitions, entry(i+1, p.Bootable, mbrType(p.FS), uint32(p.Start/SectorSize), uint32(p.Size/SectorSize)))
+		}
+		if len(logical) > 0 {
+			// The extended partition runs from the first EBR to the end of
+			// the last logical partition; each EBR sits in the sector just
+			// before its partition and links to the next EBR.
+			extStart := uint32(logical[0].Start/SectorSize) - 1
+			last := logical[len(logical)-1]
+			extEnd := uint32((last.Start + last.Size) / SectorSize)
+			t.Partitions = append(t.Partitions, entry(4, false, mbr.Type(0x0f), extStart, extEnd-extStart))
+			for k, p := range logical {
+				ebr := make([]byte, SectorSize)
+				lba := uint32(p.Start/SectorSize) - 1
+				e1 := entry(0, p.Bootable, mbrType(p.FS), uint32(p.Start/SectorSize), uint32(p.Size/SectorSize))
+				copy(ebr[446:], mbrEntryBytes(e1, lba))
+				if k+1 < len(logical) {
+					n := logical[k+1]
+					nlba := uint32(n.Start/SectorSize) - 1
+					e2 := entry(0, false, mbr.Type(0x05), nlba, uint32((n.Start+n.Size)/SectorSize)-nlba)
+					copy(ebr[462:], mbrEntryBytes(e2, extStart))
+				}
+				ebr[510], ebr[511] = 0x55, 0xaa
+				if _, err := s.WriteAt(ebr, int64(lba)*SectorSize); err != nil {
+					return fmt.Errorf("image: write ebr: %w", err)
+				}
+			}
 		}
 		if err := t.Write(f, l.Size); err != nil {
 			return fmt.Errorf("image: write mbr: %w", err)
@@ -65,6 +97,21 @@ func writeTable(f *os.File, s *sink, l *Layout) error {
 		s.mark(l.Size-33*SectorSize, 33*SectorSize)
 	}
 	return nil
+}
+
+// mbrEntryBytes encodes a partition entry whose start is relative to base
+// (EBR entries are relative).
+func mbrEntryBytes(p *mbr.Partition, base uint32) []byte {
+	b := make([]byte, 16)
+	if p.Bootable {
+		b[0] = 0x80
+	}
+	b[1], b[2], b[3] = p.StartHead, p.StartSector, p.StartCylinder
+	b[4] = byte(p.Type)
+	b[5], b[6], b[7] = p.EndHead, p.EndSector, p.EndCylinder
+	binary.LittleEndian.PutUint32(b[8:], p.Start-base)
+	binary.LittleEndian.PutUint32(b[12:], p.Size)
+	return b
 }
 
 // chs encodes an LBA as cylinder/head/sector bytes for 255 heads and 63

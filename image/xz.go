@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"runtime"
+	"sync"
 
 	"github.com/ulikunitz/xz"
 )
@@ -158,9 +159,29 @@ func xzIndexAndFooter(records []xzBlock) []byte {
 	return append(idx, foot...)
 }
 
+// zeroBlocks caches the compressed form of all-zero chunks by length: most
+// of a disk image is zero, and compressing the same zeros again gives the
+// same bytes.
+var zeroBlocks sync.Map // int → []xzBlock
+
 // compressBlock compresses in as a one-stream .xz with ulikunitz/xz and lifts
 // its block(s) out, rewriting each block header to carry both sizes.
 func compressBlock(in []byte, blockSize int) ([]xzBlock, error) {
+	if !allZero(in) {
+		return compressChunk(in, blockSize)
+	}
+	key := [2]int{len(in), blockSize}
+	if v, ok := zeroBlocks.Load(key); ok {
+		return v.([]xzBlock), nil
+	}
+	out, err := compressChunk(in, blockSize)
+	if err == nil {
+		zeroBlocks.Store(key, out)
+	}
+	return out, err
+}
+
+func compressChunk(in []byte, blockSize int) ([]xzBlock, error) {
 	var buf bytes.Buffer
 	dict := min(blockSize, 8<<20)
 	if dict < 4096 {
