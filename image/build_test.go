@@ -238,7 +238,7 @@ func TestBuildRejectsBadInputs(t *testing.T) {
 	bigFile := filepath.Join(t.TempDir(), "big")
 	f, _ := os.Create(bigFile)
 	rnd := make([]byte, 12<<20)
-	rand.New(rand.NewChaCha8([32]byte{1})).Read(rnd)
+	rand.NewChaCha8([32]byte{1}).Read(rnd)
 	f.Write(rnd)
 	f.Close()
 	big.AddFile("big", bigFile)
