@@ -251,6 +251,13 @@ func (d *Device) Descriptor() dfu.Descriptor {
 		TransferSize: d.cfg.TransferSize, DFUVersion: 0x011a, Attributes: 0x0b}
 }
 
+// SetFaults changes the faults injected (safe while a host is connected).
+func (d *Device) SetFaults(f Faults) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.Faults = f
+}
+
 // SetTiming changes the model's timing.
 func (d *Device) SetTiming(t Timing) {
 	d.mu.Lock()

@@ -118,7 +118,7 @@ func TestCLIThroughLibusb(t *testing.T) {
 
 	// Stalls and errWRITE on the USB path are recovered like on the model.
 	dev.Reset()
-	dev.Faults = dfutest.Faults{Rand: newRand(5), Stall: 0.02, WriteError: 0.05, Max: 6}
+	dev.SetFaults(dfutest.Faults{Rand: newRand(5), Stall: 0.02, WriteError: 0.05, Max: 6})
 	code, stdout, stderr = kilnUSB("flash", "--board", "nucleo-f401re", "--port", "dfu:", fw)
 	if code != 0 || dev.Stats().Stalls == 0 {
 		t.Fatalf("flash with faults: exit %d, %d stalls\n%s\n%s", code, dev.Stats().Stalls, stdout, stderr)
