@@ -7,7 +7,11 @@
 // seeded random source so failures replay.
 //
 // Device implements dfu.Controller and dfu.AltSetter, so dfu.Target talks to
-// it through the same code path as to a real device.
+// it through the same code path as to a real device. It can also be a USB
+// device for unmodified libusb programs: BuildShim compiles a stand-in for
+// libusb-1.0 (loaded with LD_PRELOAD) that forwards to ListenUSB. Debian's
+// dfu-util lists, writes, reads and leaves the model that way, and kiln's
+// gousb adapter is tested through it.
 package dfutest
 
 import (
