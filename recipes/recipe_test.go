@@ -90,8 +90,10 @@ func TestLoad(t *testing.T) {
 	if r.Dir != dir || len(r.Inputs) != 1 || r.Inputs[0].Dir != dir {
 		t.Errorf("dir %q, inputs %+v", r.Dir, r.Inputs)
 	}
-	if r2, err := Load(filepath.Join(dir, FileName)); err != nil || r2.Dir != dir {
-		t.Errorf("Load of the recipe file: %v, dir %q", err, r2.Dir)
+	if r2, err := Load(filepath.Join(dir, FileName)); err != nil {
+		t.Errorf("Load of the recipe file: %v", err)
+	} else if r2.Dir != dir {
+		t.Errorf("Load of the recipe file: dir %q", r2.Dir)
 	}
 	if r.Build.Defines["DECIMAL_DIG"] != "__DECIMAL_DIG__" || len(r.Build.Libs) != 1 {
 		t.Errorf("build = %+v", r.Build)

@@ -192,10 +192,19 @@ func TestFetchStoreCLI(t *testing.T) {
 		t.Errorf("output is not an AVR ELF: %v", err)
 	}
 
-	// A warm fetch is all store hits: no apt, no progress but nothing to do.
-	res = runKiln(t, nil, "fetch", "--store", st, dir)
+	// A warm fetch is all store hits: no apt, no download, same paths.
+	res = runKiln(t, nil, "fetch", "--json", "--store", st, dir)
 	if res.code != 0 || strings.Contains(res.stderr, "fetch ") {
 		t.Errorf("warm fetch: exit %d, stderr %q", res.code, res.stderr)
+	}
+	var fj struct {
+		Derivation string
+		Fetched    []fetchedPath
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &fj); err != nil || len(fj.Fetched) != 2 ||
+		fj.Fetched[0] != (fetchedPath{"toolchain", "avr-gcc-5.4", tcPath}) || fj.Fetched[1] != (fetchedPath{"input", "table", inPath}) ||
+		len(fj.Derivation) != 64 {
+		t.Errorf("fetch --json: %v %s", err, res.stdout)
 	}
 
 	res = runKiln(t, nil, "store", "ls", "--json", "--store", st)
