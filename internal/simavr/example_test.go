@@ -14,7 +14,8 @@ import (
 func ExampleStart() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sim, err := simavr.Start(ctx, simavr.Options{Bootloader: "../shared/peers/optiboot_atmega328_v8.3.hex"})
+	// The real Optiboot image, beside the repository.
+	sim, err := simavr.Start(ctx, simavr.Options{Bootloader: "../../../shared/peers/optiboot_atmega328_v8.3.hex"})
 	if err != nil {
 		log.Fatal(err)
 	}
