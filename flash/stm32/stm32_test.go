@@ -572,3 +572,25 @@ func faultRun(t *testing.T, seed int64, rates []float64, mu *sync.Mutex, ok, fai
 	}
 	t.Logf("%s: %v", kind, err)
 }
+
+// TestContextDeadline: a device that goes silent in the middle of a write
+// cannot hold the flash past the caller's deadline.
+func TestContextDeadline(t *testing.T) {
+	d := newDevice(t, "bluepill")
+	d.Faults = stm32test.Faults{StopAfter: 400} // during the second block
+	rw := serve(t, d)
+	b := d.Board
+	tg := open(t, rw, b, stm32.Options{Timeout: 5 * time.Second})
+	img, _ := flash.ParseBin("x.bin", randBytes(rand.New(rand.NewSource(9)), 4096), b.Flash.Base)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := flash.Program(ctx, tg, img, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want the context's deadline", err)
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("returned %v after a 300ms deadline", el)
+	}
+	t.Log(err)
+}
