@@ -334,6 +334,11 @@ func (f *Fetcher) getDeb(ctx context.Context, src, dir string) (string, string, 
 		// write to our private temporary directory.
 		args = append(args, "-o", "APT::Sandbox::User=root")
 	}
+	extra, spec, err := f.debArch(ctx, spec) // NAME:ARCH=VERSION for a foreign architecture
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", src, err)
+	}
+	args = append(args, extra...)
 	cmd := exec.CommandContext(ctx, apt, append(args, spec)...)
 	cmd.Dir = dir
 	var out strings.Builder
