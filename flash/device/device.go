@@ -74,9 +74,12 @@ func Open(ctx context.Context, spec string, b *boards.Board, protocol string, op
 			if err != nil {
 				return nil, fmt.Errorf("device: emu:%s: %w", name, err)
 			}
-			t, _, err := dfutest.Open(eb)
+			t, dev, err := dfutest.Open(eb)
 			if err != nil {
 				return nil, err
+			}
+			if opts.Emulator.Pace {
+				dev.SetTiming(dfutest.Paced(eb))
 			}
 			if err := t.CheckBoard(b); err != nil {
 				return nil, err
@@ -114,6 +117,9 @@ type Line struct {
 	// Reset pulses the board's reset and waits for its bootloader; nil if
 	// the line cannot reset the board.
 	Reset func(ctx context.Context) error
+	// BootTime is how long the bootloader may take after Reset before it
+	// answers; zero leaves the back end's default (an emulator needs none).
+	BootTime time.Duration
 }
 
 // connect starts protocol on line. A serial back end adds its case here.
@@ -130,7 +136,7 @@ func connect(ctx context.Context, protocol string, line *Line, b *boards.Board, 
 		}
 		c := stk500.New(line, stk500.Config{
 			Signature: sig, PageSize: int(b.Flash.Page), Baud: baud,
-			Reset: line.Reset, Tries: opts.Tries, Timeout: opts.Timeout,
+			Reset: line.Reset, BootTime: line.BootTime, Tries: opts.Tries, Timeout: opts.Timeout,
 		})
 		if err := c.Connect(ctx); err != nil {
 			return nil, err
@@ -143,7 +149,7 @@ func connect(ctx context.Context, protocol string, line *Line, b *boards.Board, 
 		}
 		c := stk500v2.New(line, stk500v2.Config{
 			Signature: sig, PageSize: int(b.Flash.Page), FlashSize: flashSize(b), Baud: baud,
-			Reset: line.Reset, Tries: opts.Tries, Timeout: opts.Timeout,
+			Reset: line.Reset, BootTime: line.BootTime, Tries: opts.Tries, Timeout: opts.Timeout,
 		})
 		if err := c.Connect(ctx); err != nil {
 			return nil, err
@@ -293,6 +299,7 @@ func openEmulator(name, protocol string, opts Options) (*Line, error) {
 	}}, Name: "emu:" + name}
 	if r, ok := emu.(Resetter); ok {
 		l.Reset = func(context.Context) error { r.Reset(); return nil }
+		l.BootTime = time.Millisecond
 	}
 	return l, nil
 }

@@ -106,7 +106,7 @@ func runOne(seed int64) (faultRun, string) {
 		serve = func(ctx context.Context) error { return dev.Serve(ctx, board) }
 		reset, app = dev.Reset, dev.AppFlash
 		c := stk500.New(host, stk500.Config{Signature: cfg.Signature, PageSize: 128, Tries: 4, Timeout: timeout,
-			Reset: func(context.Context) error { reset(); return nil }})
+			Reset: func(context.Context) error { reset(); return nil }, BootTime: time.Millisecond})
 		target, connect = c, c.Connect
 	default:
 		cfg := stk500v2test.Mega2560()
@@ -115,7 +115,7 @@ func runOne(seed int64) (faultRun, string) {
 		serve = func(ctx context.Context) error { return dev.Serve(ctx, board) }
 		reset, app = dev.Reset, dev.AppFlash
 		c := stk500v2.New(host, stk500v2.Config{Signature: cfg.Signature, PageSize: 256, FlashSize: cfg.FlashSize, Tries: 4, Timeout: timeout,
-			Reset: func(context.Context) error { reset(); return nil }})
+			Reset: func(context.Context) error { reset(); return nil }, BootTime: time.Millisecond})
 		target, connect = c, c.Connect
 	}
 	sctx, stop := context.WithCancel(ctx)

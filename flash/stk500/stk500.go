@@ -65,6 +65,11 @@ type Config struct {
 	// ReadChunk caps the bytes one READ_PAGE asks for; 0 picks the largest
 	// the bootloader's version and watchdog allow.
 	ReadChunk int
+	// BootTime is how long the bootloader may take after a reset before it
+	// reads the line (Optiboot on an Uno first blinks its LED three times,
+	// about 0.4 s); the first GET_SYNC after a reset waits this long more.
+	// Default 600 ms; ignored when Reset is nil.
+	BootTime time.Duration
 }
 
 // Client talks to an STK500v1 bootloader over a byte stream. It implements
@@ -94,6 +99,9 @@ func New(rw io.ReadWriter, cfg Config) *Client {
 	}
 	if cfg.PageSize <= 0 {
 		cfg.PageSize = 128
+	}
+	if cfg.BootTime <= 0 {
+		cfg.BootTime = 600 * time.Millisecond
 	}
 	return &Client{cfg: cfg, l: flash.NewLink(rw)}
 }
@@ -137,7 +145,13 @@ func (c *Client) sync(ctx context.Context) error {
 			}
 		}
 		c.l.Discard()
-		if _, err := c.cmd(ctx, []byte{CmdGetSync, CRCEOP}, 0, 0); err != nil {
+		// One GET_SYNC per reset: the chip's receive buffer holds two bytes
+		// while the bootloader starts, and a third would be garbage to it.
+		var boot time.Duration
+		if c.cfg.Reset != nil {
+			boot = c.cfg.BootTime
+		}
+		if _, err := c.cmd(ctx, []byte{CmdGetSync, CRCEOP}, 0, boot); err != nil {
 			last = err
 			continue
 		}

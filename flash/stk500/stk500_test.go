@@ -32,6 +32,7 @@ func connect(t testing.TB, dev *stk500test.Device, cfg stk500.Config) *stk500.Cl
 		}
 	})
 	cfg.Reset = func(context.Context) error { dev.Reset(); return nil }
+	cfg.BootTime = time.Millisecond
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 200 * time.Millisecond
 	}
@@ -106,7 +107,7 @@ func TestSyncRetriesPulseResetEachTime(t *testing.T) {
 	defer host.Close()
 	resets := 0
 	c := stk500.New(host, stk500.Config{Signature: cfg.Signature, Tries: 5, Timeout: 30 * time.Millisecond,
-		Reset: func(context.Context) error { resets++; dev.Reset(); return nil }})
+		Reset: func(context.Context) error { resets++; dev.Reset(); return nil }, BootTime: time.Millisecond})
 	err := c.Connect(ctx)
 	if !errors.Is(err, flash.ErrNoAnswer) || !strings.Contains(err.Error(), "stk500: no answer from bootloader after 5 tries") {
 		t.Fatalf("err = %v", err)

@@ -33,6 +33,10 @@ type Config struct {
 	// Timeout is how long to wait for an answer beyond its wire time
 	// (default 300 ms).
 	Timeout time.Duration
+	// BootTime is how long the bootloader may take after a reset before it
+	// reads the line; the first CMD_SIGN_ON after a reset waits this long
+	// more. Default 600 ms; ignored when Reset is nil.
+	BootTime time.Duration
 }
 
 // Client talks to the Mega 2560 bootloader. It implements flash.Target and
@@ -63,6 +67,9 @@ func New(rw io.ReadWriter, cfg Config) *Client {
 	if cfg.PageSize <= 0 {
 		cfg.PageSize = 256
 	}
+	if cfg.BootTime <= 0 {
+		cfg.BootTime = 600 * time.Millisecond
+	}
 	return &Client{cfg: cfg, l: flash.NewLink(rw)}
 }
 
@@ -74,12 +81,17 @@ func (c *Client) wire(n int) time.Duration {
 // that it answers this command and reports STATUS_CMD_OK. Stale frames
 // (another sequence number) are skipped.
 func (c *Client) command(ctx context.Context, body []byte, answer int) ([]byte, error) {
+	return c.commandWait(ctx, body, answer, 0)
+}
+
+// commandWait is command with extra time to wait for the answer.
+func (c *Client) commandWait(ctx context.Context, body []byte, answer int, extra time.Duration) ([]byte, error) {
 	c.seq++
 	seq := c.seq
 	if _, err := c.l.Write(Encode(seq, body)); err != nil {
 		return nil, fmt.Errorf("write: %w", err)
 	}
-	timeout := c.cfg.Timeout + c.wire(len(body)+answer+12)
+	timeout := c.cfg.Timeout + c.wire(len(body)+answer+12) + extra
 	deadline := time.Now().Add(timeout)
 	for {
 		left := time.Until(deadline)
@@ -169,7 +181,11 @@ func (c *Client) sync(ctx context.Context) error {
 			}
 		}
 		c.l.Discard()
-		b, err := c.command(ctx, []byte{CmdSignOn}, 11)
+		var boot time.Duration
+		if c.cfg.Reset != nil {
+			boot = c.cfg.BootTime
+		}
+		b, err := c.commandWait(ctx, []byte{CmdSignOn}, 11, boot)
 		if err != nil {
 			last = err
 			continue

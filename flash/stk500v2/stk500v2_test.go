@@ -38,6 +38,7 @@ func serve(t testing.TB, dev *stk500v2test.Device) net.Conn {
 func connect(t testing.TB, dev *stk500v2test.Device, cfg stk500v2.Config) *stk500v2.Client {
 	t.Helper()
 	cfg.Reset = func(context.Context) error { dev.Reset(); return nil }
+	cfg.BootTime = time.Millisecond
 	c := stk500v2.New(serve(t, dev), cfg)
 	if err := c.Connect(context.Background()); err != nil {
 		t.Fatalf("connect: %v", err)

@@ -144,7 +144,7 @@ func TestPacedLongReadTripsWatchdog(t *testing.T) {
 		dev.LoadAppFlash(img.Segments[0].Data)
 		host := line(t, dev)
 		c := stk500.New(host, stk500.Config{Signature: cfg.Signature, PageSize: 256, Tries: 2, Retries: 1, ReadChunk: chunk,
-			Reset: func(context.Context) error { dev.Reset(); return nil }})
+			Reset: func(context.Context) error { dev.Reset(); return nil }, BootTime: time.Millisecond})
 		if err := c.Connect(context.Background()); err != nil {
 			t.Fatal(err)
 		}
