@@ -1,16 +1,24 @@
 package simavr_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.bug.st/serial"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/internal/simavr"
 )
 
 // line opens the simulated Uno's pty as a serial port, the way a flashing
@@ -112,5 +120,68 @@ func TestHarnessOverrun(t *testing.T) {
 	}
 	if !bytes.Equal(got[:128], bytes.Repeat([]byte{0x5a}, 128)) {
 		t.Fatalf("the page before the overrun was not programmed: % x", got[:16])
+	}
+}
+
+// TestHarnessDumpOnSIGTERM: the harness run by hand (-o FILE) writes the
+// flash when it is told to stop, bootloader included.
+func TestHarnessDumpOnSIGTERM(t *testing.T) {
+	t.Parallel()
+	boot := bootloader(t)
+	out := filepath.Join(t.TempDir(), "flash.bin")
+	cmd := exec.Command(harness, "-o", out, boot)
+	stdin, err := cmd.StdinPipe() // held open: end of stdin would stop it too
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() && !strings.HasPrefix(sc.Text(), "port: /dev/pts/") {
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for sc.Scan() {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("harness after SIGTERM: %v", err)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := flash.Load(boot, flash.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != flashSize {
+		t.Fatalf("dump is %d bytes, want %d", len(got), flashSize)
+	}
+	for _, s := range img.Segments {
+		if !bytes.Equal(got[s.Addr:s.End()], s.Data) {
+			t.Fatalf("dump does not hold the bootloader at 0x%04x", s.Addr)
+		}
+	}
+	if !bytes.Equal(got[:bootAddr], bytes.Repeat([]byte{0xff}, bootAddr)) {
+		t.Fatal("the application area of a fresh MCU is not erased")
+	}
+}
+
+// TestStartRefuses: Start fails cleanly without a bootloader image.
+func TestStartRefuses(t *testing.T) {
+	ctx := context.Background()
+	if _, err := simavr.Start(ctx, simavr.Options{Harness: harness}); err == nil {
+		t.Fatal("Start without a bootloader succeeded")
+	}
+	_, err := simavr.Start(ctx, simavr.Options{Harness: harness, Bootloader: filepath.Join(t.TempDir(), "missing.hex")})
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Start with a missing image: %v, want fs.ErrNotExist", err)
 	}
 }
