@@ -54,6 +54,15 @@ var F401 = Timing{
 	Request:     50 * time.Microsecond,
 }
 
+// Paced returns the datasheet timing of board b's flash: F401 for the
+// STM32F4 boards, none (instant) for others.
+func Paced(b *boards.Board) Timing {
+	if strings.HasPrefix(b.MCU, "stm32f4") {
+		return F401
+	}
+	return Timing{}
+}
+
 // EraseTime returns the erase time of a sector of size bytes.
 func (t Timing) EraseTime(size uint32) time.Duration {
 	if d, ok := t.Erase[size]; ok {
