@@ -45,6 +45,8 @@ test: deps build
 	$(GO) test -race -timeout 60m -count=1 ./...
 	$(GO) test -run '^$$' -fuzz='^FuzzParseHex$$' -fuzztime=10s ./flash
 	$(GO) test -run '^$$' -fuzz='^FuzzParseDfu$$' -fuzztime=10s ./flash
+	$(GO) test -run '^$$' -fuzz='^FuzzParseLayout$$' -fuzztime=10s ./flash/dfu
+	$(GO) test -run '^$$' -fuzz='^FuzzParseConfig$$' -fuzztime=10s ./flash/dfu
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./flash/stk500v2
 	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=10s ./firmware/fetch
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./recipes
