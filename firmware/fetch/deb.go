@@ -305,7 +305,7 @@ func (t *tree) entry(h *tar.Header, rel string, r io.Reader) error {
 	}
 	p := filepath.Join(t.root, filepath.FromSlash(rel))
 	switch h.Typeflag {
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars use TypeRegA
+	case tar.TypeReg: // archive/tar reports old-style (TypeRegA) files as TypeReg
 		return writeFile(p, perm, r)
 	case tar.TypeSymlink:
 		if h.Linkname == "" {
