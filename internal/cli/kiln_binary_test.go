@@ -19,6 +19,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	kilnBin = filepath.Join(dir, "kiln")
+	// Flashes in tests go to a throwaway audit log, not the user's.
+	if os.Getenv("KILN_LOG") == "" {
+		os.Setenv("KILN_LOG", filepath.Join(dir, "audit.jsonl"))
+	}
 	build := exec.Command("go", "build", "-o", kilnBin, "kiln.dev/kiln/cmd/kiln")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
