@@ -584,6 +584,15 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 	}
 	link = append(link, common...)
 	link = append(link, bld.LDFlags...)
+	for _, f := range bld.LDFlags {
+		if strings.HasPrefix(f, "-flto") {
+			// The LTO link compiles into temporary files named at random,
+			// and the name lands in the debug information; -save-temps
+			// names them after the output instead (firmware.elf.ltrans0.o).
+			link = append(link, "-save-temps")
+			break
+		}
+	}
 	if bld.LinkerScript != "" {
 		link = append(link, "-T", p.expand(bld.LinkerScript))
 	}
@@ -591,7 +600,9 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 	link = append(link, objs...)
 	if len(coreObjs) > 0 {
 		archive := objDir + "/core.a"
-		stages = append(stages, []command{{Argv: append([]string{tool("ar"), "rcsD", archive}, coreObjs...), What: "archive core.a"}})
+		// gcc-ar is ar with the compiler's LTO plugin, so LTO objects get a
+		// symbol index; D zeroes the members' times, uids and modes.
+		stages = append(stages, []command{{Argv: append([]string{tool("gcc-ar"), "rcsD", archive}, coreObjs...), What: "archive core.a"}})
 		link = append(link, archive)
 	}
 	for _, l := range bld.Libs {

@@ -24,7 +24,7 @@ import (
 var hashRE = regexp.MustCompile(`\b[0-9a-f]{64}\b`)
 
 // copyRecipe copies the files of a recipe directory to dst.
-func copyRecipe(t *testing.T, src, dst string) {
+func copyRecipe(t testing.TB, src, dst string) {
 	t.Helper()
 	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
 		if err != nil {

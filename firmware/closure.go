@@ -81,6 +81,10 @@ func hostClosure(tree string, libDirs []string) ([]Impurity, error) {
 		queue = append(queue, l)
 	}
 	sort.Strings(queue)
+	// The loader is found as the program interpreter; libc names it too.
+	for in := range interps {
+		seen[filepath.Base(in)] = true
+	}
 	for len(queue) > 0 {
 		lib := queue[0]
 		queue = queue[1:]

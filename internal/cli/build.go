@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -54,13 +55,18 @@ func runBuild(c *cli.Context) error {
 	if c.Bool("verbose") {
 		opts.Log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
 	}
+	// What --out held before: a warm rebuild into it need not redo the
+	// evidence, which is a function of the manifest (and the key).
+	prev, _ := firmware.ReadManifest(out)
 	res, err := firmware.Build(c.Context, opts)
 	if err != nil {
 		return buildHints(err)
 	}
 	// Evidence beside manifest.json (sign.go): sbom.cdx.json, provenance.json.
-	if err := writeEvidence(c, dir, res); err != nil {
-		return err
+	if !(res.Hit && prev != nil && prev.Derivation == res.Derivation && evidenceIn(out)) {
+		if err := writeEvidence(c, dir, res); err != nil {
+			return err
+		}
 	}
 	if c.Bool("json") {
 		return e.printJSON(buildJSON(res))
@@ -86,6 +92,13 @@ func runBuild(c *cli.Context) error {
 	}
 	fmt.Fprintf(e.stdout, "out          %s\n", res.Out)
 	return nil
+}
+
+// evidenceIn reports whether dir holds the evidence files writeEvidence
+// writes (the SBOM always; provenance.json only with a signing key).
+func evidenceIn(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "sbom.cdx.json"))
+	return err == nil
 }
 
 // trailingFlags applies flags written after the positional arguments
