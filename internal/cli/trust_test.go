@@ -274,6 +274,59 @@ func TestLogVerifyCLIDetectsTamper(t *testing.T) {
 	}
 }
 
+// freshStore makes an empty store holding only the recipe's toolchain and
+// inputs (fetched into the user's store, as kiln fetch does, and
+// hard-linked in).
+func freshStore(t *testing.T, recipe string) string {
+	t.Helper()
+	code, out, errOut := kiln(t, "fetch", recipe)
+	if code != 0 {
+		t.Fatalf("fetch: exit %d: %s", code, errOut)
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.IsDir() {
+				os.Chmod(p, 0o755)
+			}
+			return nil
+		})
+	})
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Split(line, "\t")
+		src := f[len(f)-1]
+		dst := filepath.Join(dir, filepath.Base(src))
+		var dirs []string
+		err := filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(src, p)
+			to := filepath.Join(dst, rel)
+			switch {
+			case fi.IsDir():
+				dirs = append(dirs, to)
+				return os.MkdirAll(to, 0o755)
+			case fi.Mode()&os.ModeSymlink != 0:
+				l, err := os.Readlink(p)
+				if err != nil {
+					return err
+				}
+				return os.Symlink(l, to)
+			default:
+				return os.Link(p, to)
+			}
+		})
+		if err != nil {
+			t.Fatalf("link %s: %v", src, err)
+		}
+		for i := len(dirs) - 1; i >= 0; i-- {
+			os.Chmod(dirs[i], 0o555) // store entries are read-only
+		}
+	}
+	return dir
+}
+
 // checkEvidence: kiln build wrote an SBOM that the official CycloneDX 1.6
 // schema accepts and a provenance envelope that go-securesystemslib
 // verifies, both describing the build's manifest.
@@ -369,22 +422,25 @@ func TestAuditBlinkUno(t *testing.T) {
 	if code, _, errOut := kiln(t, "keygen"); code != 0 {
 		t.Fatalf("keygen: %s", errOut)
 	}
-	if code, stdout, errOut := kiln(t, "build", recipe, "--out", out); code != 0 {
+	// A store of our own (the fetched toolchain and input linked in), so
+	// the shipped build and the audit's rebuild are made by this kiln.
+	st := freshStore(t, recipe)
+	if code, stdout, errOut := kiln(t, "build", recipe, "--out", out, "--store", st); code != 0 {
 		t.Fatalf("build: exit %d: %s %s", code, stdout, errOut)
 	}
 	checkEvidence(t, out, key)
-	code, stdout, errOut := kiln(t, "audit", recipe, "--against", filepath.Join(out, "firmware.elf"), "--log", log)
+	code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--against", filepath.Join(out, "firmware.elf"), "--log", log)
 	if code != 0 || !strings.Contains(stdout, "identical: every section matches") || !strings.Contains(stdout, "in a fresh sandbox") {
 		t.Fatalf("audit of the shipped ELF: exit %d: %s %s", code, stdout, errOut)
 	}
-	if code, stdout, errOut := kiln(t, "audit", recipe, "--against", filepath.Join(out, "firmware.hex"), "--log", log); code != 0 {
+	if code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--against", filepath.Join(out, "firmware.hex"), "--log", log); code != 0 {
 		t.Fatalf("audit of the shipped HEX: exit %d: %s %s", code, stdout, errOut)
 	}
 
 	elfData, _ := os.ReadFile(filepath.Join(out, "firmware.elf"))
 	patched := filepath.Join(dir, "patched.elf")
 	os.WriteFile(patched, patchELFSection(t, elfData, ".text"), 0o644)
-	code, stdout, errOut = kiln(t, "audit", recipe, "--against", patched, "--log", log, "--json")
+	code, stdout, errOut = kiln(t, "audit", recipe, "--store", st, "--against", patched, "--log", log, "--json")
 	if code != ExitVerify || !strings.Contains(errOut, "differs from the rebuild in .text") {
 		t.Fatalf("patched ELF: exit %d: %s", code, errOut)
 	}
@@ -408,7 +464,7 @@ func TestAuditBlinkUno(t *testing.T) {
 		}
 	}
 	phex := writeHex(t, dir, "patched.hex", 0, flat)
-	code, stdout, errOut = kiln(t, "audit", recipe, "--against", phex, "--log", log)
+	code, stdout, errOut = kiln(t, "audit", recipe, "--store", st, "--against", phex, "--log", log)
 	if code != ExitVerify || !strings.Contains(stdout, ".text") || !strings.Contains(stdout, "1 byte differs") {
 		t.Fatalf("patched HEX: exit %d: %s %s", code, stdout, errOut)
 	}
@@ -420,13 +476,13 @@ func TestAuditBlinkUno(t *testing.T) {
 	if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", emu.port, "--log", log, out); code != 0 {
 		t.Fatalf("flash: exit %d: %s", code, errOut)
 	}
-	if code, stdout, errOut := kiln(t, "audit", recipe, "--port", emu.port, "--log", log); code != 0 || !strings.Contains(stdout, "identical") {
+	if code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--port", emu.port, "--log", log); code != 0 || !strings.Contains(stdout, "identical") {
 		t.Fatalf("audit --port: exit %d: %s %s", code, stdout, errOut)
 	}
 	if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", emu.port, "--log", log, phex); code != 0 {
 		t.Fatalf("flash patched: exit %d: %s", code, errOut)
 	}
-	if code, stdout, errOut := kiln(t, "audit", recipe, "--port", emu.port, "--log", log); code != ExitVerify || !strings.Contains(stdout, ".text") {
+	if code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--port", emu.port, "--log", log); code != ExitVerify || !strings.Contains(stdout, ".text") {
 		t.Fatalf("audit --port of a patched device: exit %d: %s %s", code, stdout, errOut)
 	}
 	emu.stop(t)
