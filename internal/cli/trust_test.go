@@ -429,6 +429,24 @@ func TestAuditBlinkUno(t *testing.T) {
 		t.Fatalf("build: exit %d: %s %s", code, stdout, errOut)
 	}
 	checkEvidence(t, out, key)
+
+	// Sign the build output directory and flash it under a policy that
+	// trusts the key: the directory's firmware.elf carries its signature.
+	policy := filepath.Join(dir, "policy.toml")
+	os.WriteFile(policy, []byte("[[key]]\nname = \"builder\"\nfile = \"kiln.pub\"\n\n[default]\nrequire_signature = true\n"), 0o644)
+	if code, stdout, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", "emu:arduino-uno", "--policy", policy, "--log", log, out); code != ExitUntrusted {
+		t.Fatalf("unsigned build directory: exit %d: %s %s", code, stdout, errOut)
+	}
+	if code, stdout, errOut := kiln(t, "sign", out); code != 0 || !strings.Contains(stdout, "firmware.elf.minisig") || !strings.Contains(stdout, "manifest.json.minisig") {
+		t.Fatalf("sign %s: exit %d: %s %s", out, code, stdout, errOut)
+	}
+	if code, stdout, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", "emu:arduino-uno", "--policy", policy, "--log", log, out); code != 0 {
+		t.Fatalf("signed build directory: exit %d: %s %s", code, stdout, errOut)
+	}
+	sigData, _ := os.ReadFile(filepath.Join(out, "firmware.elf.minisig"))
+	if !strings.Contains(string(sigData), "\tderivation:") {
+		t.Errorf("the build's signature lacks the derivation hash:\n%s", sigData)
+	}
 	code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--against", filepath.Join(out, "firmware.elf"), "--log", log)
 	if code != 0 || !strings.Contains(stdout, "identical: every section matches") || !strings.Contains(stdout, "in a fresh sandbox") {
 		t.Fatalf("audit of the shipped ELF: exit %d: %s %s", code, stdout, errOut)
