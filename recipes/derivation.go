@@ -31,11 +31,13 @@ type InputPin struct {
 	SHA256 string `json:"sha256"`
 	Subdir string `json:"subdir,omitempty"`
 	File   string `json:"file,omitempty"`
+	// Executable: see Input.Executable.
+	Executable bool `json:"executable,omitempty"`
 }
 
 // StoreKey is the hash of the input's store entry (see Input.StoreKey).
 func (p InputPin) StoreKey() string {
-	return Input{Name: p.Name, SHA256: p.SHA256, File: p.File}.StoreKey()
+	return Input{Name: p.Name, SHA256: p.SHA256, File: p.File, Executable: p.Executable}.StoreKey()
 }
 
 // Derivation is the canonical description of a build: everything that
@@ -154,7 +156,7 @@ func (r *Recipe) Derive() (*Derivation, error) {
 		}
 	}
 	for _, in := range r.Inputs {
-		d.Inputs = append(d.Inputs, InputPin{Name: in.Name, SHA256: in.SHA256, Subdir: in.Subdir, File: in.File})
+		d.Inputs = append(d.Inputs, InputPin{Name: in.Name, SHA256: in.SHA256, Subdir: in.Subdir, File: in.File, Executable: in.Executable})
 	}
 	sort.Slice(d.Inputs, func(i, j int) bool { return d.Inputs[i].Name < d.Inputs[j].Name })
 	return d, nil

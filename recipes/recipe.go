@@ -81,6 +81,10 @@ type Input struct {
 	// File is the name a non-archive input is stored under inside its store
 	// entry; default: the input's name.
 	File string `toml:"file,omitempty" json:"file,omitempty"`
+	// Executable stores a non-archive input with execute permission: a
+	// program a pre command runs. It is part of the derivation and of the
+	// store key.
+	Executable bool `toml:"executable,omitempty" json:"executable,omitempty"`
 	// Dir is the base of relative file: sources (the recipe directory);
 	// Load sets it. It is not part of the derivation.
 	Dir string `toml:"-" json:"-"`
@@ -89,14 +93,15 @@ type Input struct {
 // StoreKey is the hash naming the input's unpacked content in the store
 // (with the input's name): it depends on the pinned sha256 and on the file
 // name a non-archive is stored under, not on the sources.
-func (in Input) StoreKey() string { return inputKey(in.SHA256, in.StoredName()) }
+func (in Input) StoreKey() string { return inputKey(in.SHA256, in.StoredName(), in.Executable) }
 
-func inputKey(sha, stored string) string {
+func inputKey(sha, stored string, exec bool) string {
 	return hashJSON(struct {
 		Format int    `json:"format"`
 		SHA256 string `json:"sha256"`
 		File   string `json:"file"`
-	}{FormatVersion, sha, stored})
+		Exec   bool   `json:"exec,omitempty"`
+	}{FormatVersion, sha, stored, exec})
 }
 
 // StoredName is the file name a non-archive input has in its store entry.

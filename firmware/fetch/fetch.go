@@ -89,7 +89,14 @@ func (f *Fetcher) Input(ctx context.Context, in recipes.Input) (string, error) {
 			f.logf("unpack %s", in.Name)
 			return unpackDebFile(dl, dir)
 		}
-		return copyFile(dl, filepath.Join(dir, in.StoredName()))
+		dst := filepath.Join(dir, in.StoredName())
+		if err := copyFile(dl, dst); err != nil {
+			return err
+		}
+		if in.Executable {
+			return os.Chmod(dst, 0o755)
+		}
+		return nil
 	})
 	if err != nil {
 		return "", fmt.Errorf("fetch: %s: %w", in.Name, err)
