@@ -48,6 +48,11 @@ type Client struct {
 	sig       [3]byte
 	signOn    string
 	connected bool
+	// addr is the bootloader's address pointer when addrOK: it moves on by
+	// every page written and every byte read, so consecutive requests need
+	// no CMD_LOAD_ADDRESS.
+	addr   uint32
+	addrOK bool
 }
 
 // New returns a client on rw. Call Connect before Write or ReadBack.
@@ -170,6 +175,7 @@ func (c *Client) Connect(ctx context.Context) error {
 }
 
 func (c *Client) sync(ctx context.Context) error {
+	c.addrOK = false
 	var last error
 	for try := 1; try <= c.cfg.Tries; try++ {
 		if err := ctx.Err(); err != nil {
@@ -209,6 +215,19 @@ func (c *Client) sync(ctx context.Context) error {
 // Identity names the device.
 func (c *Client) Identity() string {
 	return fmt.Sprintf("avr signature %02x%02x%02x, stk500v2 bootloader %s", c.sig[0], c.sig[1], c.sig[2], c.signOn)
+}
+
+// at points the bootloader's address at addr, unless it is there already.
+func (c *Client) at(ctx context.Context, addr uint32) error {
+	if c.addrOK && c.addr == addr {
+		return nil
+	}
+	c.addrOK = false
+	if err := c.loadAddress(ctx, addr); err != nil {
+		return err
+	}
+	c.addr, c.addrOK = addr, true
+	return nil
 }
 
 func (c *Client) loadAddress(ctx context.Context, addr uint32) error {
@@ -316,11 +335,15 @@ func (c *Client) writePages(ctx context.Context, pages []byte, ps uint32, p flas
 		data := pages[a : a+ps]
 		body := append([]byte{CmdProgramFlashISP, byte(ps >> 8), byte(ps), 0xC1, 10, 0x40, 0x4C, 0x20, 0, 0}, data...)
 		err := c.frame(ctx, fmt.Sprintf("program page at 0x%05x", a), func() error {
-			if err := c.loadAddress(ctx, a); err != nil {
+			if err := c.at(ctx, a); err != nil {
 				return err
 			}
-			_, err := c.command(ctx, body, 2)
-			return err
+			c.addrOK = false // unknown until the answer proves the write
+			if _, err := c.command(ctx, body, 2); err != nil {
+				return err
+			}
+			c.addr, c.addrOK = a+ps, true
+			return nil
 		})
 		if err != nil {
 			return err
@@ -354,9 +377,10 @@ func (c *Client) ReadBack(ctx context.Context, r flash.Region, p flash.Progress)
 				}
 			}
 			err = c.frame(ctx, fmt.Sprintf("read flash at 0x%05x", addr), func() error {
-				if err := c.loadAddress(ctx, addr); err != nil {
+				if err := c.at(ctx, addr); err != nil {
 					return err
 				}
+				c.addrOK = false
 				b, err := c.command(ctx, []byte{CmdReadFlashISP, byte(n >> 8), byte(n), 0x20}, int(n)+3)
 				if err != nil {
 					return err
@@ -365,6 +389,7 @@ func (c *Client) ReadBack(ctx context.Context, r flash.Region, p flash.Progress)
 					return fmt.Errorf("stk500v2: read answer of %d bytes, want %d", len(b), n+3)
 				}
 				got = b[2 : 2+n]
+				c.addr, c.addrOK = addr+uint32(n), true
 				return nil
 			})
 			if err == nil || ctx.Err() != nil {
