@@ -281,7 +281,9 @@ func prepare(ctx context.Context, opts Options, d *recipes.Derivation, logf func
 		}
 		b.inputs[in.Name] = p
 	}
-	if b.sandboxed {
+	// The host files the toolchain loads: mounted into the sandbox, and
+	// named in the manifest either way.
+	{
 		t := time.Now()
 		if b.impure, err = hostClosure(b.tcPath, b.tc.LibDirs); err != nil {
 			return nil, err
@@ -488,14 +490,21 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 	for _, inc := range bld.Includes {
 		defs = append(defs, "-I"+p.expand(inc))
 	}
+	var prefixMaps []string
 	if !b.sandboxed {
 		// Outside the sandbox the paths differ from build to build; map
 		// them to the sandbox's so debug information does not record them.
-		defs = append(defs, "-fdebug-prefix-map="+hostBuild+"="+sandboxBuild,
+		prefixMaps = append(prefixMaps, "-fdebug-prefix-map="+hostBuild+"="+sandboxBuild,
 			"-fdebug-prefix-map="+b.tcPath+"="+sandboxToolchain)
-		for n, root := range b.inputs {
-			defs = append(defs, "-fdebug-prefix-map="+root+"="+sandboxInputs+"/"+n)
+		names := make([]string, 0, len(b.inputs))
+		for n := range b.inputs {
+			names = append(names, n)
 		}
+		sort.Strings(names)
+		for _, n := range names {
+			prefixMaps = append(prefixMaps, "-fdebug-prefix-map="+b.inputs[n]+"="+sandboxInputs+"/"+n)
+		}
+		defs = append(defs, prefixMaps...)
 	}
 	tool := func(name string) string { return b.tc.Prefix + name }
 
@@ -584,6 +593,7 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 	}
 	link = append(link, common...)
 	link = append(link, bld.LDFlags...)
+	link = append(link, prefixMaps...) // an LTO link compiles too
 	for _, f := range bld.LDFlags {
 		if strings.HasPrefix(f, "-flto") {
 			// The LTO link compiles into temporary files named at random,

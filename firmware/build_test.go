@@ -328,6 +328,7 @@ sources = ["src/*.c"]
 name = "probe"
 sources = ["file:%s"]
 sha256 = "%s"
+executable = true
 
 [build]
 pre = [["$in/probe/probe", "%s"]]
@@ -507,5 +508,26 @@ func replaceFile(t *testing.T, p string, data []byte) {
 	}
 	if err := os.WriteFile(p, data, 0o444); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNoSandbox: --no-sandbox builds on the host, says so in the manifest,
+// and (its paths mapped to the sandbox's in the debug information) makes the
+// same firmware as the sandbox.
+func TestNoSandbox(t *testing.T) {
+	sandboxed := sharedBuild(t, "blink-uno")
+	s := newStore(t, "blink-uno")
+	res, err := firmware.Build(context.Background(), firmware.Options{Dir: recipeDir("blink-uno"), Store: s, NoSandbox: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Hit || res.Manifest.Sandbox || len(res.Manifest.HostImpurities) == 0 {
+		t.Fatalf("hit %v, manifest sandbox %v, impurities %v", res.Hit, res.Manifest.Sandbox, res.Manifest.HostImpurities)
+	}
+	a, b := readOutputs(t, sandboxed.StorePath), readOutputs(t, res.StorePath)
+	for _, name := range []string{firmware.ELFName, firmware.HEXName, firmware.BINName} {
+		if !bytes.Equal(a[name], b[name]) {
+			t.Errorf("%s differs between the sandboxed and the host build", name)
+		}
 	}
 }
