@@ -167,7 +167,8 @@ var (
 	nameRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9._+-]*$`)
 	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	identRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	lineRE   = regexp.MustCompile(`line (\d+)`)
+	// typeErrRE matches the TOML decoder's type errors.
+	typeErrRE = regexp.MustCompile(`^line (\d+) \(last key "([^"]*)"\): (.*)$`)
 )
 
 // Load reads, parses and validates dir/recipe.toml. Errors name the file
@@ -209,7 +210,7 @@ func Parse(file string, data []byte) (*Recipe, error) {
 	var raw map[string]toml.Primitive
 	md, err := toml.Decode(src, &raw)
 	if err != nil {
-		return nil, tomlError(file, src, err)
+		return nil, tomlError(file, err)
 	}
 	var f struct {
 		Name      string   `toml:"name"`
@@ -277,8 +278,8 @@ func Parse(file string, data []byte) (*Recipe, error) {
 	return r, nil
 }
 
-// tomlError formats a TOML syntax or type error as file:line:col: msg.
-func tomlError(file, src string, err error) error {
+// tomlError formats a TOML syntax error as file:line:col: msg.
+func tomlError(file string, err error) error {
 	var perr toml.ParseError
 	if errors.As(err, &perr) {
 		col := perr.Position.Col
@@ -287,22 +288,19 @@ func tomlError(file, src string, err error) error {
 		}
 		return fmt.Errorf("%s:%d:%d: %w: %s", file, perr.Position.Line, col, ErrInvalid, perr.Message)
 	}
-	msg := strings.TrimPrefix(err.Error(), "toml: ")
-	if m := lineRE.FindStringSubmatch(msg); m != nil {
-		return fmt.Errorf("%s:%s:1: %w: %s", file, m[1], ErrInvalid, msg)
-	}
-	return fmt.Errorf("%s: %w: %s", file, ErrInvalid, msg)
+	return fmt.Errorf("%s: %w: %s", file, ErrInvalid, strings.TrimPrefix(err.Error(), "toml: "))
 }
 
-// tomlKeyError reports a type error in the value of a top-level key.
+// tomlKeyError reports a type error in the value of a top-level key. The
+// decoder says `line N (last key "K"): msg`; kiln says file:N:1: K: msg.
 func tomlKeyError(file, src, key string, err error) error {
 	var perr toml.ParseError
 	if errors.As(err, &perr) && perr.Position.Line > 0 {
-		return tomlError(file, src, err)
+		return tomlError(file, err)
 	}
 	msg := strings.TrimPrefix(err.Error(), "toml: ")
-	if m := lineRE.FindStringSubmatch(msg); m != nil {
-		return fmt.Errorf("%s:%s:1: %w: %s: %s", file, m[1], ErrInvalid, key, msg)
+	if m := typeErrRE.FindStringSubmatch(msg); m != nil {
+		return fmt.Errorf("%s:%s:1: %w: %s: %s", file, m[1], ErrInvalid, m[2], m[3])
 	}
 	return fmt.Errorf("%s:%s: %w: %s: %s", file, keyPos(src, key), ErrInvalid, key, msg)
 }

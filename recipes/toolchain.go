@@ -87,7 +87,7 @@ func ParseToolchain(file string, data []byte) (*Toolchain, error) {
 	src := string(data)
 	md, err := toml.Decode(src, &tc)
 	if err != nil {
-		return nil, tomlError(file, src, err)
+		return nil, tomlError(file, err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		k := und[0]
