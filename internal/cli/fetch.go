@@ -81,7 +81,7 @@ func fetchHint(err error) error {
 		return withHint(err, "a source served content other than the recipe pins; nothing was added to the store",
 			"if the new content is trusted, update the input's sha256 in the recipe")
 	case errors.Is(err, fetch.ErrAPT):
-		return withHint(err, "run apt-get update (the package index may be stale), and check the version with apt-cache policy")
+		return withHint(err, "check the network, then run apt-get update (the package index may be stale) and apt-cache policy NAME (is the pinned version still there?)")
 	}
 	return err
 }
