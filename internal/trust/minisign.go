@@ -62,12 +62,12 @@ const (
 	DefaultMemLimit = 1073741824
 )
 
-// KeyID names a key pair; minisign prints it as 16 upper-case hex digits
-// of the little-endian number.
+// KeyID names a key pair; minisign prints it as the upper-case hex of the
+// little-endian number, without leading zeros.
 type KeyID [keyIDLen]byte
 
 func (id KeyID) String() string {
-	return fmt.Sprintf("%016X", binary.LittleEndian.Uint64(id[:]))
+	return fmt.Sprintf("%X", binary.LittleEndian.Uint64(id[:]))
 }
 
 // PublicKey is a minisign public key.

@@ -246,6 +246,15 @@ func TestEncryptedSecretKey(t *testing.T) {
 	}
 }
 
+// minisign prints key IDs without leading zeros (%" PRIX64): so does kiln,
+// so the public key file's comment is the same.
+func TestKeyIDFormat(t *testing.T) {
+	id := KeyID{0x5a, 0x99, 0x33, 0xc1, 0xe4, 0x46, 0x49, 0x0c}
+	if got := id.String(); got != "C4946E4C133995A" {
+		t.Fatalf("got %s", got)
+	}
+}
+
 func TestScryptParams(t *testing.T) {
 	// minisign's limits give libsodium's N=2^20, r=8, p=1 (1 GiB).
 	n, r, p := scryptParams(DefaultOpsLimit, DefaultMemLimit)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 
 	"github.com/BurntSushi/toml"
@@ -52,8 +51,8 @@ type PolicyKey struct {
 	File      string `toml:"file"`
 }
 
-// Rule selects devices by board, group and port (path.Match globs; an empty
-// list matches anything) and says whether they need signed artifacts.
+// Rule selects devices by board, group and port (globs: * is any run of
+// characters, slashes included, ? any one; an empty list matches anything) and says whether they need signed artifacts.
 type Rule struct {
 	Boards           []string `toml:"boards"`
 	Groups           []string `toml:"groups"`
@@ -119,8 +118,8 @@ func ParsePolicy(data []byte, source string) (*Policy, error) {
 			}
 		}
 		for _, g := range append(append(append([]string(nil), r.Boards...), r.Groups...), r.Ports...) {
-			if _, err := path.Match(g, ""); err != nil {
-				return nil, fmt.Errorf("trust: policy %s: rule %d: bad pattern %q", source, i+1, g)
+			if g == "" {
+				return nil, fmt.Errorf("trust: policy %s: rule %d: empty pattern", source, i+1)
 			}
 		}
 	}
@@ -162,11 +161,38 @@ func matchAny(pats []string, s string) bool {
 		return true
 	}
 	for _, p := range pats {
-		if ok, _ := path.Match(p, s); ok {
+		if glob(p, s) {
 			return true
 		}
 	}
 	return false
+}
+
+// glob matches s against a pattern where * is any run of characters
+// (slashes too: "ssh://*" and "/dev/ttyUSB*" both work) and ? is any one.
+func glob(pat, s string) bool {
+	px, sx := 0, 0
+	star, mark := -1, 0
+	for sx < len(s) {
+		switch {
+		case px < len(pat) && (pat[px] == '?' || pat[px] == s[sx]):
+			px++
+			sx++
+		case px < len(pat) && pat[px] == '*':
+			star, mark = px, sx
+			px++
+		case star >= 0:
+			px = star + 1
+			mark++
+			sx = mark
+		default:
+			return false
+		}
+	}
+	for px < len(pat) && pat[px] == '*' {
+		px++
+	}
+	return px == len(pat)
 }
 
 func (r Rule) matches(t Target) bool {

@@ -104,7 +104,7 @@ func TestPolicyErrors(t *testing.T) {
 		"unknown rule key":     "[[key]]\nname = \"a\"\n" + good + "\n[[rule]]\nkeys = [\"b\"]\n",
 		"duplicate key":        "[[key]]\nname = \"a\"\n" + good + "\n[[key]]\nname = \"a\"\n" + good + "\n",
 		"bad key":              "[[key]]\nname = \"a\"\npublic_key = \"RWQ\"\n",
-		"bad glob":             "[[key]]\nname = \"a\"\n" + good + "\n[[rule]]\nports = [\"[\"]\n",
+		"empty pattern":        "[[key]]\nname = \"a\"\n" + good + "\n[[rule]]\nports = [\"\"]\n",
 	}
 	for name, src := range cases {
 		if _, err := ParsePolicy([]byte(src), "p.toml"); err == nil {
@@ -116,5 +116,30 @@ func TestPolicyErrors(t *testing.T) {
 	}
 	if p, err := ParsePolicy([]byte("[[key]]\nname = \"a\"\n"+good+"\n"), "p.toml"); err != nil || !strings.Contains(strings.Join(p.KeyNames(), ","), "a") {
 		t.Errorf("good policy: %v", err)
+	}
+}
+
+func TestGlob(t *testing.T) {
+	for _, c := range []struct {
+		pat, s string
+		want   bool
+	}{
+		{"ssh://*", "ssh://root@10.0.0.7:22/dev/mmcblk0", true},
+		{"/dev/ttyUSB*", "/dev/ttyUSB0", true},
+		{"/dev/ttyUSB*", "/dev/ttyACM0", false},
+		{"arduino-*", "arduino-uno", true},
+		{"arduino-*", "bluepill", false},
+		{"emu:*", "emu:arduino-uno", true},
+		{"rpi-?b", "rpi-4b", true},
+		{"rpi-?b", "rpi-zero-2w", false},
+		{"*-uno", "arduino-uno", true},
+		{"a*b*c", "axxbyyc", true},
+		{"a*b*c", "axxbyy", false},
+		{"exact", "exact", true},
+		{"exact", "exactly", false},
+	} {
+		if got := glob(c.pat, c.s); got != c.want {
+			t.Errorf("glob(%q, %q) = %v", c.pat, c.s, got)
+		}
 	}
 }
