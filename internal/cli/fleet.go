@@ -19,7 +19,7 @@ func init() {
 				Name:      "deploy",
 				Usage:     "roll the declared images out: canary first, then growing waves; halt at the failure threshold",
 				ArgsUsage: "FLEET.toml",
-				Flags:     []cli.Flag{jsonFlag},
+				Flags:     []cli.Flag{jsonFlag, policyFlag, logFlag}, // trust policy, audit log (sign.go, log.go)
 				Action:    runFleetDeploy,
 			},
 			{
@@ -46,7 +46,14 @@ func runFleetDeploy(c *cli.Context) error {
 	if !c.Bool("json") {
 		log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
 	}
+	// Trust policy (sign.go): every device's image, before any device I/O.
+	if err := checkFleetTrust(c, c.Args().First(), f); err != nil {
+		return err
+	}
 	rep, err := f.Deploy(c.Context, fleet.HelperDir(), log)
+	if lerr := logFleet(c, c.Args().First(), f, rep); err == nil && lerr != nil {
+		return lerr
+	}
 	if rep != nil {
 		if c.Bool("json") {
 			out := map[string]any{"report": rep}

@@ -13,6 +13,7 @@ import (
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/internal/auditlog"
+	"kiln.dev/kiln/internal/fleet"
 	"kiln.dev/kiln/internal/trust"
 )
 
@@ -142,12 +143,20 @@ func auditFlash(c *cli.Context, write bool, b *boards.Board, img *flash.Image, r
 	e := auditlog.Entry{
 		Kind: kind, Board: b.Name, Port: c.String("port"), Device: res.Device,
 		Artifact: img.Source, ArtifactSHA256: img.SHA256(), ReadbackSHA256: res.DeviceSHA256,
-		Result: resultOf(err),
 	}
 	if m, merr := readBuildManifest(filepath.Dir(img.Source)); merr == nil {
 		e.Derivation = m.Derivation
 	}
-	if err != nil {
+	return appendResult(c, e, err)
+}
+
+// appendResult logs e with the outcome err and returns err (or, when the
+// operation succeeded, the log's error).
+func appendResult(c *cli.Context, e auditlog.Entry, err error) error {
+	if e.Result == "" {
+		e.Result = resultOf(err)
+	}
+	if err != nil && e.Detail == "" {
 		e.Detail = oneLine(err.Error())
 	}
 	if lerr := appendAudit(c, e); lerr != nil {
@@ -277,4 +286,27 @@ func short12(h string) string {
 		return h[:12]
 	}
 	return dash(h)
+}
+
+// logFleet appends one update record per device a rollout touched.
+func logFleet(c *cli.Context, fleetFile string, f *fleet.File, rep *fleet.Report) error {
+	if rep == nil {
+		return nil
+	}
+	images := map[string]string{}
+	for _, g := range f.Groups {
+		images[g.Name] = fleetImage(fleetFile, g.Image)
+	}
+	for i, r := range rep.Devices {
+		if r.Outcome == fleet.Skipped || i >= len(f.Devices) {
+			continue
+		}
+		d := f.Devices[i]
+		e := auditlog.Entry{Kind: auditlog.KindUpdate, Port: d.URL, Device: d.Name, Artifact: images[d.Group],
+			Result: r.Outcome, Detail: oneLine(r.Error)}
+		if err := appendAudit(c, e); err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
+	}
+	return nil
 }

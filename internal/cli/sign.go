@@ -17,6 +17,7 @@ import (
 	"kiln.dev/kiln/firmware"
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/internal/attest"
+	"kiln.dev/kiln/internal/fleet"
 	"kiln.dev/kiln/internal/trust"
 	"kiln.dev/kiln/recipes"
 )
@@ -323,13 +324,45 @@ func checkTrust(c *cli.Context, b *boards.Board, img *flash.Image) (*trust.Decis
 	t := trust.Target{Board: b.Name, Group: c.String("group"), Port: c.String("port")}
 	d, err := pol.Check(t, file, bytes.NewReader(data), sig)
 	if err != nil {
-		hint := "nothing was written: sign the artifact with a key the policy trusts (kiln sign " + file + ")"
-		return nil, withHint(fmt.Errorf("%w: %w", ErrUntrusted, err), hint)
+		return nil, untrusted(err, file)
 	}
 	if d.Signed {
 		if err := sameImage(c, file, data, img); err != nil {
 			return nil, err
 		}
+	}
+	return d, nil
+}
+
+func untrusted(err error, file string) error {
+	hint := "nothing was written: sign the artifact with a key the policy trusts (kiln sign " + file + ")"
+	return withHint(fmt.Errorf("%w: %w", ErrUntrusted, err), hint)
+}
+
+// checkTrustFile applies the trust policy to an image file about to be
+// written to t (kiln update, kiln flash --port ssh://, kiln fleet deploy),
+// before any device I/O. The signature is --sig (when one file is
+// written) or FILE.minisig. The file is streamed, not loaded.
+func checkTrustFile(c *cli.Context, t trust.Target, file, sigPath string) (*trust.Decision, error) {
+	pol, err := loadPolicy(c)
+	if err != nil || pol == nil {
+		return nil, err
+	}
+	if sigPath == "" {
+		sigPath = trust.SigPath(file)
+	}
+	sig, err := trust.ReadSig(sigPath)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	d, err := pol.Check(t, file, f, sig)
+	if err != nil {
+		return nil, untrusted(err, file)
 	}
 	return d, nil
 }
@@ -396,6 +429,31 @@ func writeEvidence(c *cli.Context, recipeDir string, res *firmware.Result) error
 	}
 	if err := attest.Write(res.Out, res.Manifest, recipe, key); err != nil {
 		return err
+	}
+	return nil
+}
+
+// fleetImage is a group's image path as the fleet file resolves it
+// (relative to the fleet file).
+func fleetImage(fleetFile, image string) string {
+	if image == "" || filepath.IsAbs(image) {
+		return image
+	}
+	return filepath.Join(filepath.Dir(fleetFile), image)
+}
+
+// checkFleetTrust checks every device's image against the trust policy
+// (board unknown: rules select fleet devices by group and port). One
+// untrusted device stops the whole rollout before it starts.
+func checkFleetTrust(c *cli.Context, fleetFile string, f *fleet.File) error {
+	images := map[string]string{}
+	for _, g := range f.Groups {
+		images[g.Name] = fleetImage(fleetFile, g.Image)
+	}
+	for _, d := range f.Devices {
+		if _, err := checkTrustFile(c, trust.Target{Group: d.Group, Port: d.URL}, images[d.Group], ""); err != nil {
+			return fmt.Errorf("fleet deploy: device %s: %w", d.Name, err)
+		}
 	}
 	return nil
 }

@@ -519,3 +519,53 @@ func TestAuditBlinkUno(t *testing.T) {
 		t.Fatalf("audit records: %v", results)
 	}
 }
+
+// TestSSHWritesCheckPolicyFirst: kiln update, kiln flash --port ssh:// and
+// kiln fleet deploy refuse an unsigned image with exit 4 before they
+// connect: the devices' address has nothing listening, so any attempt to
+// reach it would fail differently (exit 1). A signed image gets past the
+// policy and fails only at the connection.
+func TestSSHWritesCheckPolicyFirst(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "audit.jsonl")
+	trusted, _, _ := policyFixture(t, dir)
+	policy := filepath.Join(dir, "pi-policy.toml")
+	os.WriteFile(policy, []byte("[[key]]\nname = \"release\"\npublic_key = \""+trusted.Public().String()+"\"\n\n"+
+		"[[rule]]\ngroups = [\"robots\"]\nports = [\"ssh://*\"]\nrequire_signature = true\n"), 0o644)
+	img := filepath.Join(dir, "robot.img")
+	os.WriteFile(img, randomBytes(21, 64<<10), 0o644)
+	port := "ssh://root@127.0.0.1:1/dev/mmcblk0"
+	fleetFile := filepath.Join(dir, "fleet.toml")
+	os.WriteFile(fleetFile, []byte("[[group]]\nname = \"robots\"\nimage = \"robot.img\"\n\n[[device]]\nname = \"arm-1\"\nurl = \""+port+"\"\ngroup = \"robots\"\n"), 0o644)
+
+	cmds := map[string][]string{
+		"update":       {"update", "--port", port, "--group", "robots", "--policy", policy, "--log", log, img},
+		"flash ssh":    {"flash", "--port", "ssh://root@127.0.0.1:1/dev/sdb", "--group", "robots", "--policy", policy, "--log", log, img},
+		"fleet deploy": {"fleet", "deploy", "--policy", policy, "--log", log, fleetFile},
+	}
+	for name, args := range cmds {
+		code, _, errOut := kiln(t, args...)
+		if code != ExitUntrusted || !strings.Contains(errOut, "has no signature") {
+			t.Errorf("%s, unsigned: exit %d: %s", name, code, errOut)
+		}
+	}
+	signFile(t, trusted, img, img+".minisig")
+	for name, args := range cmds {
+		code, _, errOut := kiln(t, args...)
+		if code == ExitUntrusted || code == 0 {
+			t.Errorf("%s, signed: exit %d (want a connection failure): %s", name, code, errOut)
+		}
+	}
+	f, _ := os.Open(log)
+	es, _ := auditlog.Read(f)
+	f.Close()
+	untrustedN := 0
+	for _, e := range es {
+		if e.Result == "untrusted" {
+			untrustedN++
+		}
+	}
+	if untrustedN != 2 { // fleet deploy refuses before it has per-device records
+		t.Errorf("%d untrusted records, want 2 (update, flash)", untrustedN)
+	}
+}

@@ -11,7 +11,9 @@ import (
 
 	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/fleet"
+	"kiln.dev/kiln/internal/trust"
 )
 
 var (
@@ -35,6 +37,7 @@ func init() {
 			&cli.DurationFlag{Name: "boot-timeout", Value: 120 * time.Second, Usage: "how long a reboot may take"},
 			&cli.BoolFlag{Name: "no-delta", Usage: "send whole partitions even when the device holds a similar image"},
 			sshKeyFlag, knownHostsFlag, jsonFlag,
+			boardFlag, groupFlag, policyFlag, sigFlag, logFlag, // trust policy and audit log (sign.go, log.go)
 		},
 		Action: runUpdate,
 	})
@@ -54,6 +57,11 @@ func runUpdate(c *cli.Context) error {
 		return usagef("%v", err)
 	}
 	disk := a.Path
+	// Trust policy (sign.go) before any device I/O; every outcome logged (log.go).
+	rec := auditlog.Entry{Kind: auditlog.KindUpdate, Board: c.String("board"), Port: c.String("port"), Artifact: args[0]}
+	if _, err := checkTrustFile(c, trust.Target{Board: c.String("board"), Group: c.String("group"), Port: c.String("port")}, args[0], c.String("sig")); err != nil {
+		return appendResult(c, rec, err)
+	}
 	img, cleanup, err := plainImage(args[0])
 	if err != nil {
 		return err
@@ -67,6 +75,12 @@ func runUpdate(c *cli.Context) error {
 		opts.Log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
 	}
 	res, err := ssh.Update(c.Context, ssh.DialerFor(a, sshOptions(c)), a.Host, img, opts)
+	if res != nil {
+		rec.Device, rec.Derivation, rec.ReadbackSHA256 = res.Device, res.Derivation, res.RootSHA256
+	}
+	if lerr := appendResult(c, rec, err); err == nil && lerr != nil {
+		return lerr
+	}
 	if c.Bool("json") {
 		out := map[string]any{"result": res}
 		if err != nil {
@@ -163,9 +177,14 @@ func runSSHFlash(c *cli.Context, write bool) error {
 			return fmt.Errorf("%s: %w", bmPath, err)
 		}
 	}
+	// Trust policy (sign.go) before any device I/O; every outcome logged (log.go).
+	rec := auditlog.Entry{Kind: auditlog.KindFlash, Board: c.String("board"), Port: c.String("port"), Artifact: args[0]}
+	if _, err := checkTrustFile(c, trust.Target{Board: c.String("board"), Group: c.String("group"), Port: c.String("port")}, args[0], c.String("sig")); err != nil {
+		return appendResult(c, rec, err)
+	}
 	cl, err := ssh.Dial(c.Context, a, sshOptions(c))
 	if err != nil {
-		return sshHints(err)
+		return appendResult(c, rec, sshHints(err))
 	}
 	defer cl.Close()
 	bar := newProgress(e.stderr, c.Bool("json"))
@@ -175,6 +194,12 @@ func runSSHFlash(c *cli.Context, write bool) error {
 	}
 	res, err := ssh.WriteDevice(c.Context, cl, a.Path, args[0], bm, prog)
 	bar.Done()
+	if res != nil {
+		rec.Device, rec.ArtifactSHA256, rec.ReadbackSHA256 = res.Device, res.ImageSHA256, res.DeviceSHA256
+	}
+	if lerr := appendResult(c, rec, err); err == nil && lerr != nil {
+		return lerr
+	}
 	if c.Bool("json") {
 		out := map[string]any{"result": res}
 		if err != nil {
