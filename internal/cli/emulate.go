@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +49,9 @@ func runEmulate(c *cli.Context) error {
 	b, err := boards.Get(args[0])
 	if err != nil {
 		return withHint(err, "kiln boards lists the boards kiln knows")
+	}
+	if p := c.String("protocol"); p != "" && !b.Supports(p) {
+		return usagef("emulate: %s does not speak %s (it speaks %s)", b.Name, p, strings.Join(b.Protocols, ", "))
 	}
 	emu, protocol, err := device.NewEmulator(b, c.String("protocol"), device.EmulatorOptions{Pace: c.Bool("pace")})
 	if err != nil {
