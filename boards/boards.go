@@ -73,6 +73,18 @@ type Board struct {
 	Baud      int      `toml:"baud,omitempty" json:"baud,omitempty"`
 	Reset     string   `toml:"reset,omitempty" json:"reset,omitempty"` // dtr | rts | 1200bps | gpio:NAME | none
 	USB       []string `toml:"usb,omitempty" json:"usb,omitempty"`     // VID:PID for port auto-detection
+
+	// Provision is where kiln station writes each device's provisioning
+	// record; nil when the board declares none.
+	Provision *Provision `toml:"provision,omitempty" json:"provision,omitempty"`
+}
+
+// Provision is the region that holds a device's provisioning record: whole
+// pages of the application flash (firmware must leave them free) or EEPROM.
+type Provision struct {
+	Region string `toml:"region" json:"region"` // flash | eeprom
+	Base   uint32 `toml:"base" json:"base"`
+	Size   uint32 `toml:"size" json:"size"`
 }
 
 var (
@@ -193,6 +205,20 @@ func (b *Board) Validate() error {
 	case "aarch64", "armv7":
 		if b.DTB == "" {
 			return bad("a Raspberry Pi board needs dtb")
+		}
+	}
+	if p := b.Provision; p != nil {
+		switch {
+		case p.Size < 64:
+			return bad("provision region of %d bytes is too small for a record (64 at least)", p.Size)
+		case p.Region == "flash" && !b.Flash.Contains(p.Base, int(p.Size)):
+			return bad("provision 0x%x+%d is outside the application flash", p.Base, p.Size)
+		case p.Region == "flash" && b.Flash.Layout == "" && (p.Base%b.Flash.Page != 0 || p.Size%b.Flash.Page != 0):
+			return bad("provision 0x%x+%d is not whole flash pages of %d bytes", p.Base, p.Size, b.Flash.Page)
+		case p.Region == "eeprom" && (b.EEPROM == nil || !b.EEPROM.Contains(p.Base, int(p.Size))):
+			return bad("provision 0x%x+%d is outside the EEPROM", p.Base, p.Size)
+		case p.Region != "flash" && p.Region != "eeprom":
+			return bad("provision region %q (want flash or eeprom)", p.Region)
 		}
 	}
 	switch {

@@ -58,6 +58,9 @@ type Entry struct {
 	Derivation     string `json:"derivation,omitempty"`
 	Result         string `json:"result,omitempty"` // ok, mismatch, untrusted, error, identical, different
 	Detail         string `json:"detail,omitempty"`
+	// Provision is what kiln station wrote to a device besides its
+	// firmware: serial number, public key, record hash (never a secret).
+	Provision map[string]string `json:"provision,omitempty"`
 
 	// Checkpoints: the key that signed, and the Ed25519 signature over the
 	// line's canonical encoding with Sig empty.
