@@ -13,7 +13,7 @@ DEB_PACKAGES := \
 	avrdude stm32flash dfu-util simavr libsimavr-dev libelf-dev gcc libc6-dev pkg-config \
 	libusb-1.0-0-dev openssh-server openssh-client iproute2 util-linux fdisk \
 	dosfstools mtools e2fsprogs squashfs-tools genimage bmap-tools minisign xz-utils cpio \
-	qemu-system-arm busybox-static ca-certificates
+	qemu-system-arm busybox-static ca-certificates chromium
 
 KILN := bin/kiln
 STAMP := .deps-installed
