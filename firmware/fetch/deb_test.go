@@ -425,3 +425,30 @@ func BenchmarkUnpackDebVsDpkgDeb(b *testing.B) {
 	fmt.Printf("BenchmarkUnpackDebVsDpkgDeb: kiln/dpkg-deb = %.2fx (kiln %v, dpkg-deb %v per unpack of gcc-avr)\n", ratio, kiln/time.Duration(b.N), dpkg/time.Duration(b.N))
 	b.ReportMetric(ratio, "kiln/dpkg-deb")
 }
+
+// FuzzUnpackTar: whatever the archive, nothing is written outside the tree.
+func FuzzUnpackTar(f *testing.F) {
+	reg := byte(tar.TypeReg)
+	f.Add(makeTar(f, tarEntry{name: "./a/b", typ: reg, body: "x"}, tarEntry{name: "./a/c", link: "b", typ: tar.TypeSymlink}))
+	f.Add(makeTar(f, tarEntry{name: "./l", link: "..", typ: tar.TypeSymlink}, tarEntry{name: "./l/x", typ: reg, body: "x"}))
+	f.Add(makeTar(f, tarEntry{name: "./h", link: "../outside", typ: tar.TypeLink}))
+	f.Add(makeTar(f, tarEntry{name: "./d/", typ: tar.TypeDir}, tarEntry{name: "./d/../../x", typ: reg, body: "x"}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		base := t.TempDir()
+		outside := filepath.Join(base, "outside")
+		os.WriteFile(outside, []byte("keep"), 0o644)
+		dir := filepath.Join(base, "tree")
+		os.Mkdir(dir, 0o755)
+		UnpackTar(bytes.NewReader(data), dir) // errors are fine; escapes are not
+		ents, _ := os.ReadDir(base)
+		if len(ents) != 2 {
+			t.Fatalf("something was written outside the tree: %v", ents)
+		}
+		if b, _ := os.ReadFile(outside); string(b) != "keep" {
+			t.Fatalf("outside file changed: %q", b)
+		}
+		if fi, err := os.Lstat(outside); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o644 {
+			t.Fatalf("outside file replaced or re-moded: %v %v", fi, err)
+		}
+	})
+}
