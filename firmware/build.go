@@ -352,13 +352,19 @@ func (b *builder) run(ctx context.Context) (map[string][]byte, *Manifest, error)
 		if err := os.Mkdir(pl.Root, 0o755); err != nil {
 			return nil, nil, fmt.Errorf("firmware: %w", err)
 		}
-		if err := runSandboxed(ctx, pl); err != nil {
+		t := time.Now()
+		rep, err := runSandboxed(ctx, pl)
+		if err != nil {
 			return nil, nil, b.wrapErr(err)
 		}
+		b.logStages(pl, rep, time.Since(t))
 	} else {
-		if rep := runPlan(ctx, pl); !rep.OK {
+		t := time.Now()
+		rep := runPlan(ctx, pl)
+		if !rep.OK {
 			return nil, nil, b.wrapErr(rep.err())
 		}
+		b.logStages(pl, &rep, time.Since(t))
 	}
 	elfData, err := os.ReadFile(filepath.Join(hostBuild, outDir, ELFName))
 	if err != nil {
@@ -377,6 +383,24 @@ func (b *builder) run(ctx context.Context) (map[string][]byte, *Manifest, error)
 		return nil, nil, err
 	}
 	return files, m, nil
+}
+
+// logStages says how long each stage of the plan took.
+func (b *builder) logStages(pl *plan, rep *report, total time.Duration) {
+	if b.opts.Log == nil {
+		return
+	}
+	var parts []string
+	var sum time.Duration
+	for i, d := range rep.Stages {
+		what := pl.Stages[i][0].What
+		if n := len(pl.Stages[i]); n > 1 {
+			what = fmt.Sprintf("%d compiles", n)
+		}
+		parts = append(parts, fmt.Sprintf("%s %s", what, d.Round(time.Millisecond)))
+		sum += d
+	}
+	b.opts.Log("ran %s; sandbox set-up and tear-down %s", strings.Join(parts, ", "), (total - sum).Round(time.Millisecond))
 }
 
 // ldOverflow is how GNU ld reports a program too big for a memory region

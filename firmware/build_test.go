@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -529,5 +530,46 @@ func TestNoSandbox(t *testing.T) {
 		if !bytes.Equal(a[name], b[name]) {
 			t.Errorf("%s differs between the sandboxed and the host build", name)
 		}
+	}
+}
+
+// TestBuildJSON: `kiln build --json` prints one object with the
+// derivation, the outputs and their hashes, the store path, hit and times;
+// flags may follow the recipe directory.
+func TestBuildJSON(t *testing.T) {
+	built := sharedBuild(t, "blink-nucleo-f401re")
+	out := filepath.Join(t.TempDir(), "out")
+	code, stdout, stderr := runKiln("build", recipeDir("blink-nucleo-f401re"), "--store", shared.store.Root, "--out", out, "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var got struct {
+		Derivation string `json:"derivation"`
+		StorePath  string `json:"store_path"`
+		Hit        bool   `json:"hit"`
+		Outputs    map[string]struct {
+			SHA256 string `json:"sha256"`
+			Size   int64  `json:"size"`
+		} `json:"outputs"`
+		Durations map[string]float64 `json:"durations_ms"`
+	}
+	dec := json.NewDecoder(strings.NewReader(stdout))
+	if err := dec.Decode(&got); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, stdout)
+	}
+	if dec.More() {
+		t.Fatalf("more than one JSON value:\n%s", stdout)
+	}
+	if !got.Hit || got.Derivation != built.Derivation || got.StorePath != built.StorePath {
+		t.Fatalf("hit %v, derivation %s, store path %s; want a hit on %s", got.Hit, got.Derivation, got.StorePath, built.StorePath)
+	}
+	for _, name := range []string{firmware.ELFName, firmware.HEXName, firmware.BINName, firmware.ManifestName} {
+		sum, err := recipes.HashFile(filepath.Join(out, name))
+		if err != nil || got.Outputs[name].SHA256 != sum {
+			t.Errorf("%s: json sha256 %s, file %s (%v)", name, got.Outputs[name].SHA256, sum, err)
+		}
+	}
+	if _, ok := got.Durations["total"]; !ok {
+		t.Errorf("no durations: %v", got.Durations)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -66,10 +67,12 @@ type plan struct {
 
 // report is what the sandbox answers on stdout.
 type report struct {
-	OK     bool     `json:"ok"`
-	Failed *command `json:"failed,omitempty"`
-	Output string   `json:"output,omitempty"`
-	Error  string   `json:"error,omitempty"`
+	OK bool `json:"ok"`
+	// Stages are the wall-clock durations of the stages that ran.
+	Stages []time.Duration `json:"stages,omitempty"`
+	Failed *command        `json:"failed,omitempty"`
+	Output string          `json:"output,omitempty"`
+	Error  string          `json:"error,omitempty"`
 }
 
 // CommandError is a failed build command with its output.
@@ -107,10 +110,10 @@ func firstErrorLine(out string) string {
 // runSandboxed runs p in a new user, mount, network, PID, IPC and UTS
 // namespace: a tmpfs root holding only p's mounts, no network but a loopback
 // that is down, and p's environment alone.
-func runSandboxed(ctx context.Context, p *plan) error {
+func runSandboxed(ctx context.Context, p *plan) (*report, error) {
 	in, err := json.Marshal(p)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, "/proc/self/exe")
 	cmd.Args = []string{sandboxArg0}
@@ -128,19 +131,19 @@ func runSandboxed(ctx context.Context, p *plan) error {
 	}
 	if err := cmd.Start(); err != nil {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("firmware: %w: %v", ErrNoSandbox, err)
+			return nil, fmt.Errorf("firmware: %w: %v", ErrNoSandbox, err)
 		}
-		return fmt.Errorf("firmware: start sandbox: %w", err)
+		return nil, fmt.Errorf("firmware: start sandbox: %w", err)
 	}
 	werr := cmd.Wait()
 	if ctx.Err() != nil {
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 	var r report
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		return fmt.Errorf("firmware: sandbox: %v: %s", werr, strings.TrimSpace(errOut.String()))
+		return nil, fmt.Errorf("firmware: sandbox: %v: %s", werr, strings.TrimSpace(errOut.String()))
 	}
-	return r.err()
+	return &r, r.err()
 }
 
 func (r *report) err() error {
@@ -270,12 +273,17 @@ func runPlan(ctx context.Context, p *plan) report {
 	if jobs < 1 {
 		jobs = 1
 	}
+	var took []time.Duration
 	for _, stage := range p.Stages {
-		if r := runStage(ctx, p, stage, jobs); !r.OK {
+		t := time.Now()
+		r := runStage(ctx, p, stage, jobs)
+		took = append(took, time.Since(t))
+		if !r.OK {
+			r.Stages = took
 			return r
 		}
 	}
-	return report{OK: true}
+	return report{OK: true, Stages: took}
 }
 
 func runStage(ctx context.Context, p *plan, stage []command, jobs int) report {

@@ -12,6 +12,7 @@ import (
 
 	"kiln.dev/kiln/firmware"
 	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/recipes"
 )
 
 func init() {
@@ -24,6 +25,7 @@ func init() {
 			&cli.BoolFlag{Name: "check", Usage: "build again in a fresh sandbox and fail unless every output is bit-identical"},
 			&cli.BoolFlag{Name: "no-sandbox", Usage: "build on the host where namespaces are not allowed (recorded in the manifest)"},
 			&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
+			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "parallel compiles (default: one per CPU)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what each step did (on stderr)"},
 			jsonFlag,
 		},
@@ -50,7 +52,7 @@ func runBuild(c *cli.Context) error {
 		out = filepath.Join("out", filepath.Base(filepath.Clean(dir)))
 	}
 	opts := firmware.Options{
-		Dir: dir, Store: s, Out: out, Check: c.Bool("check"), NoSandbox: c.Bool("no-sandbox"),
+		Dir: dir, Store: s, Out: out, Check: c.Bool("check"), NoSandbox: c.Bool("no-sandbox"), Jobs: c.Int("jobs"),
 	}
 	if c.Bool("verbose") {
 		opts.Log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
@@ -152,6 +154,11 @@ func buildJSON(res *firmware.Result) map[string]any {
 	outs := map[string]any{}
 	for name, o := range res.Manifest.Outputs {
 		outs[name] = map[string]any{"sha256": o.SHA256, "size": o.Size}
+	}
+	mp := filepath.Join(res.StorePath, firmware.ManifestName)
+	if sum, err := recipes.HashFile(mp); err == nil {
+		st, _ := os.Stat(mp)
+		outs[firmware.ManifestName] = map[string]any{"sha256": sum, "size": st.Size()}
 	}
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	return map[string]any{
