@@ -1,0 +1,293 @@
+// Package recipebuild builds the disk image a recipe of kind "image"
+// describes: it fetches the pinned inputs into the store, assembles the
+// initramfs and each partition's files, generates the Raspberry Pi boot files
+// (config.txt, cmdline.txt, autoboot.txt) with the real PARTUUIDs and kiln.json
+// (the slot table the SSH updater reads), and writes image.img, image.img.xz,
+// image.bmap and manifest.json.
+package recipebuild
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"kiln.dev/kiln/firmware/fetch"
+	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/recipes"
+)
+
+// ManifestFile is the build description written beside the image.
+const ManifestFile = "manifest.json"
+
+// MetadataFile is the file kiln puts on the autoboot (first) partition.
+const MetadataFile = "kiln.json"
+
+// Options tune Build.
+type Options struct {
+	Store    *store.Store
+	Log      func(string)                          // progress lines; may be nil
+	Progress func(phase string, done, total int64) // may be nil
+	XZ       image.XZOptions
+}
+
+// Result is what Build made.
+type Result struct {
+	Derivation string             `json:"derivation"`
+	Name       string             `json:"name"`
+	Version    string             `json:"version"`
+	Board      string             `json:"board"`
+	Kind       string             `json:"kind"`
+	Outputs    map[string]Out     `json:"outputs"`
+	Image      *image.Report      `json:"image"`
+	Metadata   *Metadata          `json:"metadata"`
+	Inputs     []recipes.InputPin `json:"inputs"`
+}
+
+// Out is one output file.
+type Out struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// Metadata is kiln.json: what the updater needs to find the slots.
+type Metadata struct {
+	Derivation string          `json:"derivation"`
+	Name       string          `json:"name"`
+	Version    string          `json:"version"`
+	Board      string          `json:"board"`
+	Table      string          `json:"table"`
+	DiskID     string          `json:"disk_id"`
+	Slots      []Slot          `json:"slots"`
+	Partitions []MetaPartition `json:"partitions"`
+}
+
+// Slot is an A/B slot: its boot and root partition numbers.
+type Slot struct {
+	Name         string `json:"name"`
+	Boot         int    `json:"boot,omitempty"`
+	Root         int    `json:"root"`
+	RootPartUUID string `json:"root_partuuid"`
+}
+
+// MetaPartition is one partition in kiln.json.
+type MetaPartition struct {
+	Number   int    `json:"number"`
+	Name     string `json:"name"`
+	PartUUID string `json:"partuuid"`
+	Type     string `json:"type"`
+	Label    string `json:"label,omitempty"`
+	Slot     string `json:"slot,omitempty"`
+	Start    int64  `json:"start"`
+	Size     int64  `json:"size"`
+}
+
+// Build builds the image recipe in dir into outDir.
+func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, error) {
+	r, err := recipes.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if r.Kind != recipes.KindImage {
+		return nil, fmt.Errorf("image: %s is a %s recipe, not an image recipe", r.File, r.Kind)
+	}
+	spec := r.KindData.(*recipes.ImageSpec)
+	d, err := r.Derive()
+	if err != nil {
+		return nil, err
+	}
+	hash := d.Hash()
+	f := &fetch.Fetcher{Store: opts.Store, Log: opts.Log}
+	roots := map[string]string{}
+	for _, in := range r.Inputs {
+		p, err := f.Input(ctx, in)
+		if err != nil {
+			return nil, err
+		}
+		roots[in.Name] = filepath.Join(p, filepath.FromSlash(in.Subdir))
+	}
+	covered := map[string]bool{}
+	for _, sf := range d.SourceFiles() {
+		covered[sf.Path] = true
+	}
+	b := &builder{r: r, roots: roots, covered: covered}
+
+	var initramfs []byte
+	if spec.Initramfs != nil {
+		t := image.NewTree()
+		for _, c := range spec.Initramfs.Contents {
+			if err := b.add(t, c, nil); err != nil {
+				return nil, fmt.Errorf("image: initramfs: %w", err)
+			}
+		}
+		for _, dev := range spec.Initramfs.Devices {
+			p, maj, min, _ := recipes.ParseDevice(dev)
+			if err := t.AddCharDevice(p, maj, min, 0o600); err != nil {
+				return nil, err
+			}
+		}
+		var buf bytes.Buffer
+		if err := image.WriteInitramfs(&buf, t, spec.SourceDateEpoch); err != nil {
+			return nil, err
+		}
+		initramfs = buf.Bytes()
+	}
+
+	l := spec.Layout(hash)
+	if err := l.Resolve(); err != nil {
+		return nil, err
+	}
+	meta := &Metadata{Derivation: hash, Name: r.Name, Version: r.Version, Board: r.Board, Table: l.Table}
+	if l.Table == "mbr" {
+		meta.DiskID = fmt.Sprintf("%08x", l.DiskID())
+	} else {
+		meta.DiskID = l.DiskGUID()
+	}
+	slotIdx := map[string]*Slot{}
+	var slotNames []string
+	for i, p := range l.Partitions {
+		meta.Partitions = append(meta.Partitions, MetaPartition{Number: l.Number(i), Name: p.Name, PartUUID: l.PartUUID(i),
+			Type: p.FS, Label: p.Label, Slot: p.Slot, Start: p.Start, Size: p.Size})
+		if p.Slot == "" {
+			continue
+		}
+		s := slotIdx[p.Slot]
+		if s == nil {
+			s = &Slot{Name: p.Slot}
+			slotIdx[p.Slot] = s
+			slotNames = append(slotNames, p.Slot)
+		}
+		if p.FS == image.FAT32 {
+			s.Boot = l.Number(i)
+		} else {
+			s.Root, s.RootPartUUID = l.Number(i), l.PartUUID(i)
+		}
+	}
+	sort.Strings(slotNames)
+	for _, n := range slotNames {
+		meta.Slots = append(meta.Slots, *slotIdx[n])
+	}
+
+	for i, ps := range spec.Partitions {
+		p := l.Partitions[i]
+		t := image.NewTree()
+		for _, c := range ps.Contents {
+			if err := b.add(t, c, initramfs); err != nil {
+				return nil, fmt.Errorf("image: partition %s: %w", p.Name, err)
+			}
+		}
+		if ps.DerivationFile != "" {
+			if err := t.AddBytes(ps.DerivationFile, []byte(hash+"\n"), 0o644); err != nil {
+				return nil, err
+			}
+		}
+		if rpi := spec.RPi; rpi != nil && p.FS == image.FAT32 {
+			if s := slotIdx[p.Slot]; s != nil && p.Slot != "" {
+				cfg := strings.Join(rpi.Config, "\n") + "\n"
+				cmd := strings.TrimSpace(rpi.Cmdline+" root=PARTUUID="+s.RootPartUUID) + "\n"
+				if err := t.AddBytes("config.txt", []byte(cfg), 0o644); err != nil {
+					return nil, err
+				}
+				if err := t.AddBytes("cmdline.txt", []byte(cmd), 0o644); err != nil {
+					return nil, err
+				}
+			}
+			if rpi.Autoboot == p.Name {
+				if err := t.AddBytes("autoboot.txt", autoboot(meta.Slots), 0o644); err != nil {
+					return nil, err
+				}
+				js, _ := json.MarshalIndent(meta, "", "  ")
+				if err := t.AddBytes(MetadataFile, append(js, '\n'), 0o644); err != nil {
+					return nil, err
+				}
+			}
+		}
+		p.Contents = t
+	}
+
+	rep, err := image.Build(ctx, l, outDir, image.BuildOptions{XZ: opts.XZ, Progress: opts.Progress})
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Derivation: hash, Name: r.Name, Version: r.Version, Board: r.Board, Kind: r.Kind,
+		Outputs: map[string]Out{}, Image: rep, Metadata: meta, Inputs: d.Inputs}
+	for name, sum := range rep.Files {
+		fi, err := os.Stat(filepath.Join(outDir, name))
+		if err != nil {
+			return nil, fmt.Errorf("image: %w", err)
+		}
+		res.Outputs[name] = Out{SHA256: sum, Size: fi.Size()}
+	}
+	js, _ := json.MarshalIndent(res, "", "  ")
+	tmp := filepath.Join(outDir, "."+ManifestFile+".tmp")
+	if err := os.WriteFile(tmp, append(js, '\n'), 0o644); err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(outDir, ManifestFile)); err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	return res, nil
+}
+
+// autoboot is autoboot.txt for Raspberry Pi tryboot A/B: slot a normally,
+// slot b for a one-shot trial boot (the updater swaps them on commit).
+func autoboot(slots []Slot) []byte {
+	var a, bb int
+	for _, s := range slots {
+		switch s.Name {
+		case "a":
+			a = s.Boot
+		case "b":
+			bb = s.Boot
+		}
+	}
+	var w strings.Builder
+	fmt.Fprintf(&w, "[all]\ntryboot_a_b=1\nboot_partition=%d\n", a)
+	if bb != 0 {
+		fmt.Fprintf(&w, "[tryboot]\nboot_partition=%d\n", bb)
+	}
+	return []byte(w.String())
+}
+
+type builder struct {
+	r       *recipes.Recipe
+	roots   map[string]string
+	covered map[string]bool
+}
+
+// add copies one content entry into t.
+func (b *builder) add(t *image.Tree, c recipes.ImageContent, initramfs []byte) error {
+	to := strings.TrimPrefix(path.Clean("/"+c.To), "/")
+	if c.From == "initramfs" {
+		return t.AddBytes(to, initramfs, 0o644)
+	}
+	src, rel, _ := strings.Cut(c.From, ":")
+	var host string
+	if src == "src" {
+		host = filepath.Join(b.r.Dir, filepath.FromSlash(rel))
+		// Every recipe file that goes into the image must be hashed into
+		// the derivation.
+		err := filepath.Walk(host, func(p string, fi os.FileInfo, err error) error {
+			if err != nil || fi.IsDir() {
+				return nil
+			}
+			r, _ := filepath.Rel(b.r.Dir, p)
+			if !b.covered[filepath.ToSlash(r)] {
+				return fmt.Errorf("%s is not covered by the recipe's files globs, so it is not in the derivation", filepath.ToSlash(r))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	} else {
+		host = filepath.Join(b.roots[src], filepath.FromSlash(rel))
+	}
+	return t.AddFile(to, host)
+}
