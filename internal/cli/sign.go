@@ -371,8 +371,8 @@ func checkTrustFile(c *cli.Context, t trust.Target, file, sigPath string) (*trus
 // and requires the same image: a file swapped between the check and the
 // load is refused.
 func sameImage(c *cli.Context, file string, data []byte, img *flash.Image) error {
-	tmp := filepath.Join(os.TempDir(), fmt.Sprintf("kiln-verified-%d", os.Getpid()))
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
+	tmp, err := os.MkdirTemp("", "kiln-verified-")
+	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
