@@ -13,4 +13,7 @@
 // next reset), and, for benchmarks, the UART's pace at the baud rate.
 // Faults (drop, corrupt, delay, NOSYNC, stop answering; at fixed positions
 // or at random from a seed) come from emuwire.Faults.
+//
+// The tests hold the model to the real thing: the same requests sent to
+// Optiboot v8.3 running in simavr get the same answers, byte for byte.
 package stk500test

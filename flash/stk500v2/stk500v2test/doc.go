@@ -13,4 +13,8 @@
 // CMD_SPI_MULTI, and the timeouts: no first byte within a second starts the
 // application; later, a second of silence starts it only if flash word 0 is
 // programmed. Faults come from emuwire.Faults, as in stk500test.
+//
+// The tests hold the model to the real thing: the same frames sent to
+// Debian's build of the bootloader running in simavr get the same answers,
+// byte for byte.
 package stk500v2test
