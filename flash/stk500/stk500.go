@@ -167,12 +167,12 @@ func (c *Client) sync(ctx context.Context) error {
 			last = err
 			continue
 		}
-		min, err := c.cmd(ctx, []byte{CmdGetParameter, ParamSWMinor, CRCEOP}, 1, 0)
+		minor, err := c.cmd(ctx, []byte{CmdGetParameter, ParamSWMinor, CRCEOP}, 1, 0)
 		if err != nil {
 			last = err
 			continue
 		}
-		c.major, c.minor = maj[0], min[0]
+		c.major, c.minor = maj[0], minor[0]
 		if _, err := c.cmd(ctx, []byte{CmdEnterProgmode, CRCEOP}, 0, 0); err != nil {
 			last = err
 			continue
