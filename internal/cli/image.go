@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/recipebuild"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "image",
+		Usage: "build and inspect SD-card images",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "build",
+				Usage:     "build an image recipe: image.img, image.img.xz, image.bmap, manifest.json",
+				ArgsUsage: "RECIPE_DIR",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "out", Usage: "write the outputs to `DIR` (default out/<name>)"},
+					&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
+					&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what each step did (on stderr)"},
+					jsonFlag,
+				},
+				Action: runImageBuild,
+			},
+			{
+				Name:      "inspect",
+				Usage:     "print an image's partition table, partitions, filesystems and kiln metadata",
+				ArgsUsage: "IMAGE",
+				Flags:     []cli.Flag{jsonFlag},
+				Action:    runImageInspect,
+			},
+		},
+	})
+}
+
+func runImageBuild(c *cli.Context) error {
+	args, err := trailingFlags(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
+		return usagef("image build: want RECIPE_DIR (see kiln image build --help)")
+	}
+	return imageBuild(c, args[0], c.String("out"))
+}
+
+// imageBuild builds an image recipe; kiln build calls it for kind = "image".
+func imageBuild(c *cli.Context, dir, out string) error {
+	e := envOf(c)
+	s, err := store.Open(c.String("store"))
+	if err != nil {
+		return err
+	}
+	if out == "" {
+		out = filepath.Join("out", filepath.Base(filepath.Clean(dir)))
+	}
+	bar := newProgress(e.stderr, c.Bool("json"))
+	opts := recipebuild.Options{Store: s, Progress: bar.Func()}
+	if c.Bool("verbose") {
+		opts.Log = func(s string) { fmt.Fprintln(e.stderr, s) }
+	}
+	res, err := recipebuild.Build(c.Context, dir, out, opts)
+	bar.Done()
+	if err != nil {
+		return imageHints(err)
+	}
+	if c.Bool("json") {
+		return e.printJSON(res)
+	}
+	fmt.Fprintf(e.stdout, "built %s %s (%s table, %s)\n", res.Name, res.Version, res.Image.Table, humanBytes(res.Image.Size))
+	fmt.Fprintf(e.stdout, "derivation %s\n", res.Derivation)
+	for _, name := range []string{image.ImageFile, image.XZFile, image.BmapFile} {
+		if o, ok := res.Outputs[name]; ok {
+			fmt.Fprintf(e.stdout, "%-13s %s  %s\n", name, o.SHA256, humanBytes(o.Size))
+		}
+	}
+	fmt.Fprintf(e.stdout, "outputs in %s\n", out)
+	return nil
+}
+
+func imageHints(err error) error {
+	switch {
+	case errors.Is(err, image.ErrLayout):
+		return withHint(err, "check the partitions' start and size in [[image.partitions]]")
+	case errors.Is(err, image.ErrNoSpace):
+		return withHint(err, "make the partition larger, or put less into it")
+	case errors.Is(err, image.ErrBadName):
+		return withHint(err, "FAT names cannot hold \" * / : < > ? \\ | or end in a dot or space")
+	case errors.Is(err, image.ErrMissingFile):
+		return withHint(err, "a contents entry names a file that does not exist")
+	}
+	return err
+}
+
+func runImageInspect(c *cli.Context) error {
+	args, err := trailingFlags(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
+		return usagef("image inspect: want IMAGE (see kiln image inspect --help)")
+	}
+	e := envOf(c)
+	info, err := image.Inspect(args[0])
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return e.printJSON(info)
+	}
+	fmt.Fprintf(e.stdout, "%s: %s, %s table, disk id %s\n", info.Path, humanBytes(info.Size), info.Table, info.DiskID)
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tSTART\tSIZE\tTYPE\tPARTUUID\tFS\tLABEL\tFS ID")
+	for _, p := range info.Partitions {
+		boot := ""
+		if p.Bootable {
+			boot = "*"
+		}
+		fmt.Fprintf(tw, "%d%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Number, boot, p.Start, humanBytes(p.Size), p.Type,
+			p.PartUUID, p.FS, p.Label, p.FSID)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if info.Metadata != nil {
+		fmt.Fprintf(e.stdout, "kiln.json:\n%s\n", strings.TrimSpace(string(info.Metadata)))
+	}
+	return nil
+}
