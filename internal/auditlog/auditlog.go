@@ -32,6 +32,7 @@ const (
 	KindVerify     = "verify"
 	KindUpdate     = "update"
 	KindAudit      = "audit"
+	KindProvision  = "provision" // kiln station: firmware and a per-device record
 	KindCheckpoint = "checkpoint"
 )
 
@@ -370,7 +371,7 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 				}
 				headSeen = true
 			}
-		case KindFlash, KindVerify, KindUpdate, KindAudit:
+		case KindFlash, KindVerify, KindUpdate, KindAudit, KindProvision:
 			if e.Sig != "" || e.PublicKey != "" {
 				return nil, fmt.Errorf("auditlog: line %d: %w: a record with a signature", n, ErrTampered)
 			}
