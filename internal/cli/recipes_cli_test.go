@@ -192,6 +192,42 @@ func TestFetchStoreCLI(t *testing.T) {
 		t.Errorf("output is not an AVR ELF: %v", err)
 	}
 
+	// The closure is complete: every shared library any executable in the
+	// tree needs is in the tree, or is libc6's (the host impurity it names).
+	libc6 := map[string]bool{"libc.so.6": true, "libm.so.6": true, "libdl.so.2": true, "ld-linux-x86-64.so.2": true}
+	checked := 0
+	filepath.Walk(tcPath, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() {
+			return err
+		}
+		ef, err := elf.Open(p)
+		if err != nil {
+			return nil // not an ELF file
+		}
+		defer ef.Close()
+		if ef.Machine != elf.EM_X86_64 {
+			return nil
+		}
+		need, _ := ef.ImportedLibraries()
+		for _, lib := range need {
+			found := libc6[lib]
+			for _, l := range libs {
+				if _, err := os.Stat(filepath.Join(l, lib)); err == nil {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s needs %s, which is neither in the closure nor libc6's", strings.TrimPrefix(p, tcPath), lib)
+			}
+		}
+		checked++
+		return nil
+	})
+	t.Logf("%d x86-64 ELF files of the closure checked", checked)
+	if checked < 10 {
+		t.Errorf("only %d host executables in the avr-gcc tree", checked)
+	}
+
 	// A warm fetch is all store hits: no apt, no download, same paths.
 	res = runKiln(t, nil, "fetch", "--json", "--store", st, dir)
 	if res.code != 0 || strings.Contains(res.stderr, "fetch ") {
