@@ -142,6 +142,24 @@ func TestFetchFile(t *testing.T) {
 			}
 		})
 	}
+	t.Run("executable", func(t *testing.T) {
+		f, _ := newFetcher(t)
+		plain := recipes.Input{Name: "gen", SHA256: sha256hex(body), Sources: []string{"file:vendor/x.ld"}, Dir: dir}
+		exe := plain
+		exe.Executable = true
+		if plain.StoreKey() == exe.StoreKey() {
+			t.Error("executable does not change the store key")
+		}
+		for in, mode := range map[*recipes.Input]os.FileMode{&plain: 0o444, &exe: 0o555} {
+			p, err := f.Input(context.Background(), *in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi, err := os.Stat(filepath.Join(p, "gen")); err != nil || fi.Mode().Perm() != mode {
+				t.Errorf("executable=%v: mode %v, want %v (%v)", in.Executable, fi.Mode().Perm(), mode, err)
+			}
+		}
+	})
 }
 
 // TestFetchMismatch: no source has the pinned content. The error names the
