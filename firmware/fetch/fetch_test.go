@@ -155,8 +155,10 @@ func TestFetchFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fi, err := os.Stat(filepath.Join(p, "gen")); err != nil || fi.Mode().Perm() != mode {
-				t.Errorf("executable=%v: mode %v, want %v (%v)", in.Executable, fi.Mode().Perm(), mode, err)
+			if fi, err := os.Stat(filepath.Join(p, "gen")); err != nil {
+				t.Error(err)
+			} else if fi.Mode().Perm() != mode {
+				t.Errorf("executable=%v: mode %v, want %v", in.Executable, fi.Mode().Perm(), mode)
 			}
 		}
 	})
