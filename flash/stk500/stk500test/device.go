@@ -54,6 +54,8 @@ func ForBoard(b *boards.Board) (Config, error) {
 		Version:   [2]byte{8, 3},
 		Baud:      b.Baud,
 		Watchdog:  time.Second,
+		// A page erase and a page write take about 4.5 ms each (tWD_FLASH).
+		PageTime: 9 * time.Millisecond,
 	}
 	if b.EEPROM != nil {
 		cfg.EEPROM = int(b.EEPROM.Size)

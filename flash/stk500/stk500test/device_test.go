@@ -36,7 +36,7 @@ func exchange(t *testing.T, c net.Conn, req []byte, n int) ([]byte, error) {
 	if _, err := c.Write(req); err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	c.SetReadDeadline(time.Now().Add(time.Second))
 	buf := make([]byte, n)
 	_, err := io.ReadFull(c, buf)
 	return buf, err
@@ -143,7 +143,7 @@ func TestPacedLongReadTripsWatchdog(t *testing.T) {
 		dev := stk500test.New(cfg)
 		dev.LoadAppFlash(img.Segments[0].Data)
 		host := line(t, dev)
-		c := stk500.New(host, stk500.Config{Signature: cfg.Signature, PageSize: 256, Tries: 2, Retries: 1, ReadChunk: chunk,
+		c := stk500.New(host, stk500.Config{Signature: cfg.Signature, PageSize: 256, Tries: 2, Retries: 1, ReadChunk: chunk, Timeout: time.Second,
 			Reset: func(context.Context) error { dev.Reset(); return nil }, BootTime: time.Millisecond})
 		if err := c.Connect(context.Background()); err != nil {
 			t.Fatal(err)
