@@ -34,7 +34,7 @@ func ask(t *testing.T, c net.Conn, wire []byte) (v2.Frame, bool) {
 	}
 	var buf []byte
 	tmp := make([]byte, 512)
-	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	c.SetReadDeadline(time.Now().Add(time.Second))
 	for {
 		n, err := c.Read(tmp)
 		buf = append(buf, tmp[:n]...)
