@@ -6,6 +6,7 @@ import (
 	"debug/elf"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"sort"
 
 	"kiln.dev/kiln/flash"
@@ -227,4 +228,91 @@ func CompareImage(rebuiltELF []byte, artifact *flash.Image) (*Comparison, error)
 	}
 	c.Identical = len(c.Differing()) == 0 && len(c.Outside) == 0
 	return c, nil
+}
+
+// DiskPart is a named byte range of a disk image: a partition.
+type DiskPart struct {
+	Name        string
+	Start, Size int64
+}
+
+// CompareDisk compares a rebuilt disk image with a shipped one region by
+// region: the partition table area before the first partition, each
+// partition, and whatever lies outside them. Offsets are bytes.
+func CompareDisk(rebuilt, artifact io.ReaderAt, rebuiltSize, artifactSize int64, parts []DiskPart) (*Comparison, error) {
+	c := &Comparison{Format: "disk"}
+	ps := append([]DiskPart(nil), parts...)
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Start < ps[j].Start })
+	var regions []DiskPart
+	pos := int64(0)
+	for i, p := range ps {
+		if p.Start > pos {
+			name := "unpartitioned"
+			if i == 0 {
+				name = "partition table"
+			}
+			regions = append(regions, DiskPart{Name: name, Start: pos, Size: p.Start - pos})
+		}
+		regions = append(regions, p)
+		pos = max(pos, p.Start+p.Size)
+	}
+	if end := max(rebuiltSize, artifactSize); end > pos {
+		regions = append(regions, DiskPart{Name: "unpartitioned", Start: pos, Size: end - pos})
+	}
+	rh, ah := sha256.New(), sha256.New()
+	rbuf, abuf := make([]byte, 1<<20), make([]byte, 1<<20)
+	for _, r := range regions {
+		d := SectionDiff{Name: r.Name, Addr: uint64(r.Start), Size: uint64(r.Size), Status: Identical}
+		for off := r.Start; off < r.Start+r.Size; off += int64(len(rbuf)) {
+			n := min(int64(len(rbuf)), r.Start+r.Size-off)
+			rn, err := readAtMost(rebuilt, rbuf[:n], off, rebuiltSize)
+			if err != nil {
+				return nil, fmt.Errorf("attest: compare: rebuild: %w", err)
+			}
+			an, err := readAtMost(artifact, abuf[:n], off, artifactSize)
+			if err != nil {
+				return nil, fmt.Errorf("attest: compare: artifact: %w", err)
+			}
+			rh.Write(rbuf[:rn])
+			ah.Write(abuf[:an])
+			if rn == an && bytes.Equal(rbuf[:rn], abuf[:an]) {
+				continue
+			}
+			for i := int64(0); i < n; i++ {
+				rok, aok := i < int64(rn), i < int64(an)
+				if rok == aok && (!rok || rbuf[i] == abuf[i]) {
+					continue
+				}
+				if d.Bytes == 0 {
+					d.First = uint64(off + i)
+				}
+				d.Bytes++
+			}
+		}
+		if d.Bytes > 0 {
+			d.Status = Different
+		}
+		c.Sections = append(c.Sections, d)
+	}
+	c.RebuildSHA256, c.ArtifactSHA256 = hex.EncodeToString(rh.Sum(nil)), hex.EncodeToString(ah.Sum(nil))
+	c.Identical = len(c.Differing()) == 0 && rebuiltSize == artifactSize
+	if rebuiltSize != artifactSize {
+		c.Note = fmt.Sprintf("the rebuild is %d bytes, the artifact %d", rebuiltSize, artifactSize)
+	}
+	return c, nil
+}
+
+// readAtMost reads len(p) bytes at off, fewer past size.
+func readAtMost(r io.ReaderAt, p []byte, off, size int64) (int, error) {
+	if off >= size {
+		return 0, nil
+	}
+	if rest := size - off; int64(len(p)) > rest {
+		p = p[:rest]
+	}
+	n, err := r.ReadAt(p, off)
+	if err == io.EOF && n == len(p) {
+		err = nil
+	}
+	return n, err
 }

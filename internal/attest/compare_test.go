@@ -108,3 +108,39 @@ func TestCompareImage(t *testing.T) {
 		t.Fatalf("extra bytes: %+v", c.Outside)
 	}
 }
+
+func TestCompareDisk(t *testing.T) {
+	const mib = 1 << 20
+	disk := make([]byte, 4*mib)
+	for i := range disk {
+		disk[i] = byte(i * 31 / 7)
+	}
+	parts := []DiskPart{{Name: "root", Start: 2 * mib, Size: 3 * mib / 2}, {Name: "boot", Start: mib, Size: mib}}
+	c, err := CompareDisk(bytes.NewReader(disk), bytes.NewReader(disk), int64(len(disk)), int64(len(disk)), parts)
+	if err != nil || !c.Identical || len(c.Sections) != 4 {
+		t.Fatalf("identical: %+v %v", c, err)
+	}
+	for _, cse := range []struct {
+		off  int
+		want string
+	}{{0x1b8, "partition table"}, {mib + 5, "boot"}, {3 * mib, "root"}, {4*mib - 1, "unpartitioned"}} {
+		patched := append([]byte(nil), disk...)
+		patched[cse.off] ^= 0x40
+		c, err := CompareDisk(bytes.NewReader(disk), bytes.NewReader(patched), int64(len(disk)), int64(len(patched)), parts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := c.Differing()
+		if c.Identical || len(d) != 1 || d[0].Name != cse.want || d[0].Bytes != 1 || d[0].First != uint64(cse.off) {
+			t.Fatalf("byte %#x: %+v", cse.off, d)
+		}
+	}
+	short := disk[:3*mib]
+	c, err = CompareDisk(bytes.NewReader(disk), bytes.NewReader(short), int64(len(disk)), int64(len(short)), parts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Identical || c.Note == "" {
+		t.Fatalf("a cut image: %+v", c)
+	}
+}

@@ -17,8 +17,11 @@ import (
 	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/device"
+	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest"
 	"kiln.dev/kiln/internal/auditlog"
+	"kiln.dev/kiln/recipes"
 )
 
 func init() {
@@ -28,9 +31,10 @@ func init() {
 		ArgsUsage: "RECIPE_DIR (--against FILE | --port PORT)",
 		Description: "The recipe is rebuilt in a fresh sandbox (and must reproduce the store's outputs bit for bit);\n" +
 			"then an ELF is compared section by section, a .hex/.bin (or the device's flash) byte by byte, with each\n" +
-			"difference named by the rebuild's ELF section. Exit 0 identical, 3 different.",
+			"difference named by the rebuild's ELF section; a disk image (.img, .img.xz) partition by partition.\n" +
+			"Exit 0 identical, 3 different.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "against", Usage: "shipped artifact `FILE` (.elf, .hex, .bin, or a build output directory)"},
+			&cli.StringFlag{Name: "against", Usage: "shipped artifact `FILE` (.elf, .hex, .bin, .img, .img.xz, or a build output directory)"},
 			&cli.StringFlag{Name: "port", Aliases: []string{"p"}, Usage: "read the device at `PORT` instead (as kiln verify does)"},
 			&cli.StringFlag{Name: "board", Aliases: []string{"b"}, Usage: "board `NAME` of the device (default: the recipe's)"},
 			protocolFlag, baudFlag,
@@ -69,6 +73,9 @@ func runAudit(c *cli.Context) error {
 	s, err := store.Open(c.String("store"))
 	if err != nil {
 		return err
+	}
+	if r, err := recipes.Load(args[0]); err == nil && r.Kind == recipes.KindImage {
+		return auditImage(c, args[0], s, against, port)
 	}
 	opts := firmware.Options{Dir: args[0], Store: s, Check: true, NoSandbox: c.Bool("no-sandbox")}
 	if !c.Bool("json") {
@@ -266,4 +273,107 @@ func plural(n int, one, many string) string {
 		return "1 " + one
 	}
 	return fmt.Sprintf("%d %s", n, many)
+}
+
+// auditImage rebuilds an image recipe and compares the shipped .img (or
+// .img.xz) with it partition by partition.
+func auditImage(c *cli.Context, dir string, s *store.Store, against, port string) error {
+	e := envOf(c)
+	if port != "" {
+		return usagef("audit --port reads firmware from a board; for an image on a device, kiln fleet status reads what it runs")
+	}
+	tmp, err := os.MkdirTemp("", "kiln-audit-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	opts := recipebuild.Options{Store: s}
+	if !c.Bool("json") {
+		opts.Log = func(line string) { fmt.Fprintln(e.stderr, line) }
+	}
+	res, err := recipebuild.Build(c.Context, dir, tmp, opts)
+	if err != nil {
+		return withHint(fmt.Errorf("audit: rebuild: %w", err), "an audit needs a rebuild: see kiln build")
+	}
+	if st, err := os.Stat(against); err == nil && st.IsDir() {
+		against = filepath.Join(against, image.ImageFile)
+	}
+	entry := auditlog.Entry{Kind: auditlog.KindAudit, Artifact: against, Derivation: res.Derivation, Board: res.Board}
+	plain, cleanup, err := plainImage(against)
+	if err != nil {
+		return appendResult(c, entry, err)
+	}
+	defer cleanup()
+	cmp, err := compareDisks(filepath.Join(tmp, image.ImageFile), plain, res)
+	if err != nil {
+		return appendResult(c, entry, err)
+	}
+	rep := auditReport{Recipe: res.Name, Derivation: res.Derivation, Against: against, Identical: cmp.Identical, Comparison: cmp}
+	entry.ArtifactSHA256 = cmp.ArtifactSHA256
+	var names []string
+	for _, d := range cmp.Differing() {
+		names = append(names, d.Name)
+	}
+	entry.Result = "identical"
+	if !cmp.Identical {
+		entry.Result, entry.Detail = "different", strings.Join(names, ", ")
+	}
+	if err := appendAudit(c, entry); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		if err := e.printJSON(rep); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(e.stdout, "rebuilt %s (derivation %s)\n", rep.Recipe, rep.Derivation)
+		fmt.Fprintf(e.stdout, "against %s: disk sha256 %s, rebuild %s\n", against, cmp.ArtifactSHA256, cmp.RebuildSHA256)
+		if cmp.Identical {
+			fmt.Fprintf(e.stdout, "identical: every partition matches the rebuild\n")
+		} else {
+			fmt.Fprintf(e.stdout, "different:\n")
+			for _, d := range cmp.Differing() {
+				fmt.Fprintf(e.stdout, "  %-16s at %d, %d bytes: %s, first at %d\n", d.Name, d.Addr, d.Size, plural(d.Bytes, "byte differs", "bytes differ"), d.First)
+			}
+			if cmp.Note != "" {
+				fmt.Fprintf(e.stdout, "note: %s\n", cmp.Note)
+			}
+		}
+	}
+	if !cmp.Identical {
+		what := "differs from the rebuild"
+		if len(names) > 0 {
+			what += " in " + strings.Join(names, ", ")
+		}
+		return cli.Exit(fmt.Sprintf("audit: %s %s of %s", against, what, res.Name), ExitVerify)
+	}
+	return nil
+}
+
+func compareDisks(rebuiltPath, shippedPath string, res *recipebuild.Result) (*attest.Comparison, error) {
+	rf, err := os.Open(rebuiltPath)
+	if err != nil {
+		return nil, err
+	}
+	defer rf.Close()
+	af, err := os.Open(shippedPath)
+	if err != nil {
+		return nil, err
+	}
+	defer af.Close()
+	rst, err := rf.Stat()
+	if err != nil {
+		return nil, err
+	}
+	ast, err := af.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var parts []attest.DiskPart
+	if res.Image != nil {
+		for _, p := range res.Image.Partitions {
+			parts = append(parts, attest.DiskPart{Name: fmt.Sprintf("partition %d (%s)", p.Index, p.Name), Start: p.Start, Size: p.Size})
+		}
+	}
+	return attest.CompareDisk(rf, af, rst.Size(), ast.Size(), parts)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"debug/elf"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +14,10 @@ import (
 	"time"
 
 	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash/device"
+	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest/attesttest"
 	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/trust"
@@ -567,5 +571,65 @@ func TestSSHWritesCheckPolicyFirst(t *testing.T) {
 	}
 	if untrustedN != 2 { // fleet deploy refuses before it has per-device records
 		t.Errorf("%d untrusted records, want 2 (update, flash)", untrustedN)
+	}
+}
+
+// TestAuditImagePerPartition: kiln audit rebuilds an image recipe and
+// names the partition a changed byte is in.
+func TestAuditImagePerPartition(t *testing.T) {
+	dir := t.TempDir()
+	recipe := filepath.Join(dir, "tiny-image")
+	os.MkdirAll(filepath.Join(recipe, "files"), 0o755)
+	os.WriteFile(filepath.Join(recipe, "files", "hello.txt"), []byte("hello from kiln\n"), 0o644)
+	os.WriteFile(filepath.Join(recipe, "recipe.toml"), []byte(`name = "tiny-image"
+version = "1.0.0"
+kind = "image"
+board = "rpi-3b"
+files = ["files/*"]
+
+[image]
+table = "mbr"
+size = "4MiB"
+source_date_epoch = 1751414400
+
+[[image.partitions]]
+name = "root"
+fs = "squashfs"
+size = "1MiB"
+contents = [{ from = "src:files", to = "/" }]
+
+[[image.partitions]]
+name = "spare"
+fs = "raw"
+size = "1MiB"
+`), 0o644)
+	st := filepath.Join(dir, "store")
+	s, err := store.Open(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped := filepath.Join(dir, "shipped")
+	res, err := recipebuild.Build(context.Background(), recipe, shipped, recipebuild.Options{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "audit.jsonl")
+	img := filepath.Join(shipped, image.ImageFile)
+	for _, art := range []string{img, filepath.Join(shipped, image.XZFile)} {
+		if code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--against", art, "--log", log); code != 0 || !strings.Contains(stdout, "identical: every partition") {
+			t.Fatalf("audit %s: exit %d: %s %s", art, code, stdout, errOut)
+		}
+	}
+	data, _ := os.ReadFile(img)
+	for _, p := range res.Image.Partitions {
+		patched := append([]byte(nil), data...)
+		patched[p.Start+p.Size/2] ^= 0x01
+		pf := filepath.Join(dir, "patched.img")
+		os.WriteFile(pf, patched, 0o644)
+		code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--against", pf, "--log", log)
+		want := fmt.Sprintf("partition %d (%s)", p.Index, p.Name)
+		if code != ExitVerify || !strings.Contains(stdout, want) || !strings.Contains(stdout, "1 byte differs") {
+			t.Fatalf("patched %s: exit %d: %s %s", p.Name, code, stdout, errOut)
+		}
 	}
 }
