@@ -18,8 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"go.bug.st/serial/enumerator"
+
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash/device"
+	"kiln.dev/kiln/flash/serialport"
 )
 
 // writeHex writes data at addr as Intel HEX (with extended linear address
@@ -388,4 +391,41 @@ func TestVerifyThroughPTYAgainstLoadedState(t *testing.T) {
 	if got, _ := os.ReadFile(state); !bytes.Equal(got, orig) {
 		t.Fatal("verify changed the device")
 	}
+}
+
+// --port auto and usb:SERIAL find the board by its USB ids (the enumerator
+// is faked to list kiln emulate's pty as an Uno's USB serial port), then
+// flash through go.bug.st/serial.
+func TestFlashPortAuto(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "uno.state")
+	emu := startEmulate(t, "arduino-uno", state)
+	orig := serialport.ListPorts
+	t.Cleanup(func() { serialport.ListPorts = orig })
+	ports := []*enumerator.PortDetails{{Name: emu.port, IsUSB: true, VID: "2341", PID: "0043", SerialNumber: "KILN0001"}}
+	serialport.ListPorts = func() ([]*enumerator.PortDetails, error) { return ports, nil }
+
+	img := randomBytes(43, 3000)
+	hex := writeHex(t, dir, "img.hex", 0, img)
+	for _, port := range []string{"auto", "usb:KILN0001"} {
+		var stdout, stderr bytes.Buffer
+		if code := Main(context.Background(), []string{"kiln", "flash", "--board", "arduino-uno", "--port", port, hex}, nil, &stdout, &stderr); code != 0 {
+			t.Fatalf("--port %s: exit %d: %s", port, code, stderr.String())
+		}
+		waitState(t, state, img)
+	}
+	// A second Uno-like adapter: auto refuses to guess.
+	ports = append(ports, &enumerator.PortDetails{Name: "/dev/ttyUSB7", IsUSB: true, VID: "1a86", PID: "7523", SerialNumber: "CH340X"})
+	var stdout, stderr bytes.Buffer
+	code := Main(context.Background(), []string{"kiln", "flash", "--board", "arduino-uno", "--port", "auto", hex}, nil, &stdout, &stderr)
+	if code != ExitFailure || !strings.Contains(stderr.String(), "2 ports could be arduino-uno") || !strings.Contains(stderr.String(), "KILN0001") {
+		t.Fatalf("two candidates: exit %d: %s", code, stderr.String())
+	}
+	ports = nil
+	stderr.Reset()
+	code = Main(context.Background(), []string{"kiln", "flash", "--board", "arduino-uno", "--port", "auto", hex}, nil, &stdout, &stderr)
+	if code != ExitFailure || !strings.Contains(stderr.String(), "no USB serial port with arduino-uno's ids") || !strings.Contains(stderr.String(), "hint: is the board plugged in?") {
+		t.Fatalf("no candidate: exit %d: %s", code, stderr.String())
+	}
+	emu.stop(t)
 }
