@@ -18,6 +18,8 @@ import (
 	"github.com/secure-systems-lab/go-securesystemslib/signerverifier"
 
 	"kiln.dev/kiln/firmware"
+	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest/attesttest"
 	"kiln.dev/kiln/internal/trust"
 	"kiln.dev/kiln/recipes"
@@ -320,5 +322,65 @@ func TestFromManifest(t *testing.T) {
 	}
 	if !strings.Contains(string(data), "libc.so.6") {
 		t.Error("the host's C library is not in the SBOM")
+	}
+}
+
+// TestImageEvidence builds a small image recipe and writes its evidence:
+// the SBOM validates against CycloneDX 1.6 with the image as the top
+// component, and go-securesystemslib verifies the provenance.
+func TestImageEvidence(t *testing.T) {
+	dir := t.TempDir()
+	recipe := filepath.Join(dir, "tiny-image")
+	os.MkdirAll(filepath.Join(recipe, "files"), 0o755)
+	os.WriteFile(filepath.Join(recipe, "files", "motd"), []byte("built by kiln\n"), 0o644)
+	os.WriteFile(filepath.Join(recipe, "recipe.toml"), []byte(`name = "tiny-image"
+version = "2.0.0"
+kind = "image"
+board = "rpi-3b"
+files = ["files/*"]
+
+[image]
+table = "mbr"
+size = "4MiB"
+source_date_epoch = 1751414400
+
+[[image.partitions]]
+name = "root"
+fs = "squashfs"
+size = "2MiB"
+contents = [{ from = "src:files", to = "/" }]
+`), 0o644)
+	st, err := store.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	res, err := recipebuild.Build(context.Background(), recipe, out, recipebuild.Options{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := recipes.Load(recipe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := trust.GenerateKey(nil)
+	if err := WriteImage(out, res, r, key); err != nil {
+		t.Fatal(err)
+	}
+	sbom, _ := os.ReadFile(filepath.Join(out, SBOMName))
+	if err := attesttest.ValidateSBOM(sbom); err != nil {
+		t.Fatalf("%#v", err)
+	}
+	if !strings.Contains(string(sbom), `"type": "operating-system"`) || !strings.Contains(string(sbom), "files/motd") ||
+		!strings.Contains(string(sbom), res.Outputs["image.img"].SHA256) {
+		t.Errorf("the SBOM does not describe the image:\n%s", sbom)
+	}
+	prov, _ := os.ReadFile(filepath.Join(out, ProvenanceName))
+	payload, err := attesttest.OpenEnvelope(prov, key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(payload), `"name":"image.img"`) || !strings.Contains(string(payload), "derivation:"+res.Derivation) {
+		t.Errorf("statement: %s", payload)
 	}
 }
