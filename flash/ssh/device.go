@@ -72,7 +72,11 @@ func (d *device) hash(ctx context.Context, dev string, off, n int64) (string, er
 	if off%512 != 0 || n%512 != 0 {
 		return "", fmt.Errorf("hash %s: range %d+%d is not whole sectors", dev, off, n)
 	}
-	out, err := d.output(ctx, fmt.Sprintf("dd if=%s bs=1048576 iflag=direct,skip_bytes,count_bytes skip=%d count=%d status=none | sha256sum", quote(dev), off, n))
+	cmd := fmt.Sprintf("dd if=%s bs=1048576 iflag=direct,skip_bytes,count_bytes skip=%d count=%d status=none | sha256sum", quote(dev), off, n)
+	if d.helper != "" {
+		cmd = d.helperCmd("sha256", dev, fmt.Sprint(off), fmt.Sprint(n))
+	}
+	out, err := d.output(ctx, cmd)
 	if err != nil {
 		return "", fmt.Errorf("hash %s: %w", dev, err)
 	}

@@ -52,7 +52,7 @@ type UpdateOptions struct {
 	HealthTimeout time.Duration // default 60s
 	BootTimeout   time.Duration // how long a reboot may take; default 120s
 	NoDelta       bool          // always send whole partitions
-	BlockSize     int64         // delta block size; default 64 KiB
+	BlockSize     int64         // delta block size; default 4 KiB
 	HelperDir     string        // where kiln-helper-<goarch> files are; "" for stock tools only
 	Log           func(format string, a ...any)
 }
@@ -71,6 +71,7 @@ type UpdateResult struct {
 	RolledBack  bool    `json:"rolled_back"`
 	Reason      string  `json:"reason,omitempty"`
 	UsedHelper  bool    `json:"used_helper"`
+	WriteSec    float64 `json:"write_verify_s"` // writing and proving both partitions
 	DurationSec float64 `json:"duration_s"`
 }
 
@@ -331,7 +332,7 @@ func (o *UpdateOptions) defaults() {
 		o.BootTimeout = 120 * time.Second
 	}
 	if o.BlockSize == 0 {
-		o.BlockSize = 64 << 10
+		o.BlockSize = 4 << 10
 	}
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
@@ -418,6 +419,7 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		return res, err
 	}
 	res.UsedHelper = d.helper != ""
+	writeStart := time.Now()
 	root := io.NewSectionReader(img.f, srcRoot.Start, srcRoot.Size)
 	if res.RootSHA256, err = writeVerified(ctx, d, partDev(opts.Disk, target.Root), root, srcRoot.Size, opts); err != nil {
 		return res, err
@@ -426,6 +428,7 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		return res, err
 	}
 	res.BytesImage = srcRoot.Size + srcBoot.Size
+	res.WriteSec = time.Since(writeStart).Seconds()
 	res.BytesSent = d.sent
 
 	// Arm the one-shot trial boot of the new slot.
@@ -437,7 +440,6 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 	if err != nil {
 		return res, err
 	}
-	res.BytesSent += d.sent - res.BytesSent
 	rollback := func(reason string) (*UpdateResult, error) {
 		res.RolledBack, res.Reason = true, reason
 		opts.Log("%s: %s; rolling back to slot %s", name, reason, rem.committed.Name)
@@ -469,6 +471,7 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		return res, fmt.Errorf("%s: commit: %w", name, err)
 	}
 	res.Committed = true
+	res.BytesSent = trial.d.sent
 	opts.Log("%s: committed slot %s", name, target.Name)
 	return res, nil
 }

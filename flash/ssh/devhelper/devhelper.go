@@ -10,13 +10,18 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"syscall"
+	"unsafe"
 )
 
 // Main is the device-side helper (cmd/kiln-helper), a static program
 // kiln uploads to devices of its own architecture:
 //
 //	kiln-helper blockhash DEV OFF LEN BS   one hex SHA-256 per BS-byte block
+//	kiln-helper sha256 DEV OFF LEN          the SHA-256 of the range, as sha256sum prints it
 //	kiln-helper apply DEV                   stdin: "OFF LEN\n" + LEN bytes, repeated; then fsync
+//
+// Reads bypass the page cache (O_DIRECT) so hashes are of what the medium holds.
 func Main(args []string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) < 2 {
 		return fmt.Errorf("usage: kiln-helper blockhash DEV OFF LEN BS | apply DEV")
@@ -35,6 +40,21 @@ func Main(args []string, stdin io.Reader, stdout io.Writer) error {
 			n[i] = v
 		}
 		return blockHash(stdout, args[1], n[0], n[1], n[2])
+	case "sha256":
+		if len(args) != 4 {
+			return fmt.Errorf("usage: kiln-helper sha256 DEV OFF LEN")
+		}
+		off, err1 := strconv.ParseInt(args[2], 10, 64)
+		n, err2 := strconv.ParseInt(args[3], 10, 64)
+		if err1 != nil || err2 != nil || off < 0 || n < 0 {
+			return fmt.Errorf("sha256: bad range %s+%s", args[2], args[3])
+		}
+		h := sha256.New()
+		if err := readRange(args[1], off, n, func(b []byte) { h.Write(b) }); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintf(stdout, "%s  %s\n", hex.EncodeToString(h.Sum(nil)), args[1])
+		return err
 	case "apply":
 		return apply(stdin, args[1])
 	}
@@ -42,25 +62,68 @@ func Main(args []string, stdin io.Reader, stdout io.Writer) error {
 }
 
 func blockHash(w io.Writer, dev string, off, n, bs int64) error {
-	if bs <= 0 {
-		return fmt.Errorf("blockhash: block size %d", bs)
+	if bs <= 0 || bs%512 != 0 {
+		return fmt.Errorf("blockhash: block size %d is not a multiple of 512", bs)
 	}
-	f, err := os.Open(dev)
+	bw := bufio.NewWriter(w)
+	var pending []byte
+	emit := func(b []byte) {
+		sum := sha256.Sum256(b)
+		fmt.Fprintln(bw, hex.EncodeToString(sum[:]))
+	}
+	err := readRange(dev, off, n, func(b []byte) {
+		for len(b) > 0 {
+			k := min(int(bs)-len(pending), len(b))
+			pending = append(pending, b[:k]...)
+			b = b[k:]
+			if len(pending) == int(bs) {
+				emit(pending)
+				pending = pending[:0]
+			}
+		}
+	})
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	bw := bufio.NewWriter(w)
-	buf := make([]byte, bs)
-	for pos := int64(0); pos < n; pos += bs {
-		k := min(bs, n-pos)
-		if _, err := f.ReadAt(buf[:k], off+pos); err != nil {
-			return fmt.Errorf("blockhash: read %s at %d: %w", dev, off+pos, err)
-		}
-		sum := sha256.Sum256(buf[:k])
-		fmt.Fprintln(bw, hex.EncodeToString(sum[:]))
+	if len(pending) > 0 {
+		emit(pending)
 	}
 	return bw.Flush()
+}
+
+// readRange reads [off, off+n) of dev in 1 MiB O_DIRECT reads (the page
+// cache may hold what was written but not what the medium holds) and hands
+// each piece to fn in order.
+func readRange(dev string, off, n int64, fn func([]byte)) error {
+	const chunk = 1 << 20
+	if off%512 != 0 {
+		return fmt.Errorf("read %s: offset %d is not sector-aligned", dev, off)
+	}
+	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		// Not every file system does O_DIRECT; a block device does.
+		if f, err = os.Open(dev); err != nil {
+			return err
+		}
+	}
+	defer f.Close()
+	raw := make([]byte, chunk+4096)
+	a := 4096 - int(uintptr(unsafe.Pointer(&raw[0]))&4095)
+	buf := raw[a%4096 : a%4096+chunk]
+	for pos := int64(0); pos < n; {
+		want := min(int64(chunk), n-pos)
+		k := (want + 511) &^ 511
+		got, err := f.ReadAt(buf[:k], off+pos)
+		if int64(got) < want {
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("read %s at %d: %w", dev, off+pos, err)
+		}
+		fn(buf[:want])
+		pos += want
+	}
+	return nil
 }
 
 func apply(r io.Reader, dev string) error {

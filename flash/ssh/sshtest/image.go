@@ -81,7 +81,7 @@ func BuildImage(dir string, s ImageSpec) (string, error) {
 		return "", fmt.Errorf("root (%d bytes) does not fit its slot (%d)", st.Size(), s.RootSize)
 	}
 	// Partition table.
-	img := filepath.Join(dir, "card-"+s.Derivation[:min(12, len(s.Derivation))]+".img")
+	img := filepath.Join(dir, "card-"+s.Derivation+".img")
 	starts := []int64{1 * mib}
 	sizes := []int64{selSize, bootSize, bootSize, s.RootSize, s.RootSize}
 	for i := 1; i < len(sizes); i++ {

@@ -498,3 +498,10 @@ func (d *Device) AddDisk(name string, size int64, fill byte) (string, error) {
 	d.extra = append(d.extra, loop)
 	return path, mknodFromSys(filepath.Base(loop), filepath.Join(d.Dir, "dev", name))
 }
+
+// LimitRate shapes the link to the device (host → device) to rate, e.g.
+// "100mbit" for a Raspberry Pi 3B's Ethernet, with tc's token bucket filter.
+func (d *Device) LimitRate(rate string) error {
+	_, err := run("tc", "qdisc", "replace", "dev", d.veth+"h", "root", "tbf", "rate", rate, "burst", "256kb", "latency", "100ms")
+	return err
+}
