@@ -73,6 +73,10 @@ func imageBuild(c *cli.Context, dir, out string) error {
 	if err != nil {
 		return imageHints(err)
 	}
+	// Evidence beside image.img (sign.go): sbom.cdx.json, provenance.json.
+	if err := writeImageEvidence(c, dir, out, res); err != nil {
+		return err
+	}
 	if c.Bool("json") {
 		return e.printJSON(res)
 	}

@@ -16,6 +16,7 @@ import (
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/firmware"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest"
 	"kiln.dev/kiln/internal/fleet"
 	"kiln.dev/kiln/internal/trust"
@@ -417,20 +418,40 @@ func writeEvidence(c *cli.Context, recipeDir string, res *firmware.Result) error
 	if r, err := recipes.Load(recipeDir); err == nil {
 		recipe = r
 	}
-	var key *trust.SecretKey
+	return attest.Write(res.Out, res.Manifest, recipe, evidenceKey(note))
+}
+
+// evidenceKey is the key provenance is signed with: $KILN_KEY or kiln
+// keygen's, when it exists and is not encrypted; nil (with a note) else.
+func evidenceKey(note func(string, ...any)) *trust.SecretKey {
 	kp := defaultKeyPath()
-	if data, err := os.ReadFile(kp); err == nil {
-		if key, err = trust.ParseSecretKey(data, nil); err != nil {
-			note("%s: %v: provenance.json not written", kp, err)
-			key = nil
-		}
-	} else {
+	data, err := os.ReadFile(kp)
+	if err != nil {
 		note("no signing key (%s): provenance.json not written; kiln keygen makes one", kp)
+		return nil
 	}
-	if err := attest.Write(res.Out, res.Manifest, recipe, key); err != nil {
+	key, err := trust.ParseSecretKey(data, nil)
+	if err != nil {
+		note("%s: %v: provenance.json not written", kp, err)
+		return nil
+	}
+	return key
+}
+
+// writeImageEvidence writes sbom.cdx.json and provenance.json beside an
+// image build's image.img.
+func writeImageEvidence(c *cli.Context, recipeDir, out string, res *recipebuild.Result) error {
+	e := envOf(c)
+	note := func(format string, a ...any) {
+		if !c.Bool("json") {
+			fmt.Fprintf(e.stderr, "note: "+format+"\n", a...)
+		}
+	}
+	r, err := recipes.Load(recipeDir)
+	if err != nil {
 		return err
 	}
-	return nil
+	return attest.WriteImage(out, res, r, evidenceKey(note))
 }
 
 // fleetImage is a group's image path as the fleet file resolves it

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"kiln.dev/kiln/boards"
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash/device"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/recipebuild"
@@ -574,7 +573,8 @@ func TestSSHWritesCheckPolicyFirst(t *testing.T) {
 	}
 }
 
-// TestAuditImagePerPartition: kiln audit rebuilds an image recipe and
+// TestAuditImagePerPartition: kiln image build writes verifiable evidence;
+// kiln audit rebuilds an image recipe and
 // names the partition a changed byte is in.
 func TestAuditImagePerPartition(t *testing.T) {
 	dir := t.TempDir()
@@ -604,14 +604,27 @@ fs = "raw"
 size = "1MiB"
 `), 0o644)
 	st := filepath.Join(dir, "store")
-	s, err := store.Open(st)
-	if err != nil {
-		t.Fatal(err)
-	}
 	shipped := filepath.Join(dir, "shipped")
-	res, err := recipebuild.Build(context.Background(), recipe, shipped, recipebuild.Options{Store: s})
-	if err != nil {
-		t.Fatal(err)
+	key := filepath.Join(dir, "kiln.key")
+	t.Setenv("KILN_KEY", key)
+	if code, _, errOut := kiln(t, "keygen"); code != 0 {
+		t.Fatalf("keygen: %s", errOut)
+	}
+	code, stdout, errOut := kiln(t, "image", "build", recipe, "--out", shipped, "--store", st, "--json")
+	var res recipebuild.Result
+	if code != 0 || json.Unmarshal([]byte(stdout), &res) != nil || res.Image == nil {
+		t.Fatalf("image build: exit %d: %s %s", code, stdout, errOut)
+	}
+	// kiln image build wrote the evidence: a valid SBOM, a verifiable provenance.
+	sbom, _ := os.ReadFile(filepath.Join(shipped, "sbom.cdx.json"))
+	if err := attesttest.ValidateSBOM(sbom); err != nil {
+		t.Fatalf("image sbom.cdx.json: %v", err)
+	}
+	kdata, _ := os.ReadFile(key)
+	sk, _ := trust.ParseSecretKey(kdata, nil)
+	prov, _ := os.ReadFile(filepath.Join(shipped, "provenance.json"))
+	if _, err := attesttest.OpenEnvelope(prov, sk.Public()); err != nil {
+		t.Fatalf("image provenance.json: %v", err)
 	}
 	log := filepath.Join(dir, "audit.jsonl")
 	img := filepath.Join(shipped, image.ImageFile)
