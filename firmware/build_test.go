@@ -62,7 +62,7 @@ func TestHashOfflineMatchesManifest(t *testing.T) {
 		t.Skip("unshare (util-linux) is not installed")
 	}
 	res := sharedBuild(t, "blink-uno")
-	cmd := kilnCommand(context.Background(), []string{"unshare", "-n"}, "hash", recipeDir("blink-uno"))
+	cmd := kilnCommand(context.Background(), []string{"unshare", "-r", "-n"}, "hash", recipeDir("blink-uno"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("unshare -n kiln hash: %v\n%s", err, out)
