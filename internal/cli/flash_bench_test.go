@@ -10,7 +10,7 @@ import (
 // BenchmarkFlashVsAvrdudeOnPacedEmulator writes and verifies the same
 // 32256-byte image with kiln and with avrdude 7.1 (-c arduino) through
 // `kiln emulate arduino-uno --pace`, whose UART runs at 115200 baud of wall
-// time in both directions. (The same comparison against the real Optiboot
+// time in both directions and each page takes 9 ms to program. (The same comparison against the real Optiboot
 // in simavr lives with the simavr harness.)
 func BenchmarkFlashVsAvrdudeOnPacedEmulator(b *testing.B) {
 	if _, err := exec.LookPath("avrdude"); err != nil {
@@ -32,12 +32,14 @@ func BenchmarkFlashVsAvrdudeOnPacedEmulator(b *testing.B) {
 			b.Fatalf("avrdude: %v\n%s", err, out)
 		}
 		avrdude := time.Since(start)
-		// The wire alone: the image once each way at 10 bits a byte.
+		// The limit: the image once each way at 10 bits a byte, plus the
+		// emulated chip's 9 ms erase+write of each of the 252 pages.
 		wire := time.Duration(2*len(img)) * 10 * time.Second / 115200
-		b.Logf("write+verify of 32256 bytes at 115200 baud (paced emulator): kiln %.2fs, avrdude %.2fs: kiln/avrdude = %.2f; wire limit %.2fs: kiln/wire = %.2f",
-			kiln.Seconds(), avrdude.Seconds(), kiln.Seconds()/avrdude.Seconds(), wire.Seconds(), kiln.Seconds()/wire.Seconds())
+		limit := wire + 252*9*time.Millisecond
+		b.Logf("write+verify of 32256 bytes at 115200 baud (paced emulator): kiln %.2fs, avrdude %.2fs: kiln/avrdude = %.2f; wire alone %.2fs, wire + page programming %.2fs: kiln/limit = %.2f",
+			kiln.Seconds(), avrdude.Seconds(), kiln.Seconds()/avrdude.Seconds(), wire.Seconds(), limit.Seconds(), kiln.Seconds()/limit.Seconds())
 		b.ReportMetric(kiln.Seconds()/avrdude.Seconds(), "kiln/avrdude")
-		b.ReportMetric(kiln.Seconds()/wire.Seconds(), "kiln/wire")
+		b.ReportMetric(kiln.Seconds()/limit.Seconds(), "kiln/limit")
 		b.ReportMetric(kiln.Seconds(), "kiln-s")
 		b.ReportMetric(avrdude.Seconds(), "avrdude-s")
 	}
