@@ -32,6 +32,10 @@ type SectionDiff struct {
 	First uint64 `json:"first,omitempty"`
 	// ArtifactSize is the artifact's size of a resized section.
 	ArtifactSize uint64 `json:"artifact_size,omitempty"`
+	// Files are the files that differ inside a partition's filesystem.
+	Files []FileDiff `json:"files,omitempty"`
+	// FilesNote says why Files could not be listed.
+	FilesNote string `json:"files_note,omitempty"`
 }
 
 // Range is a run of addresses.

@@ -334,6 +334,12 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 			fmt.Fprintf(e.stdout, "different:\n")
 			for _, d := range cmp.Differing() {
 				fmt.Fprintf(e.stdout, "  %-16s at %d, %d bytes: %s, first at %d\n", d.Name, d.Addr, d.Size, plural(d.Bytes, "byte differs", "bytes differ"), d.First)
+				for _, f := range d.Files {
+					fmt.Fprintf(e.stdout, "      %-16s %s\n", f.Status, f.Path)
+				}
+				if d.FilesNote != "" {
+					fmt.Fprintf(e.stdout, "      (%s)\n", d.FilesNote)
+				}
 			}
 			if cmp.Note != "" {
 				fmt.Fprintf(e.stdout, "note: %s\n", cmp.Note)
@@ -370,10 +376,39 @@ func compareDisks(rebuiltPath, shippedPath string, res *recipebuild.Result) (*at
 		return nil, err
 	}
 	var parts []attest.DiskPart
+	fsOf := map[string]string{}
 	if res.Image != nil {
 		for _, p := range res.Image.Partitions {
-			parts = append(parts, attest.DiskPart{Name: fmt.Sprintf("partition %d (%s)", p.Index, p.Name), Start: p.Start, Size: p.Size})
+			name := fmt.Sprintf("partition %d (%s)", p.Index, p.Name)
+			parts = append(parts, attest.DiskPart{Name: name, Start: p.Start, Size: p.Size})
+			fsOf[name] = p.FS
 		}
 	}
-	return attest.CompareDisk(rf, af, rst.Size(), ast.Size(), parts)
+	cmp, err := attest.CompareDisk(rf, af, rst.Size(), ast.Size(), parts)
+	if err != nil {
+		return nil, err
+	}
+	// Inside a differing filesystem: which files.
+	for i := range cmp.Sections {
+		d := &cmp.Sections[i]
+		fs := fsOf[d.Name]
+		if d.Status == attest.Identical || (fs != "fat32" && fs != "squashfs" && fs != "ext4") {
+			continue
+		}
+		want, err := attest.PartitionFiles(rf, int64(d.Addr), int64(d.Size), fs)
+		if err != nil {
+			d.FilesNote = err.Error()
+			continue
+		}
+		got, err := attest.PartitionFiles(af, int64(d.Addr), int64(d.Size), fs)
+		if err != nil {
+			d.FilesNote = "the artifact's filesystem cannot be read: " + err.Error()
+			continue
+		}
+		d.Files = attest.DiffFiles(want, got)
+		if len(d.Files) == 0 {
+			d.FilesNote = "every file's contents match: the filesystem's metadata or free space differ"
+		}
+	}
+	return cmp, nil
 }

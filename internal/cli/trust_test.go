@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -633,6 +634,20 @@ size = "1MiB"
 			t.Fatalf("audit %s: exit %d: %s %s", art, code, stdout, errOut)
 		}
 	}
+	// An image shipped with one file changed: the partition and the file.
+	tampered := filepath.Join(dir, "tampered")
+	os.MkdirAll(filepath.Join(tampered, "files"), 0o755)
+	rdata, _ := os.ReadFile(filepath.Join(recipe, "recipe.toml"))
+	os.WriteFile(filepath.Join(tampered, "recipe.toml"), rdata, 0o644)
+	os.WriteFile(filepath.Join(tampered, "files", "hello.txt"), []byte("hello from someone else\n"), 0o644)
+	if code, stdout, errOut := kiln(t, "image", "build", tampered, "--out", filepath.Join(dir, "shipped2"), "--store", st); code != 0 {
+		t.Fatalf("image build: exit %d: %s %s", code, stdout, errOut)
+	}
+	code, stdout, errOut = kiln(t, "audit", recipe, "--store", st, "--against", filepath.Join(dir, "shipped2", image.ImageFile), "--log", log)
+	if code != ExitVerify || !strings.Contains(stdout, "partition 1 (root)") || !regexp.MustCompile(`different\s+/hello.txt`).MatchString(stdout) {
+		t.Fatalf("image with a changed file: exit %d: %s %s", code, stdout, errOut)
+	}
+
 	data, _ := os.ReadFile(img)
 	for _, p := range res.Image.Partitions {
 		patched := append([]byte(nil), data...)
