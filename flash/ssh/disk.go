@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"unicode/utf16"
 )
@@ -22,7 +23,24 @@ type Partition struct {
 const tableBytes = 34 * 512
 
 // ParseTable reads an MBR or GPT partition table from the first tableBytes of a disk.
+// Logical partitions in an MBR extended partition need more of the disk:
+// use ReadTable for those.
 func ParseTable(b []byte) ([]Partition, error) {
+	return ReadTable(func(off, n int64) ([]byte, error) {
+		if off+n > int64(len(b)) {
+			return nil, fmt.Errorf("partition table: read past %d bytes", len(b))
+		}
+		return b[off : off+n], nil
+	})
+}
+
+// ReadTable reads an MBR (with logical partitions, numbered from 5 as
+// Linux numbers them) or a GPT partition table through rd.
+func ReadTable(rd func(off, n int64) ([]byte, error)) ([]Partition, error) {
+	b, err := rd(0, tableBytes)
+	if err != nil {
+		return nil, err
+	}
 	if len(b) < 1024 || b[510] != 0x55 || b[511] != 0xaa {
 		return nil, errors.New("no partition table (no 0x55aa boot signature)")
 	}
@@ -30,6 +48,7 @@ func ParseTable(b []byte) ([]Partition, error) {
 		return parseGPT(b)
 	}
 	id := binary.LittleEndian.Uint32(b[440:])
+	uuid := func(n int) string { return fmt.Sprintf("%08x-%02x", id, n) }
 	var parts []Partition
 	for i := 0; i < 4; i++ {
 		e := b[446+16*i:]
@@ -37,10 +56,44 @@ func ParseTable(b []byte) ([]Partition, error) {
 		if typ == 0 || n == 0 {
 			continue
 		}
-		parts = append(parts, Partition{Number: i + 1, Start: int64(start) * 512, Size: int64(n) * 512,
-			PartUUID: fmt.Sprintf("%08x-%02x", id, i+1)})
+		if typ == 0x05 || typ == 0x0f || typ == 0x85 {
+			logical, err := readEBRs(rd, int64(start), uuid)
+			if err != nil {
+				return nil, err
+			}
+			parts = append(parts, logical...)
+			continue
+		}
+		parts = append(parts, Partition{Number: i + 1, Start: int64(start) * 512, Size: int64(n) * 512, PartUUID: uuid(i + 1)})
 	}
+	sort.Slice(parts, func(i, j int) bool { return parts[i].Number < parts[j].Number })
 	return parts, nil
+}
+
+// readEBRs follows the chain of extended boot records of an extended
+// partition starting at sector ext.
+func readEBRs(rd func(off, n int64) ([]byte, error), ext int64, uuid func(int) string) ([]Partition, error) {
+	var parts []Partition
+	ebr := ext
+	for num := 5; num < 5+128; num++ {
+		b, err := rd(ebr*512, 512)
+		if err != nil {
+			return nil, fmt.Errorf("extended boot record at sector %d: %w", ebr, err)
+		}
+		if b[510] != 0x55 || b[511] != 0xaa {
+			return nil, fmt.Errorf("extended boot record at sector %d: no signature", ebr)
+		}
+		e1, e2 := b[446:462], b[462:478]
+		if e1[4] != 0 {
+			start := ebr + int64(binary.LittleEndian.Uint32(e1[8:]))
+			parts = append(parts, Partition{Number: num, Start: start * 512, Size: int64(binary.LittleEndian.Uint32(e1[12:])) * 512, PartUUID: uuid(num)})
+		}
+		if e2[4] == 0 {
+			return parts, nil
+		}
+		ebr = ext + int64(binary.LittleEndian.Uint32(e2[8:]))
+	}
+	return nil, errors.New("extended partition: EBR chain too long")
 }
 
 func parseGPT(b []byte) ([]Partition, error) {

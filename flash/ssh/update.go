@@ -72,6 +72,7 @@ type UpdateResult struct {
 	Reason      string  `json:"reason,omitempty"`
 	UsedHelper  bool    `json:"used_helper"`
 	WriteSec    float64 `json:"write_verify_s"` // writing and proving both partitions
+	root        int
 	DurationSec float64 `json:"duration_s"`
 }
 
@@ -103,12 +104,11 @@ func openImage(path string) (*localImage, error) {
 	if err != nil {
 		return nil, err
 	}
-	head := make([]byte, tableBytes)
-	if _, err := f.ReadAt(head, 0); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	parts, err := ParseTable(head)
+	parts, err := ReadTable(func(off, n int64) ([]byte, error) {
+		b := make([]byte, n)
+		_, err := f.ReadAt(b, off)
+		return b, err
+	})
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -192,12 +192,9 @@ var rootRE = regexp.MustCompile(`root=PARTUUID=([0-9A-Fa-f-]+)`)
 
 // inspect reads the device's table, slots, autoboot.txt and running slot.
 func inspect(ctx context.Context, d *device, disk string) (*remote, error) {
-	head, err := d.readAt(ctx, disk, 0, tableBytes)
-	if err != nil {
-		return nil, err
-	}
 	r := &remote{d: d}
-	if r.parts, err = ParseTable(head); err != nil {
+	var err error
+	if r.parts, err = ReadTable(func(off, n int64) ([]byte, error) { return d.readAt(ctx, disk, off, n) }); err != nil {
 		return nil, fmt.Errorf("%s: %w", disk, err)
 	}
 	p1, ok := partByNum(r.parts, 1)
@@ -387,7 +384,7 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 	if target == rem.committed {
 		target = rem.layout.Slots[1]
 	}
-	res.From, res.To = rem.committed.Name, target.Name
+	res.From, res.To, res.root = rem.committed.Name, target.Name, target.Root
 	tBoot, ok1 := partByNum(rem.parts, target.Boot)
 	tRoot, ok2 := partByNum(rem.parts, target.Root)
 	if !ok1 || !ok2 {
@@ -620,3 +617,5 @@ func ImageDerivation(path string) (string, error) {
 	defer img.f.Close()
 	return img.layout.Derivation, nil
 }
+
+func (r *UpdateResult) rootNumber() int { return r.root }

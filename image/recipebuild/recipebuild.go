@@ -197,6 +197,15 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 				if err := t.AddBytes("cmdline.txt", []byte(cmd), 0o644); err != nil {
 					return nil, err
 				}
+				// Each slot's boot partition says which image it holds: the
+				// SSH updater writes whole boot partitions and reads this back
+				// to tell what a device runs.
+				if rpi.Autoboot != p.Name {
+					js, _ := json.MarshalIndent(meta, "", "  ")
+					if err := t.AddBytes(MetadataFile, append(js, '\n'), 0o644); err != nil {
+						return nil, err
+					}
+				}
 			}
 			if rpi.Autoboot == p.Name {
 				if err := t.AddBytes("autoboot.txt", autoboot(meta.Slots), 0o644); err != nil {

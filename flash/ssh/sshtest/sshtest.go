@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -36,7 +37,7 @@ func Available() error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (network namespaces, loop devices)")
 	}
-	for _, tool := range []string{"ip", "/usr/sbin/sshd", "ssh-keygen", "losetup", "mtype", "busybox", "unshare", "sfdisk", "mkfs.vfat", "mcopy", "mksquashfs"} {
+	for _, tool := range []string{"ip", "/usr/sbin/sshd", "ssh-keygen", "losetup", "mtype", "busybox", "unshare", "sfdisk", "addpart", "mkfs.vfat", "mcopy", "mksquashfs"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("needs %s", tool)
 		}
@@ -144,9 +145,7 @@ func (f *Fleet) AddDevice(image string) (*Device, error) {
 		return nil, err
 	}
 	d.Loop = strings.TrimSpace(out)
-	// The kernel may have no partition-table parsers: partx reads the table
-	// in user space and adds the partitions.
-	if _, err := run("partx", "-a", d.Loop); err != nil && !strings.Contains(err.Error(), "busy") {
+	if err := addPartitions(d.Loop); err != nil {
 		return nil, err
 	}
 	if err := d.makeRoot(); err != nil {
@@ -504,4 +503,43 @@ func (d *Device) AddDisk(name string, size int64, fill byte) (string, error) {
 func (d *Device) LimitRate(rate string) error {
 	_, err := run("tc", "qdisc", "replace", "dev", d.veth+"h", "root", "tbf", "rate", rate, "burst", "256kb", "latency", "100ms")
 	return err
+}
+
+// addPartitions tells the kernel about the loop device's partitions. The
+// kernel may have no partition-table parsers at all, so the table is read
+// in user space (sfdisk) and each partition added with addpart; MBR extended
+// containers are skipped (adding one whole would overlap its logical
+// partitions, which the kernel refuses).
+func addPartitions(loop string) error {
+	out, err := run("sfdisk", "-J", loop)
+	if err != nil {
+		return err
+	}
+	var t struct {
+		PartitionTable struct {
+			Partitions []struct {
+				Node  string `json:"node"`
+				Start int64  `json:"start"`
+				Size  int64  `json:"size"`
+				Type  string `json:"type"`
+			} `json:"partitions"`
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal([]byte(out), &t); err != nil {
+		return fmt.Errorf("sfdisk -J %s: %w", loop, err)
+	}
+	for _, p := range t.PartitionTable.Partitions {
+		switch strings.ToLower(p.Type) {
+		case "5", "f", "85":
+			continue
+		}
+		n := strings.TrimPrefix(p.Node, loop+"p")
+		if _, err := os.Stat(fmt.Sprintf("/sys/class/block/%sp%s", filepath.Base(loop), n)); err == nil {
+			continue
+		}
+		if _, err := run("addpart", loop, n, fmt.Sprint(p.Start), fmt.Sprint(p.Size)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
