@@ -285,16 +285,7 @@ func TestStoreHitRunsNoCompiler(t *testing.T) {
 // listener on the host's loopback fails, and the listener sees nothing.
 func TestSandboxHasNoNetwork(t *testing.T) {
 	dir := t.TempDir()
-	probe := filepath.Join(dir, "probe")
-	build := exec.Command("go", "build", "-trimpath", "-o", probe, "./testdata/probe")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the probe: %v\n%s", err, out)
-	}
-	sum, err := recipes.HashFile(probe)
-	if err != nil {
-		t.Fatal(err)
-	}
+	probe, sum := buildProbe(t, dir)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -349,6 +340,73 @@ pre = [["$in/probe/probe", "%s"]]
 		t.Fatal("the listener on the host accepted a connection from the sandbox")
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+// buildProbe builds testdata/probe as a static program (no C library: it
+// runs in the sandbox as it is) and returns its path and sha256.
+func buildProbe(t *testing.T, dir string) (string, string) {
+	t.Helper()
+	probe := filepath.Join(dir, "probe")
+	build := exec.Command("go", "build", "-trimpath", "-o", probe, "./testdata/probe")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the probe: %v\n%s", err, out)
+	}
+	sum, err := recipes.HashFile(probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return probe, sum
+}
+
+// TestCheckFindsNondeterminism: a build that puts a random number in the
+// firmware (a pre command writes it into a header) fails --check, which
+// names the outputs that differ.
+func TestCheckFindsNondeterminism(t *testing.T) {
+	dir := t.TempDir()
+	probe, sum := buildProbe(t, dir)
+	rdir := filepath.Join(dir, "random")
+	writeRecipe(t, rdir, fmt.Sprintf(`name = "random"
+version = "1.0.0"
+board = "bluepill"
+toolchain = "arm-none-eabi-12.2"
+sources = ["src/*.c"]
+files = ["src/*.ld"]
+
+[[inputs]]
+name = "probe"
+sources = ["file:%s"]
+sha256 = "%s"
+executable = true
+
+[build]
+pre = [["$in/probe/probe", "write", "src/random.h"]]
+ldflags = ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections"]
+linker_script = "$src/src/stm32f103c8.ld"
+`, probe, sum), map[string]string{"src/main.c": `#include "random.h"
+volatile unsigned int value = RANDOM_VALUE;
+int main(void) { for (;;) { value++; } }
+`, "src/random.h": "#define RANDOM_VALUE 0u\n",
+		"src/startup.c":      readFile(t, filepath.Join(recipeDir("blink-bluepill"), "src", "startup.c")),
+		"src/stm32f103c8.ld": readFile(t, filepath.Join(recipeDir("blink-bluepill"), "src", "stm32f103c8.ld"))})
+	_, err := firmware.Build(context.Background(), firmware.Options{Dir: rdir, Store: sharedStore(t), Check: true})
+	if !errors.Is(err, firmware.ErrNotReproducible) {
+		t.Fatalf("--check of a random build: %v, want ErrNotReproducible", err)
+	}
+	for _, name := range []string{firmware.ELFName, firmware.BINName, firmware.HEXName} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error %q does not name %s", err, name)
+		}
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func writeRecipe(t *testing.T, dir, recipe string, files map[string]string) {
