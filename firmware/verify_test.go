@@ -26,7 +26,11 @@ func TestVerifyStamp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.Chmod(filepath.Join(p, "usr/bin"), 0o755); os.Chmod(filepath.Join(p, "usr"), 0o755); os.Chmod(p, 0o755) })
+	t.Cleanup(func() {
+		os.Chmod(filepath.Join(p, "usr/bin"), 0o755)
+		os.Chmod(filepath.Join(p, "usr"), 0o755)
+		os.Chmod(p, 0o755)
+	})
 	if err := verifyEntry(s, p); err != nil {
 		t.Fatal(err)
 	}
