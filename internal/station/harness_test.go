@@ -183,12 +183,15 @@ type line struct {
 	fw       []byte
 	logKey   *trust.SecretKey
 	log      string
+	timeout  string // per-answer timeout
+	tries    int
 }
 
 func newLine(t testing.TB, fwSize int) *line {
 	t.Helper()
 	dir := t.TempDir()
-	l := &line{dir: dir, artifact: filepath.Join(dir, "blink.hex"), fw: firmware(fwSize, 0x5a), log: filepath.Join(dir, "audit.jsonl")}
+	l := &line{dir: dir, artifact: filepath.Join(dir, "blink.hex"), fw: firmware(fwSize, 0x5a), log: filepath.Join(dir, "audit.jsonl"),
+		timeout: "150ms", tries: 4}
 	writeHex(t, l.artifact, l.fw)
 	k, err := trust.GenerateKey(nil)
 	if err != nil {
@@ -205,8 +208,8 @@ func (l *line) config(t testing.TB, extra, targetLines string) *station.Config {
 operator = "tester"
 log = "audit.jsonl"
 poll = "10ms"
-timeout = "150ms"
-tries = 4
+timeout = %q
+tries = %d
 grace = "5s"
 %s
 [serial]
@@ -221,7 +224,7 @@ ed25519 = true
 board = "arduino-uno"
 artifact = "blink.hex"
 %s
-`, extra, targetLines)
+`, l.timeout, l.tries, extra, targetLines)
 	p := filepath.Join(l.dir, "STATION.toml")
 	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
 		t.Fatal(err)

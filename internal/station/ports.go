@@ -18,6 +18,7 @@ import (
 type plug struct {
 	Port   string // what device.Open is given
 	Key    string
+	Node   string // nodeKey of Port when found ("" for emulators)
 	Target int // index into Config.Targets
 }
 
@@ -30,9 +31,9 @@ type ListPorts func() ([]*enumerator.PortDetails, error)
 func scan(cfg *Config, bs []*boards.Board, list ListPorts) (map[string]plug, error) {
 	found := map[string]plug{}
 	var firstErr error
-	add := func(port, key string, t int) {
+	add := func(port, node, key string, t int) {
 		if _, dup := found[port]; !dup {
-			found[port] = plug{Port: port, Key: key, Target: t}
+			found[port] = plug{Port: port, Key: key, Node: node, Target: t}
 		}
 	}
 	var usb []*enumerator.PortDetails
@@ -40,11 +41,11 @@ func scan(cfg *Config, bs []*boards.Board, list ListPorts) (map[string]plug, err
 	for ti, t := range cfg.Targets {
 		for _, p := range t.Ports {
 			if strings.HasPrefix(p, "emu:") {
-				add(p, "emulator", ti) // always there; one job a run
+				add(p, "", "emulator", ti) // always there; one job a run
 				continue
 			}
 			if k, ok := nodeKey(p); ok {
-				add(p, k, ti)
+				add(p, k, k, ti)
 			}
 		}
 		for _, pat := range t.Watch {
@@ -55,7 +56,7 @@ func scan(cfg *Config, bs []*boards.Board, list ListPorts) (map[string]plug, err
 			sort.Strings(ms)
 			for _, p := range ms {
 				if k, ok := nodeKey(p); ok {
-					add(p, k, ti)
+					add(p, k, k, ti)
 				}
 			}
 		}
@@ -74,7 +75,7 @@ func scan(cfg *Config, bs []*boards.Board, list ListPorts) (map[string]plug, err
 					continue
 				}
 				if k, ok := nodeKey(d.Name); ok {
-					add(d.Name, k+"/"+d.SerialNumber, ti)
+					add(d.Name, k, k+" usb:"+d.SerialNumber, ti)
 				}
 			}
 		}
@@ -91,8 +92,10 @@ func matchID(d *enumerator.PortDetails, ids [][2]uint16) bool {
 	return false
 }
 
-// nodeKey identifies what is at path now: the link itself (a re-created
-// link is a new board) and the node it leads to. ok is false when nothing
+// nodeKey identifies what is at path now: the node it leads to and, for a
+// link, the link itself (a re-created link is a new board). A device node
+// removed and made again with the same inode between two polls looks
+// unchanged; udev's nodes get new inodes. ok is false when nothing
 // is there (or a link leads nowhere).
 func nodeKey(path string) (string, bool) {
 	var st, lst syscall.Stat_t
@@ -102,6 +105,11 @@ func nodeKey(path string) (string, bool) {
 	if err := syscall.Lstat(path, &lst); err != nil {
 		return "", false
 	}
-	target, _ := os.Readlink(path)
-	return fmt.Sprintf("%d:%d:%x:%s", lst.Ino, st.Ino, st.Rdev, target), true
+	k := fmt.Sprintf("%d:%x", st.Ino, st.Rdev)
+	if target, err := os.Readlink(path); err == nil {
+		// A link made again is a new board even when the inode number and
+		// the node it names are reused (ptys are): its change time differs.
+		k += fmt.Sprintf(":%d:%d.%09d:%s", lst.Ino, lst.Ctim.Sec, lst.Ctim.Nsec, target)
+	}
+	return k, true
 }

@@ -738,11 +738,11 @@ func (s *Station) finish(ctx context.Context, pl plug, j *jobRun, err error) {
 
 // unplugged reports whether the board the job started on is gone.
 func unplugged(pl plug) bool {
-	if strings.HasPrefix(pl.Port, "emu:") {
+	if pl.Node == "" {
 		return false
 	}
 	k, ok := nodeKey(pl.Port)
-	return !ok || (!strings.Contains(pl.Key, "/") && k != pl.Key) || (strings.Contains(pl.Key, "/") && !strings.HasPrefix(pl.Key, k))
+	return !ok || k != pl.Node
 }
 
 func oneLine(s string) string {
