@@ -82,11 +82,7 @@ func runUpdate(c *cli.Context) error {
 		return lerr
 	}
 	if c.Bool("json") {
-		out := map[string]any{"result": res}
-		if err != nil {
-			out["error"] = err.Error()
-		}
-		if perr := e.printJSON(out); perr != nil && err == nil {
+		if perr := printResultJSON(e, res, err); perr != nil {
 			return perr
 		}
 	} else if err == nil {
@@ -201,11 +197,7 @@ func runSSHFlash(c *cli.Context, write bool) error {
 		return lerr
 	}
 	if c.Bool("json") {
-		out := map[string]any{"result": res}
-		if err != nil {
-			out["error"] = err.Error()
-		}
-		if perr := e.printJSON(out); perr != nil && err == nil {
+		if perr := printResultJSON(e, res, err); perr != nil {
 			return perr
 		}
 	} else if err == nil {
@@ -213,4 +205,17 @@ func runSSHFlash(c *cli.Context, write bool) error {
 		fmt.Fprintf(e.stdout, "verified: sha256 %s computed on the device (%.1fs)\n", res.DeviceSHA256, res.Seconds)
 	}
 	return err
+}
+
+// printResultJSON prints {"result": res, "error": "..."}; it reports a print
+// failure only when there is no error of the command's own to return.
+func printResultJSON(e *env, res any, err error) error {
+	out := map[string]any{"result": res}
+	if err != nil {
+		out["error"] = err.Error()
+	}
+	if perr := e.printJSON(out); perr != nil && err == nil {
+		return perr
+	}
+	return nil
 }
