@@ -648,8 +648,13 @@ size = "1MiB"
 		t.Fatalf("image with a changed file: exit %d: %s %s", code, stdout, errOut)
 	}
 
+	// One changed byte in the raw partition (the changed file above covers
+	// the filesystem one).
 	data, _ := os.ReadFile(img)
 	for _, p := range res.Image.Partitions {
+		if p.FS != "raw" {
+			continue
+		}
 		patched := append([]byte(nil), data...)
 		patched[p.Start+p.Size/2] ^= 0x01
 		pf := filepath.Join(dir, "patched.img")
