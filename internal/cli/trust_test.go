@@ -651,10 +651,12 @@ size = "1MiB"
 	// One changed byte in the raw partition (the changed file above covers
 	// the filesystem one).
 	data, _ := os.ReadFile(img)
+	patchedN := 0
 	for _, p := range res.Image.Partitions {
 		if p.FS != "raw" {
 			continue
 		}
+		patchedN++
 		patched := append([]byte(nil), data...)
 		patched[p.Start+p.Size/2] ^= 0x01
 		pf := filepath.Join(dir, "patched.img")
@@ -664,5 +666,8 @@ size = "1MiB"
 		if code != ExitVerify || !strings.Contains(stdout, want) || !strings.Contains(stdout, "1 byte differs") {
 			t.Fatalf("patched %s: exit %d: %s %s", p.Name, code, stdout, errOut)
 		}
+	}
+	if patchedN != 1 {
+		t.Fatalf("%d raw partitions patched, want 1", patchedN)
 	}
 }
