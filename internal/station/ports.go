@@ -19,7 +19,7 @@ type plug struct {
 	Port   string // what device.Open is given
 	Key    string
 	Node   string // nodeKey of Port when found ("" for emulators)
-	Target int // index into Config.Targets
+	Target int    // index into Config.Targets
 }
 
 // ListPorts lists serial ports with their USB details.

@@ -343,4 +343,3 @@ func mustRead(t testing.TB, p string) string {
 	}
 	return string(b)
 }
-
