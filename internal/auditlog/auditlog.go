@@ -139,18 +139,9 @@ func Open(path string, key *trust.SecretKey, opts Options) (*Log, error) {
 	if l.opts.Operator == "" {
 		l.opts.Operator = operator()
 	}
-	// Find the last line: its hash and sequence number continue the chain.
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("auditlog: %w", err)
-	}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
-	var last []byte
-	for sc.Scan() {
-		last = append(last[:0], sc.Bytes()...)
-	}
-	if err := sc.Err(); err != nil {
+	// The last line's hash and sequence number continue the chain.
+	last, err := lastLine(f)
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("auditlog: read %s: %w", path, err)
 	}
@@ -166,6 +157,37 @@ func Open(path string, key *trust.SecretKey, opts Options) (*Log, error) {
 		}
 	}
 	return l, nil
+}
+
+// lastLine returns the last line of f (without its newline), reading only
+// the file's tail; nil for an empty file. A file that does not end in a
+// newline was cut mid-line: ErrTampered.
+func lastLine(f *os.File) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := st.Size()
+	if size == 0 {
+		return nil, nil
+	}
+	for chunk := int64(64 << 10); ; chunk *= 4 {
+		off := max(0, size-chunk)
+		buf := make([]byte, size-off)
+		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+			return nil, err
+		}
+		if buf[len(buf)-1] != '\n' {
+			return nil, fmt.Errorf("%w: the last line has no newline (cut mid-line?)", ErrTampered)
+		}
+		buf = buf[:len(buf)-1]
+		if i := bytes.LastIndexByte(buf, '\n'); i >= 0 {
+			return buf[i+1:], nil
+		}
+		if off == 0 {
+			return buf, nil
+		}
+	}
 }
 
 func operator() string {

@@ -288,3 +288,14 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// A log cut in the middle of its last line is not silently extended.
+func TestOpenRefusesCutLog(t *testing.T) {
+	key, _ := trust.GenerateKey(nil)
+	p := writeLog(t, key, 2)
+	data, _ := os.ReadFile(p)
+	os.WriteFile(p, data[:len(data)-10], 0o644)
+	if _, err := Open(p, key, Options{}); !errors.Is(err, ErrTampered) {
+		t.Fatalf("got %v, want ErrTampered", err)
+	}
+}
