@@ -73,6 +73,9 @@ type report struct {
 	Failed *command        `json:"failed,omitempty"`
 	Output string          `json:"output,omitempty"`
 	Error  string          `json:"error,omitempty"`
+	// Denied is set when the kernel refused the sandbox's mounts (a
+	// container that allows the namespaces but not mounting in them).
+	Denied bool `json:"denied,omitempty"`
 }
 
 // CommandError is a failed build command with its output.
@@ -153,6 +156,9 @@ func (r *report) err() error {
 	if r.Failed != nil {
 		return &CommandError{What: r.Failed.What, Argv: r.Failed.Argv, Output: r.Output, Err: r.Error}
 	}
+	if r.Denied {
+		return fmt.Errorf("firmware: %w: %s", ErrNoSandbox, r.Error)
+	}
 	return fmt.Errorf("firmware: sandbox: %s", r.Error)
 }
 
@@ -165,6 +171,7 @@ func sandboxMain(stdin io.Reader, stdout io.Writer) int {
 		r.Error = "read plan: " + err.Error()
 	} else if err := enterRoot(&p); err != nil {
 		r.Error = err.Error()
+		r.Denied = errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES)
 	} else {
 		r = runPlan(context.Background(), &p)
 	}
