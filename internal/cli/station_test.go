@@ -1,0 +1,161 @@
+package cli
+
+import (
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kiln.dev/kiln/internal/auditlog"
+	"kiln.dev/kiln/internal/station"
+	"kiln.dev/kiln/internal/trust"
+)
+
+// stationLine writes a signed artifact, a policy that requires its
+// signature, a log key and STATION.toml for ports.
+func stationLine(t *testing.T, fw []byte, ports []string, sign bool) (dir string, logKey *trust.SecretKey) {
+	t.Helper()
+	dir = t.TempDir()
+	art := writeHex(t, dir, "fw.hex", 0, fw)
+	rel, _ := trust.GenerateKey(nil)
+	if sign {
+		f, _ := os.Open(art)
+		sig, _, err := trust.SignArtifact(rel, f, "fw.hex", "", time.Now())
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(trust.SigPath(art), sig.Encode(), 0o644)
+	}
+	pol := fmt.Sprintf("[[key]]\nname = \"release\"\npublic_key = %q\n[[rule]]\nboards = [\"arduino-*\"]\nrequire_signature = true\n", rel.Public().String())
+	os.WriteFile(filepath.Join(dir, "policy.toml"), []byte(pol), 0o644)
+	logKey, _ = trust.GenerateKey(nil)
+	os.WriteFile(filepath.Join(dir, "audit.key"), logKey.Encode(), 0o600)
+	os.WriteFile(filepath.Join(dir, "audit.pub"), logKey.Public().Encode(), 0o644)
+	q := make([]string, len(ports))
+	for i, p := range ports {
+		q[i] = fmt.Sprintf("%q", p)
+	}
+	src := fmt.Sprintf(`name = "line-a"
+operator = "alice"
+policy = "policy.toml"
+log = "audit.jsonl"
+log_key = "audit.key"
+poll = "20ms"
+
+[serial]
+prefix = "UNO-"
+start = 1
+width = 4
+
+[keys]
+ed25519 = true
+
+[[target]]
+board = "arduino-uno"
+artifact = "fw.hex"
+ports = [%s]
+`, strings.Join(q, ", "))
+	os.WriteFile(filepath.Join(dir, "STATION.toml"), []byte(src), 0o644)
+	return dir, logKey
+}
+
+// TestStationEightEmulatedBoards runs kiln station on 8 boards served by
+// eight `kiln emulate arduino-uno --state FILE` processes: afterwards each
+// state file (the emulated chip's flash) holds the firmware and its own
+// record, the serial numbers are UNO-0001 … UNO-0008, and the log verifies.
+func TestStationEightEmulatedBoards(t *testing.T) {
+	t.Parallel()
+	fw := randomBytes(8, 3000)
+	var emus []*emulator
+	var ports, states []string
+	stateDir := t.TempDir()
+	for i := 0; i < 8; i++ {
+		st := filepath.Join(stateDir, fmt.Sprintf("uno%d.flash", i))
+		e := startEmulate(t, "arduino-uno", st)
+		emus = append(emus, e)
+		ports = append(ports, e.port)
+		states = append(states, st)
+	}
+	dir, _ := stationLine(t, fw, ports, true)
+	r := runKiln(t, nil, "station", filepath.Join(dir, "STATION.toml"), "--jobs", "8")
+	if r.code != 0 {
+		t.Fatalf("kiln station: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "8 jobs: 8 verified, 0 failed, 0 aborted; yield 100.0%; audit log verified") {
+		t.Errorf("summary:\n%s", r.stdout)
+	}
+	for _, e := range emus {
+		e.stop(t) // saves the state file
+	}
+	f, err := os.Open(filepath.Join(dir, "audit.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	es, err := auditlog.Read(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPort := map[string]auditlog.Entry{}
+	for _, e := range es {
+		if e.Kind == auditlog.KindProvision {
+			byPort[e.Port] = e
+		}
+	}
+	serials := map[string]bool{}
+	for i, st := range states {
+		mem, err := os.ReadFile(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(mem[:len(fw)]) != string(fw) {
+			t.Errorf("%s: firmware not in flash", st)
+		}
+		rec, err := station.DecodeRecord(mem[0x7D80:0x7E00])
+		if err != nil {
+			t.Fatalf("%s: %v", st, err)
+		}
+		e := byPort[ports[i]]
+		if e.Result != "ok" || e.Provision["serial"] != rec.Serial || e.Operator != "alice" ||
+			e.Provision["public_key"] != "ed25519:"+base64.StdEncoding.EncodeToString(rec.PublicKey) ||
+			e.ReadbackSHA256 != e.ArtifactSHA256 || !strings.Contains(e.Device, "1e950f") {
+			t.Errorf("%s holds %s; its log record is %+v", ports[i], rec.Serial, e)
+		}
+		serials[rec.Serial] = true
+	}
+	for i := 1; i <= 8; i++ {
+		if !serials[fmt.Sprintf("UNO-%04d", i)] {
+			t.Errorf("UNO-%04d missing: %v", i, serials)
+		}
+	}
+	v := runKiln(t, nil, "log", "verify", "--log", filepath.Join(dir, "audit.jsonl"), "--pub", filepath.Join(dir, "audit.pub"))
+	if v.code != 0 {
+		t.Errorf("kiln log verify: exit %d: %s%s", v.code, v.stdout, v.stderr)
+	}
+}
+
+// TestStationRefusesUnsigned: the policy wants a signature, the artifact
+// has none: exit 4 and the board is never opened.
+func TestStationRefusesUnsigned(t *testing.T) {
+	t.Parallel()
+	st := filepath.Join(t.TempDir(), "uno.flash")
+	e := startEmulate(t, "arduino-uno", st)
+	before, _ := os.ReadFile(st)
+	dir, _ := stationLine(t, randomBytes(9, 500), []string{e.port}, false)
+	r := runKiln(t, nil, "station", filepath.Join(dir, "STATION.toml"), "--jobs", "1")
+	if r.code != 4 || !strings.Contains(r.stderr, "untrusted") {
+		t.Fatalf("exit %d, stderr %s", r.code, r.stderr)
+	}
+	e.stop(t)
+	after, _ := os.ReadFile(st)
+	if string(before) != string(after) {
+		t.Error("the emulated board's flash changed")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "audit.jsonl")); err == nil {
+		t.Error("a refused station wrote an audit log")
+	}
+}
