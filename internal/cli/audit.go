@@ -83,7 +83,8 @@ func runAudit(c *cli.Context) error {
 	}
 	res, err := firmware.Build(c.Context, opts)
 	if err != nil {
-		return withHint(fmt.Errorf("audit: rebuild: %w", err), "an audit needs a rebuild that reproduces: see kiln build --check")
+		err = withHint(fmt.Errorf("audit: rebuild: %w", err), "an audit needs a rebuild that reproduces: see kiln build --check")
+		return appendResult(c, auditlog.Entry{Kind: auditlog.KindAudit, Artifact: against, Port: port}, err)
 	}
 	m := res.Manifest
 	rebuilt, err := os.ReadFile(filepath.Join(res.StorePath, firmware.ELFName))
@@ -102,8 +103,7 @@ func runAudit(c *cli.Context) error {
 		entry.Device = rep.Device
 	}
 	if err != nil {
-		entry.Result, entry.Detail = "error", err.Error()
-		return errors.Join(err, appendAudit(c, entry))
+		return appendResult(c, entry, err)
 	}
 	rep.Comparison, rep.Identical = cmp, cmp.Identical
 	entry.ArtifactSHA256 = cmp.ArtifactSHA256
@@ -143,7 +143,7 @@ func runAudit(c *cli.Context) error {
 
 func printComparison(e *env, rep auditReport) {
 	cmp := rep.Comparison
-	fmt.Fprintf(e.stdout, "rebuilt %s (derivation %s) in a fresh sandbox: bit-identical to the store\n", rep.Recipe, rep.Derivation)
+	fmt.Fprintf(e.stdout, "rebuilt %s (derivation %s) afresh: bit-identical to the store\n", rep.Recipe, rep.Derivation)
 	dev := ""
 	if rep.Device != "" {
 		dev = " (" + rep.Device + ")"
@@ -293,7 +293,8 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 	}
 	res, err := recipebuild.Build(c.Context, dir, tmp, opts)
 	if err != nil {
-		return withHint(fmt.Errorf("audit: rebuild: %w", err), "an audit needs a rebuild: see kiln build")
+		err = withHint(fmt.Errorf("audit: rebuild: %w", err), "an audit needs a rebuild: see kiln image build")
+		return appendResult(c, auditlog.Entry{Kind: auditlog.KindAudit, Artifact: against}, err)
 	}
 	if st, err := os.Stat(against); err == nil && st.IsDir() {
 		against = filepath.Join(against, image.ImageFile)

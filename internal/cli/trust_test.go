@@ -452,7 +452,7 @@ func TestAuditBlinkUno(t *testing.T) {
 		t.Errorf("the build's signature lacks the derivation hash:\n%s", sigData)
 	}
 	code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--against", filepath.Join(out, "firmware.elf"), "--log", log)
-	if code != 0 || !strings.Contains(stdout, "identical: every section matches") || !strings.Contains(stdout, "in a fresh sandbox") {
+	if code != 0 || !strings.Contains(stdout, "identical: every section matches") || !strings.Contains(stdout, "afresh: bit-identical to the store") {
 		t.Fatalf("audit of the shipped ELF: exit %d: %s %s", code, stdout, errOut)
 	}
 	if code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--against", filepath.Join(out, "firmware.hex"), "--log", log); code != 0 {
