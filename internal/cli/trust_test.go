@@ -671,3 +671,27 @@ size = "1MiB"
 		t.Fatalf("%d raw partitions patched, want 1", patchedN)
 	}
 }
+
+// An encrypted secret key signs with --password-file; without it, a hint.
+func TestSignWithEncryptedKey(t *testing.T) {
+	dir := t.TempDir()
+	sk, _ := trust.GenerateKey(nil)
+	enc, err := sk.EncodeEncrypted(nil, []byte("s3cret"), 1<<16, 1<<22) // small scrypt limits: a fast test
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "enc.key")
+	os.WriteFile(key, enc, 0o600)
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	file := writeHex(t, dir, "fw.hex", 0, randomBytes(9, 300))
+	if code, _, errOut := kiln(t, "sign", "--key", key, file); code != ExitFailure || !strings.Contains(errOut, "hint: give the password with --password-file") {
+		t.Fatalf("no password: exit %d: %s", code, errOut)
+	}
+	if code, _, errOut := kiln(t, "sign", "--key", key, "--password-file", pw, file); code != 0 {
+		t.Fatalf("sign: exit %d: %s", code, errOut)
+	}
+	if code, out, errOut := kiln(t, "verify-sig", "-P", sk.Public().String(), file); code != 0 || !strings.Contains(out, "signature ok") {
+		t.Fatalf("verify-sig: exit %d: %s %s", code, out, errOut)
+	}
+}
