@@ -37,6 +37,7 @@ func init() {
 			&cli.StringFlag{Name: "against", Usage: "shipped artifact `FILE` (.elf, .hex, .bin, .img, .img.xz, or a build output directory)"},
 			&cli.StringFlag{Name: "port", Aliases: []string{"p"}, Usage: "read the device at `PORT` instead (as kiln verify does)"},
 			&cli.StringFlag{Name: "board", Aliases: []string{"b"}, Usage: "board `NAME` of the device (default: the recipe's)"},
+			&cli.BoolFlag{Name: "full", Usage: "with --port, read the whole application flash: anything but erased bytes outside the build is a difference"},
 			protocolFlag, baudFlag,
 			&cli.StringFlag{Name: "address", Usage: "load `ADDRESS` of a .bin (default: the build's load address)"},
 			&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
@@ -236,7 +237,15 @@ func compareDevice(c *cli.Context, port string, rebuilt []byte, m *firmware.Mani
 	if err != nil {
 		return nil, "", b.Name, diagnose(err, port)
 	}
-	dev, rerr := readImage(ctx, sess, img, newProgress(e.stderr, c.Bool("json")))
+	want := img
+	if c.Bool("full") {
+		// Read the whole application area; keep what is not erased.
+		want = &flash.Image{Segments: []flash.Segment{{Addr: b.Flash.Base, Data: make([]byte, b.Flash.Size)}}}
+	}
+	dev, rerr := readImage(ctx, sess, want, newProgress(e.stderr, c.Bool("json")))
+	if rerr == nil && c.Bool("full") {
+		dev = notErased(dev, img)
+	}
 	id := sess.Identity()
 	if cerr := sess.Close(); rerr == nil && cerr != nil && !errors.Is(cerr, context.Canceled) {
 		fmt.Fprintf(e.stderr, "note: closing %s: %v\n", port, cerr)
@@ -412,4 +421,32 @@ func compareDisks(rebuiltPath, shippedPath string, res *recipebuild.Result) (*at
 		}
 	}
 	return cmp, nil
+}
+
+// notErased keeps, of a full read of the flash, the bytes inside the
+// build's segments and every byte outside them that is not erased (0xff).
+func notErased(full, build *flash.Image) *flash.Image {
+	in := func(a uint64) bool {
+		for _, s := range build.Segments {
+			if a >= uint64(s.Addr) && a < s.End() {
+				return true
+			}
+		}
+		return false
+	}
+	out := &flash.Image{Source: full.Source}
+	for _, s := range full.Segments {
+		start := -1
+		for i := 0; i <= len(s.Data); i++ {
+			keep := i < len(s.Data) && (in(uint64(s.Addr)+uint64(i)) || s.Data[i] != 0xff)
+			switch {
+			case keep && start < 0:
+				start = i
+			case !keep && start >= 0:
+				out.Segments = append(out.Segments, flash.Segment{Addr: s.Addr + uint32(start), Data: s.Data[start:i]})
+				start = -1
+			}
+		}
+	}
+	return out
 }

@@ -501,6 +501,18 @@ func TestAuditBlinkUno(t *testing.T) {
 	if code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--port", emu.port, "--log", log); code != 0 || !strings.Contains(stdout, "identical") {
 		t.Fatalf("audit --port: exit %d: %s %s", code, stdout, errOut)
 	}
+	// Extra code past the build: only a full read sees it.
+	extra := writeHex(t, dir, "extra.hex", 0x6000, randomBytes(31, 128))
+	if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", emu.port, "--log", log, extra); code != 0 {
+		t.Fatalf("flash extra: exit %d: %s", code, errOut)
+	}
+	if code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--port", emu.port, "--log", log); code != 0 {
+		t.Fatalf("audit --port (extent only): exit %d: %s %s", code, stdout, errOut)
+	}
+	if code, stdout, errOut := kiln(t, "audit", recipe, "--store", st, "--port", emu.port, "--full", "--log", log); code != ExitVerify ||
+		!strings.Contains(stdout, "0x006000+128") || !strings.Contains(stdout, "outside every section") {
+		t.Fatalf("audit --port --full: exit %d: %s %s", code, stdout, errOut)
+	}
 	if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", emu.port, "--log", log, phex); code != 0 {
 		t.Fatalf("flash patched: exit %d: %s", code, errOut)
 	}
@@ -519,7 +531,7 @@ func TestAuditBlinkUno(t *testing.T) {
 			results = append(results, e.Result)
 		}
 	}
-	if strings.Join(results, ",") != "identical,identical,different,different,identical,different" {
+	if strings.Join(results, ",") != "identical,identical,different,different,identical,identical,different,different" {
 		t.Fatalf("audit records: %v", results)
 	}
 }
