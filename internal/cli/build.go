@@ -41,6 +41,12 @@ func runBuild(c *cli.Context) error {
 	if len(args) != 1 {
 		return usagef("build: want RECIPE_DIR (see kiln build --help)")
 	}
+	if r, err := recipes.Load(args[0]); err == nil && r.Kind == recipes.KindImage {
+		if c.Bool("check") {
+			return usagef("build: --check is not supported for image recipes yet (build twice and compare image.img)")
+		}
+		return imageBuild(c, args[0], c.String("out")) // kind = "image": image.go
+	}
 	e := envOf(c)
 	s, err := store.Open(c.String("store"))
 	if err != nil {
