@@ -1,0 +1,90 @@
+package recipes
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"kiln.dev/kiln/image"
+)
+
+const imageRecipe = `name = "img"
+version = "1"
+kind = "image"
+board = "rpi-3b"
+[[inputs]]
+name = "linux"
+sources = ["deb:linux-image-arm64:arm64=1"]
+sha256 = "914f75b57a8e165d85fb910c3e2dcc7000a05a9fea3f42f90b26e8dd590d5f06"
+[image]
+table = "mbr"
+size = "64MiB"
+source_date_epoch = 1
+[[image.partitions]]
+name = "boot"
+fs = "fat32"
+size = "40MiB"
+contents = [{ from = "linux:boot/vmlinuz", to = "kernel8.img" }]
+[[image.partitions]]
+name = "root"
+fs = "squashfs"
+size = %ROOT%
+`
+
+func loadImage(t *testing.T, text string) (*Recipe, error) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, FileName), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Load(dir)
+}
+
+func TestImageRecipe(t *testing.T) {
+	r, err := loadImage(t, strings.Replace(imageRecipe, "%ROOT%", `"16MiB"`, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := r.KindData.(*ImageSpec)
+	if spec.Size != 64<<20 || spec.Partitions[1].Size != 16<<20 || spec.Partitions[0].FS != image.FAT32 {
+		t.Errorf("spec = %+v", spec)
+	}
+	d, err := r.Derive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, _ := loadImage(t, strings.Replace(imageRecipe, "%ROOT%", `"17MiB"`, 1))
+	d2, _ := r2.Derive()
+	if d.Hash() == d2.Hash() {
+		t.Error("changing a partition size does not change the derivation hash")
+	}
+}
+
+func TestImageRecipeRejects(t *testing.T) {
+	for name, c := range map[string]struct{ text, want string }{
+		"exceeds the disk":  {strings.Replace(imageRecipe, "%ROOT%", `"32MiB"`, 1), "exceeds the disk"},
+		"bad size":          {strings.Replace(imageRecipe, "%ROOT%", `"16 parsecs"`, 1), "size"},
+		"unknown input":     {strings.Replace(strings.Replace(imageRecipe, "%ROOT%", "1048576", 1), "linux:boot", "kernel:boot", 1), "does not declare"},
+		"overlap":           {strings.Replace(imageRecipe, "%ROOT%", `"8MiB"`+"\nstart = \"2MiB\"", 1), "overlap"},
+		"unknown image key": {strings.Replace(imageRecipe, "%ROOT%", `"8MiB"`+"\ncolour = 1", 1), "colour"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := loadImage(t, c.text)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want ErrInvalid mentioning %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"512": 512, "4KiB": 4096, "64MiB": 64 << 20, "2GiB": 2 << 30, "1M": 1 << 20} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := ParseSize("1.5GiB"); err == nil {
+		t.Error("1.5GiB accepted")
+	}
+}
