@@ -249,6 +249,27 @@ func TestRPiApplianceWithRealTools(t *testing.T) {
 		t.Errorf("derivation file holds %q, want %s", d, m.Derivation)
 	}
 
+	// kiln image inspect reads the table, the filesystems and kiln.json.
+	var info struct {
+		Table      string
+		Partitions []struct {
+			Number int
+			FS     string
+		}
+		Metadata recipebuild.Metadata
+	}
+	if err := json.Unmarshal([]byte(run(t, filepath.Join(work, "kiln"), "image", "inspect", "--json", img)), &info); err != nil {
+		t.Fatal(err)
+	}
+	fsByNumber := map[int]string{}
+	for _, p := range info.Partitions {
+		fsByNumber[p.Number] = p.FS
+	}
+	if info.Table != "mbr" || info.Metadata.Derivation != m.Derivation || fsByNumber[1] != "fat32" ||
+		fsByNumber[5] != "squashfs" || fsByNumber[6] != "empty" || fsByNumber[7] != "ext4" {
+		t.Errorf("kiln image inspect: table %s, derivation %s, filesystems %v", info.Table, info.Metadata.Derivation, fsByNumber)
+	}
+
 	// .xz and .bmap give back the image.
 	xzPath := filepath.Join(dir, "image.img.xz")
 	run(t, "xz", "-t", xzPath)
