@@ -23,17 +23,6 @@ import (
 	"kiln.dev/kiln/internal/trust"
 )
 
-// The package's tests flash and verify; keep their audit records out of
-// the user's ~/.local/state.
-func init() {
-	if os.Getenv("KILN_LOG") == "" {
-		dir, err := os.MkdirTemp("", "kiln-cli-test-log-")
-		if err == nil {
-			os.Setenv("KILN_LOG", filepath.Join(dir, "audit.jsonl"))
-		}
-	}
-}
-
 // kiln runs the CLI in-process.
 func kiln(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
