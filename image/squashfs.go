@@ -38,7 +38,7 @@ func MakeSquashfs(tree *Tree, epoch int64, tmpDir string) (string, error) {
 	}
 	zero := uint32(0)
 	err = fsys.Finalize(squashfs.FinalizeOptions{
-		Compression: &squashfs.CompressorGzip{CompressionLevel: 9, WindowSize: 15,
+		Compression: &squashfs.CompressorGzip{CompressionLevel: 6, WindowSize: 15,
 			Strategies: map[squashfs.GzipStrategy]bool{squashfs.GzipDefault: true}},
 		FileUID: &zero, FileGID: &zero,
 	})
