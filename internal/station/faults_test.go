@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,7 +46,10 @@ func TestThousandJobsWithFaults(t *testing.T) {
 		unplugs bool
 	}
 	n := 0
-	plugNew := func(port string) *plugged {
+	// A fresh board is made before the old one goes, so its pty does not
+	// reuse the old one's number: Linux removes a closed pty's node
+	// lazily, and a reused name can vanish under the new board.
+	plugNew := func(port string, old *plugged) *plugged {
 		n++
 		cfg := fastUno()
 		p := &plugged{kind: "random"}
@@ -61,13 +65,17 @@ func TestThousandJobsWithFaults(t *testing.T) {
 		default:
 			cfg.Faults.Rate, cfg.Faults.Seed = 3e-5, int64(n)
 		}
-		p.b = plugBoard(t, cfg, port)
+		p.b = plugBoard(t, cfg, "")
+		if old != nil {
+			old.b.unplug()
+		}
+		p.b.connect(t, port)
 		return p
 	}
 	link := func(i int) string { return filepath.Join(watch, fmt.Sprintf("p%d", i)) }
 	on := map[string]*plugged{}
 	for i := 0; i < ports; i++ {
-		on[link(i)] = plugNew(link(i))
+		on[link(i)] = plugNew(link(i), nil)
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- s.Run(ctx) }()
@@ -77,6 +85,7 @@ func TestThousandJobsWithFaults(t *testing.T) {
 		on  *plugged
 	}
 	var jobs []job
+	history := map[string][]string{}
 	jobOf := map[int64]string{} // job → port, to catch a job moving ports
 	for len(jobs) < want {
 		var e station.Event
@@ -92,13 +101,13 @@ func TestThousandJobsWithFaults(t *testing.T) {
 			jobOf[e.Job] = e.Port
 		}
 		p := on[e.Port]
+		history[e.Port] = append(history[e.Port], fmt.Sprintf("job %d %s %s %s (board %s %s)", e.Job, e.State, e.Phase, e.Error, p.b.name, p.kind))
 		switch {
 		case e.State == station.StateRunning && e.Phase == "write" && e.Done > 0 && p.unplugs:
 			p.b.unplug()
 		case ended(e):
 			jobs = append(jobs, job{end: e, on: p})
-			p.b.unplug()
-			on[e.Port] = plugNew(e.Port)
+			on[e.Port] = plugNew(e.Port, p)
 		}
 	}
 	cancel()
@@ -154,6 +163,15 @@ func TestThousandJobsWithFaults(t *testing.T) {
 			causes[e.Result]++
 			if (e.Result == station.ResultUnplugged) != j.on.unplugs {
 				t.Logf("job %d on a board with %s faults recorded as %s: %s", j.end.Job, j.on.kind, e.Result, e.Detail)
+				h := history[e.Port]
+				for i, line := range h {
+					if strings.HasPrefix(line, fmt.Sprintf("job %d ", j.end.Job)) {
+						for _, l := range h[max(0, i-12):min(len(h), i+3)] {
+							t.Logf("  %s", l)
+						}
+						break
+					}
+				}
 			}
 		default:
 			t.Errorf("job %d ended %s", j.end.Job, j.end.State)

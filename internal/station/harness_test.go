@@ -77,6 +77,15 @@ func (b *ptyBoard) serve(ctx context.Context) {
 	}
 }
 
+// connect links the board at link (plugs its cable in).
+func (b *ptyBoard) connect(t testing.TB, link string) {
+	t.Helper()
+	b.link = link
+	if err := os.Symlink(b.name, link); err != nil {
+		t.Fatalf("plug: %v", err)
+	}
+}
+
 // unplug removes the link, stops the board and closes the pty: the node
 // disappears.
 func (b *ptyBoard) unplug() {
