@@ -1,9 +1,14 @@
 package cli
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -157,5 +162,111 @@ func TestStationRefusesUnsigned(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "audit.jsonl")); err == nil {
 		t.Error("a refused station wrote an audit log")
+	}
+}
+
+// TestStationInterruptAndDashboard runs kiln station with --http on a
+// board paced at 115200 baud, reads the JSON status endpoint while the job
+// runs, and interrupts it: with a long grace period the job in flight
+// finishes and is logged verified; with none it is logged aborted and its
+// serial number stays free.
+func TestStationInterruptAndDashboard(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		grace, result string
+	}{{"30s", "ok"}, {"1ms", station.ResultAborted}} {
+		stateFile := filepath.Join(t.TempDir(), "uno.flash")
+		emu := startEmulator(t, exec.Command(kilnBin, "emulate", "arduino-uno", "--pace", "--state", stateFile))
+		dir, _ := stationLine(t, randomBytes(10, 12000), []string{emu.port}, true)
+		toml := filepath.Join(dir, "STATION.toml")
+		src, _ := os.ReadFile(toml)
+		os.WriteFile(toml, []byte("grace = \""+tc.grace+"\"\n"+string(src)), 0o644)
+
+		cmd := exec.Command(kilnBin, "station", toml, "--http", "127.0.0.1:0")
+		stdout, _ := cmd.StdoutPipe()
+		stderr, _ := cmd.StderrPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		addr := make(chan string, 1)
+		go func() {
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				if u, ok := strings.CutPrefix(sc.Text(), "dashboard: "); ok {
+					addr <- u
+				}
+			}
+		}()
+		var out bytes.Buffer
+		started := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			sc := bufio.NewScanner(stdout)
+			once := false
+			for sc.Scan() {
+				out.WriteString(sc.Text() + "\n")
+				if !once && strings.Contains(sc.Text(), "job 1 started") {
+					once = true
+					close(started)
+				}
+			}
+		}()
+		var base string
+		select {
+		case base = <-addr:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no dashboard address")
+		}
+		select {
+		case <-started:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no job started")
+		}
+		// The status endpoint shows the job running.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get(base + "status")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st station.Status
+			json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if len(st.Ports) == 1 && st.Ports[0].State == station.StateRunning && st.Ports[0].Phase == "write" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status never showed the job writing: %+v", st)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		cmd.Process.Signal(os.Interrupt)
+		<-done
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("grace %s: kiln station: %v\n%s", tc.grace, err, out.String())
+		}
+		f, _ := os.Open(filepath.Join(dir, "audit.jsonl"))
+		es, err := auditlog.Read(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var recs []auditlog.Entry
+		for _, e := range es {
+			if e.Kind == auditlog.KindProvision {
+				recs = append(recs, e)
+			}
+		}
+		if len(recs) != 1 || recs[0].Result != tc.result {
+			t.Fatalf("grace %s: records %+v\n%s", tc.grace, recs, out.String())
+		}
+		if !strings.Contains(out.String(), "audit log verified") {
+			t.Errorf("grace %s: summary:\n%s", tc.grace, out.String())
+		}
+		if tc.result == station.ResultAborted && recs[0].Provision["serial_released"] != "UNO-0001" {
+			t.Errorf("aborted job: %+v", recs[0].Provision)
+		}
+		emu.stop(t)
 	}
 }
