@@ -234,14 +234,16 @@ func TestBuildRejectsBadInputs(t *testing.T) {
 	tr, _ := testTree(t)
 	bad := NewTree()
 	bad.AddBytes("what?.txt", []byte("x"), 0o644)
-	big := NewTree()
 	bigFile := filepath.Join(t.TempDir(), "big")
 	f, _ := os.Create(bigFile)
 	rnd := make([]byte, 12<<20)
 	rand.NewChaCha8([32]byte{1}).Read(rnd)
 	f.Write(rnd)
 	f.Close()
-	big.AddFile("big", bigFile)
+	small := NewTree()
+	smallFile := filepath.Join(t.TempDir(), "small")
+	os.WriteFile(smallFile, rnd[:3<<20], 0o644)
+	small.AddFile("small", smallFile)
 	cases := []struct {
 		name  string
 		parts []*Partition
@@ -250,7 +252,7 @@ func TestBuildRejectsBadInputs(t *testing.T) {
 		{"overlap", []*Partition{{Name: "a", FS: FAT32, Start: 1 << 20, Size: 40 << 20}, {Name: "b", FS: Raw, Start: 20 << 20, Size: 8 << 20}}, ErrLayout},
 		{"exceeds disk", []*Partition{{Name: "a", FS: FAT32, Start: 1 << 20, Size: 40 << 20}, {Name: "b", FS: Raw, Size: 30 << 20}}, ErrLayout},
 		{"name FAT cannot hold", []*Partition{{Name: "a", FS: FAT32, Size: 40 << 20, Contents: bad}}, ErrBadName},
-		{"root does not fit its slot", []*Partition{{Name: "a", FS: Squashfs, Size: 4 << 20, Contents: big}}, ErrNoSpace},
+		{"root does not fit its slot", []*Partition{{Name: "a", FS: Squashfs, Size: 2 << 20, Contents: small}}, ErrNoSpace},
 		{"files do not fit FAT", []*Partition{{Name: "a", FS: FAT32, Size: 34 << 20, Contents: func() *Tree {
 			t := NewTree()
 			for i := 0; i < 3; i++ {
@@ -258,7 +260,7 @@ func TestBuildRejectsBadInputs(t *testing.T) {
 			}
 			return t
 		}()}}, ErrNoSpace},
-		{"ext4 too full", []*Partition{{Name: "a", FS: Ext4, Size: 8 << 20, Contents: big}}, ErrNoSpace},
+		{"ext4 too full", []*Partition{{Name: "a", FS: Ext4, Size: 2 << 20, Contents: small}}, ErrNoSpace},
 		{"fat too small", []*Partition{{Name: "a", FS: FAT32, Size: 16 << 20, Contents: tr}}, ErrLayout},
 	}
 	for _, c := range cases {
