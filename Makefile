@@ -50,6 +50,7 @@ test: deps build
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./flash/stk500v2
 	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=10s ./firmware/fetch
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./recipes
+	$(GO) test -run '^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=10s ./internal/station
 	@echo "make test: all packages passed"
 
 bench: deps build
