@@ -64,7 +64,12 @@ func TestDashboardInBrowser(t *testing.T) {
 	plugBoard(t, slow, port)
 	state := fmt.Sprintf(`(function(){const r=document.querySelector('tr[data-port=%q]');return r?r.dataset.state:"";})()`, port)
 	var seen []string
+	sawBar := false
 	poll("running then verified", state, func(v string) bool {
+		if v == station.StateRunning && !sawBar {
+			bar, _ := b.eval(fmt.Sprintf(`(function(){const p=document.querySelector('tr[data-port=%q] td.c-progress progress');return p?p.value+"/"+p.max:"";})()`, port))
+			sawBar = bar != "" && bar != "0/1"
+		}
 		if v != "" && (len(seen) == 0 || seen[len(seen)-1] != v) {
 			seen = append(seen, v)
 		}
@@ -73,9 +78,28 @@ func TestDashboardInBrowser(t *testing.T) {
 	if strings.Join(seen, ",") != "running,verified" && !(len(seen) == 3 && seen[0] == "idle" && seen[1] == "running" && seen[2] == "verified") {
 		t.Fatalf("the page showed %v, want running then verified", seen)
 	}
-	serial := poll("the serial number", fmt.Sprintf(`document.querySelector('tr[data-port=%q] td.serial').textContent`, port), func(v string) bool { return v != "" })
-	if serial != "KLN-000001" {
-		t.Errorf("page shows serial %q", serial)
+	// What the operator reads in the row.
+	row := func(col string) string {
+		v, err := b.eval(fmt.Sprintf(`document.querySelector('tr[data-port=%q] td.c-%s').textContent`, port, col))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if got := row("state"); got != "verified" {
+		t.Errorf("state cell reads %q", got)
+	}
+	if got := row("serial"); got != "KLN-000001" {
+		t.Errorf("serial cell reads %q", got)
+	}
+	if got := row("verified"); got != "1" {
+		t.Errorf("ok cell reads %q", got)
+	}
+	if got := row("device"); !strings.Contains(got, "1e950f") {
+		t.Errorf("device cell reads %q", got)
+	}
+	if !sawBar {
+		t.Error("no progress bar moved while the job ran")
 	}
 	if v, _ := b.eval(`document.getElementById("verified").textContent`); v != "1" {
 		t.Errorf("verified count on the page: %q", v)
