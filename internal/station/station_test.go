@@ -172,6 +172,25 @@ func TestEightBoardsConcurrently(t *testing.T) {
 	if n, _ := ser.Reserve(); n != "KLN-000009" {
 		t.Errorf("after a restart the next serial is %s, want KLN-000009", n)
 	}
+	// Even with the state file lost (a crash between the log record and
+	// the state write, a wiped disk), the log's verified records keep
+	// their numbers taken: a ninth board gets KLN-000009.
+	if err := os.Remove(cfg.State); err != nil {
+		t.Fatal(err)
+	}
+	ninth := plugBoard(t, fastUno(), "")
+	cfg9 := l.config(t, "", "ports = "+quote(ninth.name))
+	s9, err := station.New(cfg9, station.Options{LogKey: l.logKey, MaxJobs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s9.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := deviceRecord(t, ninth, l.fw); r.Serial != "KLN-000009" {
+		t.Errorf("after losing the state file the ninth board got %s", r.Serial)
+	}
+	serialNumbers(t, l.records(t))
 }
 
 // TestHotPlug plugs boards into a watched directory while the station
