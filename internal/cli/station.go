@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"kiln.dev/kiln/internal/station"
 	"kiln.dev/kiln/internal/station/dashboard"
@@ -135,6 +136,36 @@ func runStation(c *cli.Context) error {
 		fmt.Fprintf(e.stderr, "dashboard: http://%s/\n", ln.Addr())
 	}
 	fmt.Fprintf(e.stderr, "station %s: log %s; interrupt to stop\n", cfg.Name, log)
+	if !e.json {
+		// A running tally for the operator: every 2 s on a terminal,
+		// every 30 s into a file or pipe.
+		every := 30 * time.Second
+		if f, ok := e.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			every = 2 * time.Second
+		}
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			t := time.NewTicker(every)
+			defer t.Stop()
+			last := ""
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+				line := tally(s.Status())
+				if line == last {
+					continue
+				}
+				last = line
+				mu.Lock()
+				fmt.Fprintln(e.stdout, line)
+				mu.Unlock()
+			}
+		}()
+	}
 	runErr := s.Run(c.Context)
 	st := s.Status()
 	if e.json {
@@ -148,6 +179,23 @@ func runStation(c *cli.Context) error {
 		return runErr
 	}
 	return nil
+}
+
+// tally is the one-line running summary.
+func tally(st station.Status) string {
+	yield := "-"
+	if st.Verified+st.Failed > 0 {
+		yield = fmt.Sprintf("%.1f%%", 100*st.Yield)
+	}
+	line := fmt.Sprintf("-- %d running, %d verified, %d failed, %d aborted; yield %s", st.Running, st.Verified, st.Failed, st.Aborted, yield)
+	if st.LastError != "" {
+		le := st.LastError
+		if len(le) > 100 {
+			le = le[:97] + "..."
+		}
+		line += "; last error: " + le
+	}
+	return line
 }
 
 // printStationSummary prints the per-port table and the totals.
