@@ -180,6 +180,25 @@ func TestBuildValidatesWithRealTools(t *testing.T) {
 				t.Errorf("ext4 uuid %s not in dumpe2fs", rep.Partitions[3].FSUUID)
 			}
 
+			// Inspect finds the same table, partitions and filesystems.
+			info, err := Inspect(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, p := range info.Partitions {
+				got[p.PartUUID] = p.FS
+			}
+			wantFS := map[string]string{FAT32: FAT32, Squashfs: Squashfs, Ext4: Ext4, Raw: "empty"}
+			for i, p := range l.Partitions {
+				if got[l.PartUUID(i)] != wantFS[p.FS] {
+					t.Errorf("inspect: partition %s (%s) found as %q", p.Name, l.PartUUID(i), got[l.PartUUID(i)])
+				}
+			}
+			if info.Table != table || info.DiskID != rep.DiskID {
+				t.Errorf("inspect: table %s disk id %s, want %s %s", info.Table, info.DiskID, table, rep.DiskID)
+			}
+
 			// .xz and .bmap: xz -t, xz -dc, bmaptool copy all give the .img bytes.
 			xzPath := filepath.Join(out, XZFile)
 			run(t, "xz", "-t", xzPath)
