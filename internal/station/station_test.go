@@ -362,3 +362,36 @@ func mustRead(t testing.TB, p string) string {
 	}
 	return string(b)
 }
+
+// TestPolicyPerPort: a policy rule that wants signatures on some ports
+// only. The unsigned artifact goes to the other ports; a board on a
+// guarded port gets a job recorded "untrusted" and is never written.
+func TestPolicyPerPort(t *testing.T) {
+	l := newLine(t, 256)
+	watch := filepath.Join(l.dir, "ports")
+	os.Mkdir(watch, 0o755)
+	k, _ := trust.GenerateKey(nil)
+	pol := fmt.Sprintf("[[key]]\nname = \"release\"\npublic_key = %q\n[[rule]]\nports = [%q]\nrequire_signature = true\n",
+		k.Public().String(), filepath.Join(watch, "secure-*"))
+	os.WriteFile(filepath.Join(l.dir, "policy.toml"), []byte(pol), 0o644)
+	cfg := l.config(t, `policy = "policy.toml"`, "watch = "+quote(filepath.Join(watch, "*")))
+	open := plugBoard(t, fastUno(), filepath.Join(watch, "bench-1"))
+	guarded := plugBoard(t, fastUno(), filepath.Join(watch, "secure-1"))
+	s, err := station.New(cfg, station.Options{LogKey: l.logKey, MaxJobs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	res := map[string]string{}
+	for _, e := range l.records(t) {
+		res[filepath.Base(e.Port)] = e.Result + ": " + e.Detail
+	}
+	if !strings.HasPrefix(res["bench-1"], "ok") || !strings.HasPrefix(res["secure-1"], "untrusted: trust:") {
+		t.Errorf("results %v", res)
+	}
+	if guarded.dev.PagesWritten() != 0 || open.dev.PagesWritten() == 0 {
+		t.Errorf("pages written: guarded %d, open %d", guarded.dev.PagesWritten(), open.dev.PagesWritten())
+	}
+}
