@@ -270,3 +270,79 @@ func TestStationInterruptAndDashboard(t *testing.T) {
 		emu.stop(t)
 	}
 }
+
+// TestStationHotPlugEmulators: kiln station watches a directory while
+// `kiln emulate` processes come and go behind links in it; each board that
+// appears is provisioned once, a board that goes is reported unplugged.
+func TestStationHotPlugEmulators(t *testing.T) {
+	t.Parallel()
+	watch := t.TempDir()
+	dir, _ := stationLine(t, randomBytes(11, 1500), []string{"/nonexistent/port"}, true)
+	toml := filepath.Join(dir, "STATION.toml")
+	src, _ := os.ReadFile(toml)
+	os.WriteFile(toml, []byte(strings.Replace(string(src), `ports = ["/nonexistent/port"]`, fmt.Sprintf("watch = [%q]", filepath.Join(watch, "uno-*")), 1)), 0o644)
+
+	cmd := exec.Command(kilnBin, "station", toml, "--jobs", "3")
+	stdout, _ := cmd.StdoutPipe()
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var out []string
+	waitLine := func(sub string) {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("kiln station ended before %q:\n%s\n%s", sub, strings.Join(out, "\n"), errb.String())
+				}
+				out = append(out, l)
+				if strings.Contains(l, sub) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no %q in:\n%s", sub, strings.Join(out, "\n"))
+			}
+		}
+	}
+	plug := func(name string) (*emulator, string) {
+		st := filepath.Join(t.TempDir(), name+".flash")
+		e := startEmulate(t, "arduino-uno", st)
+		link := filepath.Join(watch, name)
+		if err := os.Symlink(e.port, link); err != nil {
+			t.Fatal(err)
+		}
+		return e, st
+	}
+	a, _ := plug("uno-a")
+	waitLine(filepath.Join(watch, "uno-a") + ": verified UNO-0001")
+	b, _ := plug("uno-b")
+	waitLine(filepath.Join(watch, "uno-b") + ": verified UNO-0002")
+	a.stop(t) // the board goes: its pty disappears behind the link
+	waitLine(filepath.Join(watch, "uno-a") + ": unplugged")
+	os.Remove(filepath.Join(watch, "uno-a"))
+	c, cst := plug("uno-a") // another board on the same name
+	waitLine(filepath.Join(watch, "uno-a") + ": verified UNO-0003")
+	for range lines {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("kiln station: %v\n%s", err, errb.String())
+	}
+	b.stop(t)
+	c.stop(t)
+	mem, _ := os.ReadFile(cst)
+	if r, err := station.DecodeRecord(mem[0x7D80:0x7E00]); err != nil || r.Serial != "UNO-0003" {
+		t.Errorf("re-plugged board's record: %v %v", r, err)
+	}
+}
