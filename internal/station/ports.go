@@ -95,21 +95,28 @@ func matchID(d *enumerator.PortDetails, ids [][2]uint16) bool {
 // nodeKey identifies what is at path now: the node it leads to and, for a
 // link, the link itself (a re-created link is a new board). A device node
 // removed and made again with the same inode between two polls looks
-// unchanged; udev's nodes get new inodes. ok is false when nothing
-// is there (or a link leads nowhere).
+// unchanged; udev's nodes get new inodes. ok is false when nothing is
+// there, a link leads nowhere, or the path changed while it was looked at
+// (a torn look would pass for a new board).
 func nodeKey(path string) (string, bool) {
+	t1, e1 := os.Readlink(path)
 	var st, lst syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return "", false
-	}
 	if err := syscall.Lstat(path, &lst); err != nil {
 		return "", false
 	}
+	if err := syscall.Stat(path, &st); err != nil {
+		return "", false
+	}
+	t2, e2 := os.Readlink(path)
+	isLink := lst.Mode&syscall.S_IFMT == syscall.S_IFLNK
+	if (e1 == nil) != isLink || (e2 == nil) != isLink || t1 != t2 {
+		return "", false
+	}
 	k := fmt.Sprintf("%d:%x", st.Ino, st.Rdev)
-	if target, err := os.Readlink(path); err == nil {
+	if isLink {
 		// A link made again is a new board even when the inode number and
 		// the node it names are reused (ptys are): its change time differs.
-		k += fmt.Sprintf(":%d:%d.%09d:%s", lst.Ino, lst.Ctim.Sec, lst.Ctim.Nsec, target)
+		k += fmt.Sprintf(":%d:%d.%09d:%s", lst.Ino, lst.Ctim.Sec, lst.Ctim.Nsec, t1)
 	}
 	return k, true
 }
