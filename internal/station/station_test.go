@@ -395,3 +395,28 @@ func TestPolicyPerPort(t *testing.T) {
 		t.Errorf("pages written: guarded %d, open %d", guarded.dev.PagesWritten(), open.dev.PagesWritten())
 	}
 }
+
+// TestTamperedLogRefused: the station verifies its log before it starts
+// and will not add to a log that was edited.
+func TestTamperedLogRefused(t *testing.T) {
+	l := newLine(t, 256)
+	b := plugBoard(t, fastUno(), "")
+	cfg := l.config(t, "", "ports = "+quote(b.name))
+	s, err := station.New(cfg, station.Options{LogKey: l.logKey, MaxJobs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	data := mustRead(t, l.log)
+	edited := strings.Replace(data, `"serial":"KLN-000001"`, `"serial":"KLN-000002"`, 1)
+	if edited == data {
+		t.Fatal("no serial in the log to edit")
+	}
+	os.WriteFile(l.log, []byte(edited), 0o644)
+	_, err = station.New(cfg, station.Options{LogKey: l.logKey})
+	if !errors.Is(err, station.ErrLog) || !errors.Is(err, auditlog.ErrTampered) {
+		t.Fatalf("New on an edited log = %v", err)
+	}
+}
