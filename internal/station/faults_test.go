@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"kiln.dev/kiln/flash/stk500/stk500test"
 	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/station"
 )
@@ -211,5 +210,4 @@ func TestThousandJobsWithFaults(t *testing.T) {
 	if len(verified) < want/2 {
 		t.Errorf("only %d of %d jobs verified", len(verified), len(jobs))
 	}
-	_ = stk500test.Config{}
 }
