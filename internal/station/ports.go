@@ -30,11 +30,19 @@ type ListPorts func() ([]*enumerator.PortDetails, error)
 // sources found.
 func scan(cfg *Config, bs []*boards.Board, list ListPorts) (map[string]plug, error) {
 	found := map[string]plug{}
+	nodes := map[string]bool{} // one job per device, however many names lead to it
 	var firstErr error
 	add := func(port, node, key string, t int) {
-		if _, dup := found[port]; !dup {
-			found[port] = plug{Port: port, Key: key, Node: node, Target: t}
+		if _, dup := found[port]; dup {
+			return
 		}
+		if id, _, _ := strings.Cut(node, "/"); node != "" {
+			if nodes[id] {
+				return
+			}
+			nodes[id] = true
+		}
+		found[port] = plug{Port: port, Key: key, Node: node, Target: t}
 	}
 	var usb []*enumerator.PortDetails
 	usbListed := false
@@ -112,7 +120,7 @@ func nodeKey(path string) (string, bool) {
 	if (e1 == nil) != isLink || (e2 == nil) != isLink || t1 != t2 {
 		return "", false
 	}
-	k := fmt.Sprintf("%d:%x", st.Ino, st.Rdev)
+	k := fmt.Sprintf("%d:%d:%x/", st.Dev, st.Ino, st.Rdev)
 	if isLink {
 		// A link made again is a new board even when the inode number and
 		// the node it names are reused (ptys are): its change time differs.

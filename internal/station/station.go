@@ -722,7 +722,11 @@ func (s *Station) finish(ctx context.Context, pl plug, j *jobRun, err error) {
 	s.logMu.Unlock()
 	if lerr != nil {
 		if err == nil {
-			s.serials.Release(j.serial)
+			// The device holds this number and was proven: it must never
+			// go to another device, logged or not.
+			if cerr := s.serials.Commit(j.serial); cerr != nil {
+				lerr = errors.Join(lerr, cerr)
+			}
 		}
 		state = StateFailed
 		e.Detail = oneLine("audit log: " + lerr.Error())

@@ -420,3 +420,24 @@ func TestTamperedLogRefused(t *testing.T) {
 		t.Fatalf("New on an edited log = %v", err)
 	}
 }
+
+// TestOneJobPerDevice: two names for one device (a by-id link and the
+// node itself) give one job, not two fighting over the port.
+func TestOneJobPerDevice(t *testing.T) {
+	l := newLine(t, 256)
+	b := plugBoard(t, fastUno(), filepath.Join(l.dir, "by-id-uno"))
+	cfg := l.config(t, "", "ports = "+quote(b.name, b.link))
+	s, err := station.New(cfg, station.Options{LogKey: l.logKey, MaxJobs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs := l.records(t)
+	if len(recs) != 1 || recs[0].Result != "ok" {
+		t.Fatalf("records %+v", recs)
+	}
+}
