@@ -1,9 +1,3 @@
-// Package recipebuild builds the disk image a recipe of kind "image"
-// describes: it fetches the pinned inputs into the store, assembles the
-// initramfs and each partition's files, generates the Raspberry Pi boot files
-// (config.txt, cmdline.txt, autoboot.txt) with the real PARTUUIDs and kiln.json
-// (the slot table the SSH updater reads), and writes image.img, image.img.xz,
-// image.bmap and manifest.json.
 package recipebuild
 
 import (
