@@ -5,7 +5,7 @@
 // (the slot table the SSH updater reads), and writes image.img, image.img.xz,
 // image.bmap and manifest.json.
 //
-// The two builds of the same recipe from different checkouts and different
+// Two builds of the same recipe from different checkouts and different
 // stores are byte-identical: every identity comes from the derivation hash and
 // every timestamp from the recipe's source_date_epoch.
 package recipebuild
