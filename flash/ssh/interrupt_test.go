@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,13 +44,14 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 		imgs[drv] = p
 	}
 	drvs := []string{"1010101010101010b1b1", "2020202020202020c2c2"}
-	// How long does an uninterrupted update take? Cuts land anywhere in it.
-	start := time.Now()
-	if _, err := Update(context.Background(), dialer(f, devs[0]), "probe", imgs[drvs[0]], fastOpts()); err != nil {
+	// How many device commands does an uninterrupted update run? Each cut
+	// lands during or just after a random one of them, whatever the load.
+	var probe atomic.Int64
+	if _, err := Update(context.Background(), counting(dialer(f, devs[0]), &probe, 0, nil), "probe", imgs[drvs[0]], fastOpts()); err != nil {
 		t.Fatalf("uninterrupted update: %v", err)
 	}
-	span := time.Since(start)
-	t.Logf("an uninterrupted update takes %v", span)
+	commands := probe.Load()
+	t.Logf("an uninterrupted update runs %d device commands", commands)
 
 	var mu sync.Mutex
 	outcomes := map[string]int{}
@@ -59,37 +62,42 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewSource(int64(di) + 99))
 			for r := 0; r < rounds; r++ {
-				oldBoot, oldRoot := dev.BootPart, dev.Running
+				oldBoot, oldRoot := dev.BootPartition(), dev.Root()
 				oldDrv, _, _ := system(t, dev, oldBoot, oldRoot)
 				newDrv := drvs[r%2]
 				if newDrv == oldDrv {
 					newDrv = drvs[(r+1)%2]
 				}
-				cut := time.Duration(rng.Int63n(int64(span) * 12 / 10))
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				errc := make(chan error, 1)
-				go func() {
-					_, err := Update(ctx, dialer(f, dev), dev.Name, imgs[newDrv], fastOpts())
-					errc <- err
-				}()
+				// Cut during or right after command k (k past the last
+				// command: after the update finished).
+				k := 1 + rng.Int63n(commands+3)
+				delay := time.Duration(rng.Int63n(int64(40 * time.Millisecond)))
+				cut := fmt.Sprintf("command %d+%v", k, delay)
+				var n atomic.Int64
+				cutDone := make(chan struct{})
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				var err error
-				select {
-				case err = <-errc:
-				case <-time.After(cut):
-					dev.PowerCut()
-					err = <-errc
+				_, err = Update(ctx, counting(dialer(f, dev), &n, k, func() {
+					go func() {
+						time.Sleep(delay)
+						dev.PowerCut()
+						close(cutDone)
+					}()
+				}), dev.Name, imgs[newDrv], fastOpts())
+				if n.Load() >= k {
+					<-cutDone
 				}
 				cancel()
 				// Power returns: a normal boot, no tryboot flag.
 				if berr := dev.PowerCycle(); berr != nil {
-					t.Errorf("%s round %d (cut at %v): device does not boot: %v", dev.Name, r, cut, berr)
+					t.Errorf("%s round %d (cut at %s): device does not boot: %v", dev.Name, r, cut, berr)
 					return
 				}
-				bootDrv, rootDrv, cl := system(t, dev, dev.BootPart, dev.Running)
+				bootDrv, rootDrv, cl := system(t, dev, dev.BootPartition(), dev.Root())
 				outcome := "old"
 				switch {
 				case bootDrv != rootDrv:
-					t.Errorf("%s round %d (cut at %v): MIXED system: boot partition %d says %s, root %d holds %s", dev.Name, r, cut, dev.BootPart, bootDrv, dev.Running, rootDrv)
+					t.Errorf("%s round %d (cut at %s): MIXED system: boot partition %d says %s, root %d holds %s", dev.Name, r, cut, dev.BootPartition(), bootDrv, dev.Root(), rootDrv)
 				case rootDrv == newDrv:
 					outcome = "new"
 				case rootDrv != oldDrv:
@@ -112,4 +120,30 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 	if outcomes["old/err=true"] == 0 || outcomes["new/err=false"]+outcomes["new/err=true"] == 0 {
 		t.Errorf("cuts did not land on both sides of the commit: %v", outcomes)
 	}
+}
+
+// counting wraps a Dialer so every command run on the device is counted in
+// n; when the count reaches at (if > 0), cut is called once.
+func counting(d Dialer, n *atomic.Int64, at int64, cut func()) Dialer {
+	return func(ctx context.Context) (RunCloser, error) {
+		c, err := d(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return countingConn{c, n, at, cut}, nil
+	}
+}
+
+type countingConn struct {
+	RunCloser
+	n   *atomic.Int64
+	at  int64
+	cut func()
+}
+
+func (c countingConn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
+	if c.n.Add(1) == c.at && c.cut != nil {
+		c.cut()
+	}
+	return c.RunCloser.Run(ctx, cmd, stdin, stdout)
 }

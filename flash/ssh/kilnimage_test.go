@@ -77,11 +77,11 @@ func TestUpdateKilnBuiltImage(t *testing.T) {
 		t.Fatalf("inspect after: %+v %v", st, err)
 	}
 	// Independently: the root slot the device now runs holds v2's derivation file.
-	got, err := exec.Command("unsquashfs", "-cat", dev.PartDev(dev.Running), "etc/kiln/derivation").Output()
+	got, err := exec.Command("unsquashfs", "-cat", dev.PartDev(dev.Root()), "etc/kiln/derivation").Output()
 	if err != nil || !strings.Contains(string(got), drv2) {
 		t.Fatalf("running root holds %q (%v), want %s", got, err, drv2)
 	}
-	if dev.PowerCycle(); dev.Running != res.rootNumber() {
-		t.Fatalf("after a power cycle the device runs root %d", dev.Running)
+	if dev.PowerCycle(); dev.Root() != res.rootNumber() {
+		t.Fatalf("after a power cycle the device runs root %d", dev.Root())
 	}
 }

@@ -103,8 +103,8 @@ func TestUpdateCommitsNewSlot(t *testing.T) {
 	if !res.Committed || res.RolledBack || res.From != "a" || res.To != "b" {
 		t.Fatalf("result %+v", res)
 	}
-	if dev.Running != 5 || dev.BootPart != 3 {
-		t.Fatalf("device runs root %d from boot %d, want 5 from 3", dev.Running, dev.BootPart)
+	if dev.Root() != 5 || dev.BootPartition() != 3 {
+		t.Fatalf("device runs root %d from boot %d, want 5 from 3", dev.Root(), dev.BootPartition())
 	}
 	// The device's slot b holds exactly the image's slot a root, by the host's own reading.
 	img, err := openImage(v2)
@@ -122,14 +122,14 @@ func TestUpdateCommitsNewSlot(t *testing.T) {
 	if err := dev.PowerCycle(); err != nil {
 		t.Fatal(err)
 	}
-	if dev.Running != 5 {
-		t.Fatalf("after power cycle the device runs root %d", dev.Running)
+	if dev.Root() != 5 {
+		t.Fatalf("after power cycle the device runs root %d", dev.Root())
 	}
 	// A second update goes back to slot a.
 	v3, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "3333333333333333cccc", Seed: 2, Changed: 0.01, ChangeSeed: 3})
 	res, err = Update(ctx, dialer(f, dev), dev.Name, v3, fastOpts())
-	if err != nil || !res.Committed || res.To != "a" || dev.Running != 4 {
-		t.Fatalf("second update: %v %+v running %d", err, res, dev.Running)
+	if err != nil || !res.Committed || res.To != "a" || dev.Root() != 4 {
+		t.Fatalf("second update: %v %+v running %d", err, res, dev.Root())
 	}
 	if !res.UsedHelper {
 		t.Errorf("helper was not used")
@@ -153,11 +153,11 @@ func TestUpdateRollsBackOnFailingHealthCheck(t *testing.T) {
 			if !errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), tc.reason) {
 				t.Fatalf("err = %v", err)
 			}
-			if res.Committed || !res.RolledBack || dev.Running != 4 || dev.BootPart != 2 {
-				t.Fatalf("result %+v, device on root %d", res, dev.Running)
+			if res.Committed || !res.RolledBack || dev.Root() != 4 || dev.BootPartition() != 2 {
+				t.Fatalf("result %+v, device on root %d", res, dev.Root())
 			}
-			if err := dev.PowerCycle(); err != nil || dev.Running != 4 {
-				t.Fatalf("power cycle: %v, root %d", err, dev.Running)
+			if err := dev.PowerCycle(); err != nil || dev.Root() != 4 {
+				t.Fatalf("power cycle: %v, root %d", err, dev.Root())
 			}
 		})
 	}
@@ -216,7 +216,7 @@ func TestUpdateCutMidWriteKeepsOldSlot(t *testing.T) {
 	if err := dev.Boot(false); err != nil {
 		t.Fatalf("device does not boot after the cut: %v", err)
 	}
-	if dev.Running != 4 {
-		t.Fatalf("device runs root %d after the cut, want the old slot 4", dev.Running)
+	if dev.Root() != 4 {
+		t.Fatalf("device runs root %d after the cut, want the old slot 4", dev.Root())
 	}
 }

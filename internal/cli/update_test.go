@@ -69,8 +69,8 @@ func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil || !res.Result.Committed || res.Result.To != "b" || res.Result.UsedHelper {
 		t.Fatalf("update json: %v %s", err, out)
 	}
-	if dev.Running != 5 {
-		t.Fatalf("device runs root %d", dev.Running)
+	if dev.Root() != 5 {
+		t.Fatalf("device runs root %d", dev.Root())
 	}
 
 	// Fleet status: the device now runs v2, the fleet declares v2.
@@ -108,7 +108,7 @@ func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "kiln: ") || !strings.Contains(errs, "host key") || !strings.Contains(errs, "hint:") {
 		t.Fatalf("wrong host key: exit %d: %s", code, errs)
 	}
-	if dev.Boots() != boots || dev.Running != 5 {
+	if dev.Boots() != boots || dev.Root() != 5 {
 		t.Fatal("device touched after a host key failure")
 	}
 }

@@ -63,8 +63,8 @@ type Device struct {
 	mu       sync.Mutex
 	sshd     *exec.Cmd
 	boots    int
-	Running  int // root partition number the device runs
-	BootPart int // boot partition it booted from
+	running  int // root partition number the device runs
+	bootPart int // boot partition it booted from
 	stop     chan struct{}
 	done     chan struct{}
 	extra    []string // more loop devices
@@ -317,7 +317,7 @@ func (d *Device) Boot(tryboot bool) error {
 	os.WriteFile(filepath.Join(d.Dir, "proc/cmdline"), []byte(cmdline+"\n"), 0o644)
 	os.WriteFile(filepath.Join(d.Dir, "proc/sys/kernel/random/boot_id"), []byte(hex.EncodeToString(id)+"\n"), 0o644)
 	os.Remove(filepath.Join(d.Dir, "run/reboot-request"))
-	d.BootPart, d.Running = bootPart, root
+	d.bootPart, d.running = bootPart, root
 	d.boots++
 	cmd := exec.Command("ip", "netns", "exec", d.netns, "unshare", "--pid", "--fork", "--kill-child", "/usr/sbin/sshd", "-D", "-e", "-f", d.cfg)
 	var stderr bytes.Buffer
@@ -419,6 +419,20 @@ func (d *Device) PowerCut() {
 func (d *Device) PowerCycle() error {
 	d.PowerCut()
 	return d.Boot(false)
+}
+
+// Root returns the root partition the device runs.
+func (d *Device) Root() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.running
+}
+
+// BootPartition returns the boot partition the device booted from.
+func (d *Device) BootPartition() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.bootPart
 }
 
 // Boots counts boots so far.
