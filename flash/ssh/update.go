@@ -477,45 +477,81 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 // device can hash them) and returns the device's hash of the range, which
 // must equal the image's.
 func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n int64, opts UpdateOptions) (string, error) {
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(r, 0, n)); err != nil {
-		return "", err
+	// One pass over the local bytes gives the whole hash and the block
+	// hashes; it runs while the device hashes its own blocks.
+	type local struct {
+		sum    string
+		blocks [][32]byte
+		err    error
 	}
-	want := hex.EncodeToString(h.Sum(nil))
+	lc := make(chan local, 1)
+	go func() {
+		var l local
+		h := sha256.New()
+		buf := make([]byte, 1<<20-(1<<20)%opts.BlockSize)
+		for off := int64(0); off < n; {
+			k := min(int64(len(buf)), n-off)
+			if _, err := r.ReadAt(buf[:k], off); err != nil {
+				l.err = err
+				break
+			}
+			h.Write(buf[:k])
+			if !opts.NoDelta {
+				for b := int64(0); b < k; b += opts.BlockSize {
+					l.blocks = append(l.blocks, sha256.Sum256(buf[b:min(b+opts.BlockSize, k)]))
+				}
+			}
+			off += k
+		}
+		l.sum = hex.EncodeToString(h.Sum(nil))
+		lc <- l
+	}()
 	if !opts.NoDelta {
 		sums, err := d.blockHashes(ctx, dev, 0, n, opts.BlockSize)
+		l := <-lc
 		if err != nil {
 			return "", err
 		}
+		if l.err != nil {
+			return "", l.err
+		}
+		if len(sums) != len(l.blocks) {
+			return "", fmt.Errorf("%s: %d block hashes from the device, %d local", dev, len(sums), len(l.blocks))
+		}
 		var blocks []block
-		buf := make([]byte, opts.BlockSize)
 		for i, s := range sums {
+			if s == l.blocks[i] {
+				continue
+			}
 			off := int64(i) * opts.BlockSize
-			k := min(opts.BlockSize, n-off)
-			if _, err := r.ReadAt(buf[:k], off); err != nil {
+			data := make([]byte, min(opts.BlockSize, n-off))
+			if _, err := r.ReadAt(data, off); err != nil {
 				return "", err
 			}
-			if sha256.Sum256(buf[:k]) != s {
-				blocks = append(blocks, block{Off: off, Data: append([]byte(nil), buf[:k]...)})
-			}
+			blocks = append(blocks, block{Off: off, Data: data})
 		}
 		opts.Log("%s: %d of %d blocks differ", dev, len(blocks), len(sums))
 		for len(blocks) > 0 {
-			k := min(len(blocks), 256)
+			k := min(len(blocks), 1024)
 			if err := d.writeBlocks(ctx, dev, blocks[:k]); err != nil {
 				return "", err
 			}
 			blocks = blocks[k:]
 		}
+		lc <- l
 	} else if err := d.write(ctx, dev, 0, io.NewSectionReader(r, 0, n)); err != nil {
 		return "", err
+	}
+	l := <-lc
+	if l.err != nil {
+		return "", l.err
 	}
 	got, err := d.hash(ctx, dev, 0, n)
 	if err != nil {
 		return "", err
 	}
-	if got != want {
-		return got, fmt.Errorf("%s: device sha256 %s, image %s: %w", dev, got, want, errVerify)
+	if got != l.sum {
+		return got, fmt.Errorf("%s: device sha256 %s, image %s: %w", dev, got, l.sum, errVerify)
 	}
 	return got, nil
 }
