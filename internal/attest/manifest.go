@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -89,6 +92,28 @@ func DebArchs(ps []Package) map[string]string {
 	if len(byDeb) == 0 {
 		return out
 	}
+	// A version's architecture never changes: answers are cached, so only
+	// the first build of a toolchain pays for apt-cache.
+	cache := debArchCache()
+	missing := false
+	for nv, name := range byDeb {
+		if a, ok := cache[nv]; ok {
+			out[name] = a
+		} else {
+			missing = true
+		}
+	}
+	if !missing {
+		return out
+	}
+	defer func() {
+		for nv, name := range byDeb {
+			if a, ok := out[name]; ok {
+				cache[nv] = a
+			}
+		}
+		saveDebArchCache(cache)
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// apt-cache prints what it finds and fails if any one is missing: use
@@ -121,4 +146,40 @@ func DebArchs(ps []Package) map[string]string {
 // a nil key only the SBOM is written.
 func Write(outDir string, m *firmware.Manifest, recipe any, key *trust.SecretKey) error {
 	return WriteFiles(outDir, FromManifest(m, recipe, nil), key)
+}
+
+// debArchCachePath is where DebArchs keeps its answers.
+func debArchCachePath() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "kiln", "deb-arch.json")
+}
+
+func debArchCache() map[string]string {
+	m := map[string]string{}
+	if p := debArchCachePath(); p != "" {
+		if b, err := os.ReadFile(p); err == nil {
+			json.Unmarshal(b, &m)
+		}
+	}
+	return m
+}
+
+func saveDebArchCache(m map[string]string) {
+	p := debArchCachePath()
+	if p == "" || os.MkdirAll(filepath.Dir(p), 0o755) != nil {
+		return
+	}
+	b, _ := json.MarshalIndent(m, "", "  ")
+	tmp, err := os.CreateTemp(filepath.Dir(p), ".deb-arch-*")
+	if err != nil {
+		return
+	}
+	tmp.Write(b)
+	tmp.Close()
+	if os.Rename(tmp.Name(), p) != nil {
+		os.Remove(tmp.Name())
+	}
 }
