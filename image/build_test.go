@@ -110,9 +110,11 @@ func sameTree(t *testing.T, src, got string) {
 }
 
 func TestBuildValidatesWithRealTools(t *testing.T) {
+	t.Parallel()
 	need(t, "sfdisk", "fsck.vfat", "mcopy", "unsquashfs", "e2fsck", "debugfs", "bmaptool", "xz")
 	for _, table := range []string{"mbr", "gpt"} {
 		t.Run(table, func(t *testing.T) {
+			t.Parallel()
 			l, src := testLayout(t, table)
 			out := t.TempDir()
 			rep, err := Build(context.Background(), l, out, BuildOptions{XZ: XZOptions{BlockSize: 16 << 20}})
@@ -227,6 +229,7 @@ func fileSum(t *testing.T, p string) string {
 }
 
 func TestBuildIsReproducible(t *testing.T) {
+	t.Parallel()
 	var sums [2]map[string]string
 	for i := range sums {
 		l, _ := testLayout(t, "mbr")
@@ -250,6 +253,7 @@ func TestBuildIsReproducible(t *testing.T) {
 }
 
 func TestBuildRejectsBadInputs(t *testing.T) {
+	t.Parallel()
 	tr, _ := testTree(t)
 	bad := NewTree()
 	bad.AddBytes("what?.txt", []byte("x"), 0o644)

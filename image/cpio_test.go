@@ -10,6 +10,7 @@ import (
 )
 
 func TestInitramfsIsReproducibleAndCpioReadsIt(t *testing.T) {
+	t.Parallel()
 	need(t, "cpio")
 	tr, src := testTree(t)
 	tr.AddCharDevice("dev/console", 5, 1, 0o600)

@@ -85,6 +85,7 @@ func partitionLines(t *testing.T, img string) []string {
 }
 
 func TestSameAsGenimage(t *testing.T) {
+	t.Parallel()
 	need(t, "genimage", "mkdosfs", "mksquashfs", "mke2fs", "sfdisk", "mcopy", "unsquashfs", "debugfs")
 	_, src := testTree(t)
 	os.Remove(filepath.Join(src, "Mixed Case Name.Data")) // genimage's mcopy call does not quote names

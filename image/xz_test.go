@@ -12,6 +12,7 @@ import (
 )
 
 func TestXZRoundTripWithXZUtils(t *testing.T) {
+	t.Parallel()
 	need(t, "xz")
 	data := append(benchPayload(300<<10), make([]byte, 200<<10)...) // text, then zero blocks
 	var comp bytes.Buffer
@@ -77,6 +78,7 @@ func xzUtils(t *testing.T, data []byte, args ...string) []byte {
 }
 
 func TestXZReaderRejectsCorruption(t *testing.T) {
+	t.Parallel()
 	data := benchPayload(200 << 10)
 	var comp bytes.Buffer
 	CompressXZ(context.Background(), &comp, bytes.NewReader(data), XZOptions{BlockSize: 64 << 10})
