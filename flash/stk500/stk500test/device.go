@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"kiln.dev/kiln/boards"
@@ -78,16 +77,14 @@ func Uno() Config {
 
 // Device is the emulated chip. Its methods are safe to call while it serves.
 type Device struct {
-	cfg  Config
-	wire *emuwire.Wire
-
-	mu      sync.Mutex
-	flash   []byte
-	eeprom  []byte
-	written bool // a page was written since the last session end
-	hooks   []func()
-	pages   int
+	memory // Flash, AppFlash, LoadAppFlash, OnSessionEnd, PagesWritten
+	cfg    Config
+	wire   *emuwire.Wire
 }
+
+// memory holds the flash and EEPROM; a session that wrote flash ends at
+// LEAVE_PROGMODE, or the line closing.
+type memory = emuwire.Memory
 
 // New returns a chip with erased flash (the bootloader section holds a
 // stand-in pattern) and cfg's faults.
@@ -102,79 +99,18 @@ func New(cfg Config) *Device {
 	if wd < 0 {
 		wd = 0
 	}
-	d := &Device{
-		cfg:    cfg,
-		wire:   emuwire.New(emuwire.Config{Watchdog: wd, Baud: cfg.Baud, Pace: cfg.Pace, Faults: cfg.Faults}),
-		flash:  make([]byte, cfg.FlashSize),
-		eeprom: make([]byte, cfg.EEPROM),
-	}
-	for i := range d.flash {
-		d.flash[i] = 0xFF
+	d := &Device{cfg: cfg, wire: emuwire.New(emuwire.Config{Watchdog: wd, Baud: cfg.Baud, Pace: cfg.Pace, Faults: cfg.Faults})}
+	d.Init("stk500test", cfg.FlashSize, cfg.AppSize, cfg.EEPROM)
+	for i := range d.Code {
 		if i >= cfg.BootStart {
-			d.flash[i] = byte(i * 7) // stands for Optiboot's code
+			d.Code[i] = byte(i * 7) // stands for Optiboot's code
 		}
-	}
-	for i := range d.eeprom {
-		d.eeprom[i] = 0xFF
 	}
 	return d
 }
 
-// Flash returns a copy of the whole flash, bootloader included.
-func (d *Device) Flash() []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]byte(nil), d.flash...)
-}
-
-// AppFlash returns a copy of the application area.
-func (d *Device) AppFlash() []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]byte(nil), d.flash[:d.cfg.AppSize]...)
-}
-
-// LoadAppFlash replaces the start of the application area with data.
-func (d *Device) LoadAppFlash(data []byte) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(data) > d.cfg.AppSize {
-		return fmt.Errorf("stk500test: state holds %d bytes, the application area %d", len(data), d.cfg.AppSize)
-	}
-	copy(d.flash, data)
-	return nil
-}
-
-// OnSessionEnd registers f, called after a programming session that wrote
-// flash ends (LEAVE_PROGMODE, or the line closing).
-func (d *Device) OnSessionEnd(f func()) {
-	d.mu.Lock()
-	d.hooks = append(d.hooks, f)
-	d.mu.Unlock()
-}
-
-// PagesWritten counts page writes since New.
-func (d *Device) PagesWritten() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.pages
-}
-
 // Reset pulses the chip's reset pin (an external reset: Optiboot runs).
 func (d *Device) Reset() { d.wire.Reset() }
-
-func (d *Device) endSession() {
-	d.mu.Lock()
-	hooks := d.hooks
-	run := d.written
-	d.written = false
-	d.mu.Unlock()
-	if run {
-		for _, f := range hooks {
-			f()
-		}
-	}
-}
 
 // errApp means Optiboot started the application.
 var errApp = errors.New("application started")
@@ -183,14 +119,14 @@ var errApp = errors.New("application started")
 // an external reset: in the bootloader.
 func (d *Device) Serve(ctx context.Context, rw io.ReadWriter) error {
 	d.wire.Attach(rw)
-	defer d.endSession()
+	defer d.EndSession()
 	for {
 		err := d.optiboot(ctx)
 		switch {
 		case errors.Is(err, emuwire.ErrReset):
 			continue
 		case errors.Is(err, emuwire.ErrWatchdog), errors.Is(err, errApp):
-			d.endSession()
+			d.EndSession()
 			if err := d.wire.Idle(ctx); err != nil {
 				return quiet(err)
 			}
@@ -332,7 +268,7 @@ func (d *Device) optiboot(ctx context.Context) error {
 			if !nack {
 				// Optiboot's "no-wait" exit: the watchdog fires in 16 ms.
 				w.SetWatchdog(16 * time.Millisecond)
-				d.endSession()
+				d.EndSession()
 			}
 		default:
 			// GET_SYNC, ENTER_PROGMODE and anything unknown.
@@ -368,13 +304,13 @@ func (d *Device) length(hi, lo byte) int {
 // The bootloader section is protected by the lock bits: nothing changes there.
 func (d *Device) write(memtype byte, address uint32, data []byte) {
 	if memtype == stk500.MemEEPROM {
-		d.mu.Lock()
+		d.Mu.Lock()
 		for i, b := range data {
-			if a := int(address) + i; a < len(d.eeprom) {
-				d.eeprom[a] = b
+			if a := int(address) + i; a < len(d.Data) {
+				d.Data[a] = b
 			}
 		}
-		d.mu.Unlock()
+		d.Mu.Unlock()
 		return
 	}
 	if d.cfg.Pace && d.cfg.PageTime > 0 {
@@ -393,30 +329,29 @@ func (d *Device) write(memtype byte, address uint32, data []byte) {
 		page[off], page[off+1] = data[i], data[i+1]
 	}
 	base := (address % uint32(d.cfg.FlashSize)) / ps * ps
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.written = true
-	d.pages++
+	d.Mu.Lock()
+	defer d.Mu.Unlock()
+	d.PageWritten()
 	if int(base) >= d.cfg.BootStart {
 		return
 	}
-	copy(d.flash[base:base+ps], page)
+	copy(d.Code[base:base+ps], page)
 }
 
 // read is Optiboot's read_mem: length bytes from address (a 16-bit pointer).
 func (d *Device) read(memtype byte, address uint32, length int) []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.Mu.Lock()
+	defer d.Mu.Unlock()
 	out := make([]byte, length)
 	for i := range out {
 		a := (int(address) + i) & 0xFFFF
 		if memtype == stk500.MemEEPROM {
-			if a < len(d.eeprom) {
-				out[i] = d.eeprom[a]
+			if a < len(d.Data) {
+				out[i] = d.Data[a]
 			}
 			continue
 		}
-		out[i] = d.flash[a%len(d.flash)]
+		out[i] = d.Code[a%len(d.Code)]
 	}
 	return out
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"kiln.dev/kiln/boards"
@@ -76,16 +75,14 @@ func Mega2560() Config {
 
 // Device is the emulated chip. Its methods are safe to call while it serves.
 type Device struct {
-	cfg  Config
-	wire *emuwire.Wire
-
-	mu      sync.Mutex
-	flash   []byte
-	eeprom  []byte
-	written bool
-	hooks   []func()
-	pages   int
+	memory // Flash, AppFlash, LoadAppFlash, OnSessionEnd, PagesWritten
+	cfg    Config
+	wire   *emuwire.Wire
 }
+
+// memory holds the flash and EEPROM; a session that wrote flash ends at
+// LEAVE_PROGMODE, a timeout, or the line closing.
+type memory = emuwire.Memory
 
 // New returns a chip with erased flash and cfg's faults.
 func New(cfg Config) *Device {
@@ -96,78 +93,18 @@ func New(cfg Config) *Device {
 		cfg.AppSize = cfg.BootStart
 	}
 	wd := max(cfg.Watchdog, 0)
-	d := &Device{
-		cfg:    cfg,
-		wire:   emuwire.New(emuwire.Config{Watchdog: wd, Baud: cfg.Baud, Pace: cfg.Pace, Faults: cfg.Faults}),
-		flash:  make([]byte, cfg.FlashSize),
-		eeprom: make([]byte, cfg.EEPROM),
-	}
-	for i := range d.flash {
-		d.flash[i] = 0xFF
+	d := &Device{cfg: cfg, wire: emuwire.New(emuwire.Config{Watchdog: wd, Baud: cfg.Baud, Pace: cfg.Pace, Faults: cfg.Faults})}
+	d.Init("stk500v2test", cfg.FlashSize, cfg.AppSize, cfg.EEPROM)
+	for i := range d.Code {
 		if i >= cfg.BootStart {
-			d.flash[i] = byte(i * 13) // stands for the bootloader's code
+			d.Code[i] = byte(i * 13) // stands for the bootloader's code
 		}
-	}
-	for i := range d.eeprom {
-		d.eeprom[i] = 0xFF
 	}
 	return d
 }
 
-// Flash returns a copy of the whole flash, bootloader included.
-func (d *Device) Flash() []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]byte(nil), d.flash...)
-}
-
-// AppFlash returns a copy of the application area.
-func (d *Device) AppFlash() []byte {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]byte(nil), d.flash[:d.cfg.AppSize]...)
-}
-
-// LoadAppFlash replaces the start of the application area with data.
-func (d *Device) LoadAppFlash(data []byte) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(data) > d.cfg.AppSize {
-		return fmt.Errorf("stk500v2test: state holds %d bytes, the application area %d", len(data), d.cfg.AppSize)
-	}
-	copy(d.flash, data)
-	return nil
-}
-
-// OnSessionEnd registers f, called after a programming session that wrote
-// flash ends (LEAVE_PROGMODE, a timeout, or the line closing).
-func (d *Device) OnSessionEnd(f func()) {
-	d.mu.Lock()
-	d.hooks = append(d.hooks, f)
-	d.mu.Unlock()
-}
-
-// PagesWritten counts page writes since New.
-func (d *Device) PagesWritten() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.pages
-}
-
 // Reset pulses the chip's reset pin.
 func (d *Device) Reset() { d.wire.Reset() }
-
-func (d *Device) endSession() {
-	d.mu.Lock()
-	hooks, run := d.hooks, d.written
-	d.written = false
-	d.mu.Unlock()
-	if run {
-		for _, f := range hooks {
-			f()
-		}
-	}
-}
 
 var errApp = errors.New("application started")
 
@@ -175,14 +112,14 @@ var errApp = errors.New("application started")
 // bootloader.
 func (d *Device) Serve(ctx context.Context, rw io.ReadWriter) error {
 	d.wire.Attach(rw)
-	defer d.endSession()
+	defer d.EndSession()
 	for {
 		err := d.bootloader(ctx)
 		switch {
 		case errors.Is(err, emuwire.ErrReset):
 			continue
 		case errors.Is(err, emuwire.ErrWatchdog), errors.Is(err, errApp):
-			d.endSession()
+			d.EndSession()
 			if err := d.wire.Idle(ctx); err != nil {
 				return quiet(err)
 			}
@@ -201,9 +138,9 @@ func quiet(err error) error {
 
 // appPresent reports whether flash word 0 is programmed.
 func (d *Device) appPresent() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.flash[0] != 0xFF || d.flash[1] != 0xFF
+	d.Mu.Lock()
+	defer d.Mu.Unlock()
+	return d.Code[0] != 0xFF || d.Code[1] != 0xFF
 }
 
 // bootloader is stk500boot.c's main loop.
@@ -275,7 +212,7 @@ func (d *Device) bootloader(ctx context.Context) error {
 			if err := w.Flush(); err != nil {
 				return err
 			}
-			d.endSession()
+			d.EndSession()
 			return errApp
 		}
 	}
@@ -349,13 +286,13 @@ func (d *Device) process(body []byte, address, eraseAddress *uint32) (ans []byte
 		if cmd == v2.CmdProgramFlashISP {
 			d.programPage(address, eraseAddress, data)
 		} else {
-			d.mu.Lock()
+			d.Mu.Lock()
 			for i, b := range data {
-				if a := int(*address>>1) + i; a < len(d.eeprom) {
-					d.eeprom[a] = b
+				if a := int(*address>>1) + i; a < len(d.Data) {
+					d.Data[a] = b
 				}
 			}
-			d.mu.Unlock()
+			d.Mu.Unlock()
 			*address += uint32(2 * size)
 		}
 		return []byte{cmd, ok}, false
@@ -365,25 +302,25 @@ func (d *Device) process(body []byte, address, eraseAddress *uint32) (ans []byte
 			size = min(max(size, 2), v2.MaxBody-3)
 		}
 		out := []byte{cmd, ok}
-		d.mu.Lock()
+		d.Mu.Lock()
 		if cmd == v2.CmdReadFlashISP {
 			size = (size + 1) &^ 1
 			for i := 0; i < size; i++ {
-				out = append(out, d.flash[(int(*address)+i)%len(d.flash)])
+				out = append(out, d.Code[(int(*address)+i)%len(d.Code)])
 			}
 			*address += uint32(size)
 		} else {
 			for i := 0; i < size; i++ {
 				a := int(*address) + i
-				if a < len(d.eeprom) {
-					out = append(out, d.eeprom[a])
+				if a < len(d.Data) {
+					out = append(out, d.Data[a])
 				} else {
 					out = append(out, 0xFF)
 				}
 			}
 			*address += uint32(size)
 		}
-		d.mu.Unlock()
+		d.Mu.Unlock()
 		return append(out, ok), false
 	}
 	return []byte{cmd, v2.StatusCmdFailed}, false
@@ -397,13 +334,12 @@ func (d *Device) programPage(address, eraseAddress *uint32, data []byte) {
 		time.Sleep(d.cfg.PageTime)
 	}
 	ps := uint32(d.cfg.PageSize)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.written = true
-	d.pages++
+	d.Mu.Lock()
+	defer d.Mu.Unlock()
+	d.PageWritten()
 	if *eraseAddress < uint32(d.cfg.BootStart) {
 		for i := *eraseAddress; i < *eraseAddress+ps; i++ {
-			d.flash[i] = 0xFF
+			d.Code[i] = 0xFF
 		}
 		*eraseAddress += ps
 	}
@@ -420,11 +356,11 @@ func (d *Device) programPage(address, eraseAddress *uint32, data []byte) {
 		buf[off], buf[off+1] = data[i], data[i+1]
 		*address += 2
 	}
-	base := temp % uint32(len(d.flash)) / ps * ps
+	base := temp % uint32(len(d.Code)) / ps * ps
 	if base >= uint32(d.cfg.BootStart) {
 		return
 	}
 	for i := uint32(0); i < ps; i++ {
-		d.flash[base+i] &= buf[i]
+		d.Code[base+i] &= buf[i]
 	}
 }
