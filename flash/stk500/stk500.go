@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/internal/avrboot"
 )
 
 // Protocol bytes (Atmel AVR061, as Optiboot uses them).
@@ -108,7 +109,7 @@ func New(rw io.ReadWriter, cfg Config) *Client {
 
 // wire returns how long n bytes take on the line.
 func (c *Client) wire(n int) time.Duration {
-	return time.Duration(n) * 10 * time.Second / time.Duration(c.cfg.Baud)
+	return avrboot.WireTime(c.cfg.Baud, n)
 }
 
 // Connect syncs with the bootloader (pulsing reset before each try), reads
@@ -123,9 +124,8 @@ func (c *Client) Connect(ctx context.Context) error {
 		return fmt.Errorf("stk500: read signature: %w", err)
 	}
 	copy(c.sig[:], sig)
-	if c.cfg.Signature != [3]byte{} && c.sig != c.cfg.Signature {
-		return fmt.Errorf("stk500: device signature %02x%02x%02x is not the board's %02x%02x%02x: %w",
-			c.sig[0], c.sig[1], c.sig[2], c.cfg.Signature[0], c.cfg.Signature[1], c.cfg.Signature[2], flash.ErrWrongDevice)
+	if err := avrboot.CheckSignature("stk500", c.sig, c.cfg.Signature); err != nil {
+		return err
 	}
 	c.connected = true
 	return nil
@@ -134,55 +134,30 @@ func (c *Client) Connect(ctx context.Context) error {
 // sync resets the board and sends GET_SYNC until the bootloader answers,
 // then reads its version and enters programming mode.
 func (c *Client) sync(ctx context.Context) error {
-	var last error
-	for try := 1; try <= c.cfg.Tries; try++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if c.cfg.Reset != nil {
-			if err := c.cfg.Reset(ctx); err != nil {
-				return fmt.Errorf("stk500: reset: %w", err)
-			}
-		}
-		c.l.Discard()
+	return avrboot.Sync(ctx, "stk500", c.l, c.cfg.Tries, c.cfg.Reset, c.cfg.BootTime, func(boot time.Duration) error {
 		// One GET_SYNC per reset: the chip's receive buffer holds two bytes
 		// while the bootloader starts, and a third would be garbage to it.
-		var boot time.Duration
-		if c.cfg.Reset != nil {
-			boot = c.cfg.BootTime
-		}
 		if _, err := c.cmd(ctx, []byte{CmdGetSync, CRCEOP}, 0, boot); err != nil {
-			last = err
-			continue
+			return err
 		}
 		// A late answer to an earlier try may still be on its way: sync once
 		// more on a quiet line so the next answer is the one we asked for.
 		c.l.Discard()
 		if _, err := c.cmd(ctx, []byte{CmdGetSync, CRCEOP}, 0, 0); err != nil {
-			last = err
-			continue
+			return err
 		}
 		maj, err := c.cmd(ctx, []byte{CmdGetParameter, ParamSWMajor, CRCEOP}, 1, 0)
 		if err != nil {
-			last = err
-			continue
+			return err
 		}
 		minor, err := c.cmd(ctx, []byte{CmdGetParameter, ParamSWMinor, CRCEOP}, 1, 0)
 		if err != nil {
-			last = err
-			continue
+			return err
 		}
 		c.major, c.minor = maj[0], minor[0]
-		if _, err := c.cmd(ctx, []byte{CmdEnterProgmode, CRCEOP}, 0, 0); err != nil {
-			last = err
-			continue
-		}
-		return nil
-	}
-	if errors.Is(last, flash.ErrNoAnswer) {
-		return fmt.Errorf("stk500: no answer from bootloader after %d tries: %w", c.cfg.Tries, last)
-	}
-	return fmt.Errorf("stk500: no answer from bootloader after %d tries: %w (last answer: %v)", c.cfg.Tries, flash.ErrNoAnswer, last)
+		_, err = c.cmd(ctx, []byte{CmdEnterProgmode, CRCEOP}, 0, 0)
+		return err
+	})
 }
 
 // cmd sends req and reads INSYNC, n payload bytes and OK. extra is the
@@ -359,11 +334,7 @@ func (c *Client) ReadBack(ctx context.Context, r flash.Region, p flash.Progress)
 	if !c.connected {
 		return nil, errors.New("stk500: read: not connected")
 	}
-	start := r.Addr &^ 1
-	end := uint64(r.Addr) + uint64(r.Size)
-	if end%2 == 1 {
-		end++
-	}
+	start, end := avrboot.WordSpan(r)
 	out := make([]byte, 0, end-uint64(start))
 	step := c.chunk()
 	for a := uint64(start); a < end; {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/internal/avrboot"
 )
 
 // ErrStatus means the device answered a command with a failure status.
@@ -79,7 +80,7 @@ func New(rw io.ReadWriter, cfg Config) *Client {
 }
 
 func (c *Client) wire(n int) time.Duration {
-	return time.Duration(n) * 10 * time.Second / time.Duration(c.cfg.Baud)
+	return avrboot.WireTime(c.cfg.Baud, n)
 }
 
 // command sends body in a frame and returns the answer's body after checking
@@ -166,9 +167,8 @@ func (c *Client) Connect(ctx context.Context) error {
 		}
 		c.sig[i] = b[5]
 	}
-	if c.cfg.Signature != [3]byte{} && c.sig != c.cfg.Signature {
-		return fmt.Errorf("stk500v2: device signature %02x%02x%02x is not the board's %02x%02x%02x: %w",
-			c.sig[0], c.sig[1], c.sig[2], c.cfg.Signature[0], c.cfg.Signature[1], c.cfg.Signature[2], flash.ErrWrongDevice)
+	if err := avrboot.CheckSignature("stk500v2", c.sig, c.cfg.Signature); err != nil {
+		return err
 	}
 	c.connected = true
 	return nil
@@ -176,40 +176,18 @@ func (c *Client) Connect(ctx context.Context) error {
 
 func (c *Client) sync(ctx context.Context) error {
 	c.addrOK = false
-	var last error
-	for try := 1; try <= c.cfg.Tries; try++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if c.cfg.Reset != nil {
-			if err := c.cfg.Reset(ctx); err != nil {
-				return fmt.Errorf("stk500v2: reset: %w", err)
-			}
-		}
-		c.l.Discard()
-		var boot time.Duration
-		if c.cfg.Reset != nil {
-			boot = c.cfg.BootTime
-		}
+	return avrboot.Sync(ctx, "stk500v2", c.l, c.cfg.Tries, c.cfg.Reset, c.cfg.BootTime, func(boot time.Duration) error {
 		b, err := c.commandWait(ctx, []byte{CmdSignOn}, 11, boot)
 		if err != nil {
-			last = err
-			continue
+			return err
 		}
 		if len(b) >= 3 && len(b) >= 3+int(b[2]) {
 			c.signOn = string(b[3 : 3+int(b[2])])
 		}
 		// Parameters as avrdude sends them; the bootloader ignores them.
-		if _, err := c.command(ctx, []byte{CmdEnterProgmodeISP, 200, 100, 25, 32, 0, 0x53, 3, 0xAC, 0x53, 0, 0}, 2); err != nil {
-			last = err
-			continue
-		}
-		return nil
-	}
-	if errors.Is(last, flash.ErrNoAnswer) {
-		return fmt.Errorf("stk500v2: no answer from bootloader after %d tries: %w", c.cfg.Tries, last)
-	}
-	return fmt.Errorf("stk500v2: no answer from bootloader after %d tries: %w (last answer: %v)", c.cfg.Tries, flash.ErrNoAnswer, last)
+		_, err = c.command(ctx, []byte{CmdEnterProgmodeISP, 200, 100, 25, 32, 0, 0x53, 3, 0xAC, 0x53, 0, 0}, 2)
+		return err
+	})
 }
 
 // Identity names the device.
@@ -358,11 +336,7 @@ func (c *Client) ReadBack(ctx context.Context, r flash.Region, p flash.Progress)
 	if !c.connected {
 		return nil, errors.New("stk500v2: read: not connected")
 	}
-	start := r.Addr &^ 1
-	end := uint64(r.Addr) + uint64(r.Size)
-	if end%2 == 1 {
-		end++
-	}
+	start, end := avrboot.WordSpan(r)
 	out := make([]byte, 0, end-uint64(start))
 	for a := uint64(start); a < end; {
 		n := min(256, end-a)
