@@ -184,6 +184,22 @@ func (s *Store) Add(hash, name string, fill func(dir string) error) (string, err
 
 // scan lists a tree for its manifest, hashing files in parallel.
 func scan(root string) ([]FileRecord, error) {
+	files, err := walk(root, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := hashFiles(root, files); err != nil {
+		return nil, err
+	}
+	return files, nil
+}
+
+// walk lists a tree's records, unhashed. For a manifest (verify false) it
+// refuses a file named ManifestName and file types the store cannot hold,
+// and records modes without write bits, as the store leaves them. For
+// verify it leaves the manifest out, reports other file types by name and
+// records modes as they are.
+func walk(root string, verify bool) ([]FileRecord, error) {
 	var files []FileRecord
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -195,14 +211,20 @@ func scan(root string) ([]FileRecord, error) {
 		rel, _ := filepath.Rel(root, p)
 		rel = filepath.ToSlash(rel)
 		if rel == ManifestName {
+			if verify {
+				return nil
+			}
 			return fmt.Errorf("%s is reserved for the store", ManifestName)
 		}
 		fi, err := d.Info()
 		if err != nil {
 			return err
 		}
-		// Modes are recorded as the store leaves them: without write bits.
-		rec := FileRecord{Path: rel, Mode: fmt.Sprintf("%04o", fi.Mode().Perm()&^0o222)}
+		perm := fi.Mode().Perm()
+		if !verify {
+			perm &^= 0o222
+		}
+		rec := FileRecord{Path: rel, Mode: fmt.Sprintf("%04o", perm)}
 		switch {
 		case fi.IsDir():
 			rec.Type = "dir"
@@ -213,6 +235,8 @@ func scan(root string) ([]FileRecord, error) {
 			}
 		case fi.Mode().IsRegular():
 			rec.Type, rec.Size = "file", fi.Size()
+		case verify:
+			rec.Type = fi.Mode().Type().String()
 		default:
 			return fmt.Errorf("%s: %s files cannot enter the store", rel, fi.Mode().Type())
 		}
@@ -220,9 +244,6 @@ func scan(root string) ([]FileRecord, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
-	}
-	if err := hashFiles(root, files); err != nil {
 		return nil, err
 	}
 	return files, nil
@@ -382,40 +403,7 @@ func (s *Store) Verify(path string) error {
 // scanForVerify is scan with the manifest itself left out and other file
 // types reported rather than refused.
 func scanForVerify(root string) ([]FileRecord, error) {
-	var files []FileRecord
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p == root {
-			return nil
-		}
-		rel, _ := filepath.Rel(root, p)
-		rel = filepath.ToSlash(rel)
-		if rel == ManifestName {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rec := FileRecord{Path: rel, Mode: fmt.Sprintf("%04o", fi.Mode().Perm())}
-		switch {
-		case fi.IsDir():
-			rec.Type = "dir"
-		case fi.Mode()&fs.ModeSymlink != 0:
-			rec.Type, rec.Mode = "symlink", ""
-			if rec.Target, err = os.Readlink(p); err != nil {
-				return err
-			}
-		case fi.Mode().IsRegular():
-			rec.Type, rec.Size = "file", fi.Size()
-		default:
-			rec.Type = fi.Mode().Type().String()
-		}
-		files = append(files, rec)
-		return nil
-	})
+	files, err := walk(root, true)
 	if err != nil {
 		return nil, err
 	}
