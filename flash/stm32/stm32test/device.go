@@ -601,6 +601,21 @@ func (d *Device) eraseAll(ctx context.Context) error {
 	return err
 }
 
+// ackErase erases the listed pages and answers ACK, or NACK for a page
+// that does not exist.
+func (d *Device) ackErase(ctx context.Context, w *emuwire.Wire, list []int) error {
+	ok, err := d.erasePages(ctx, list)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		d.nack(w)
+		return nil
+	}
+	w.Putch(ACK)
+	return nil
+}
+
 // erase is the legacy Erase (0x43): one byte page numbers, 0xFF = global.
 func (d *Device) erase(ctx context.Context, w *emuwire.Wire) error {
 	w.Putch(ACK)
@@ -636,16 +651,7 @@ func (d *Device) erase(ctx context.Context, w *emuwire.Wire) error {
 	for i, p := range pages {
 		list[i] = int(p)
 	}
-	ok, err := d.erasePages(ctx, list)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		d.nack(w)
-		return nil
-	}
-	w.Putch(ACK)
-	return nil
+	return d.ackErase(ctx, w, list)
 }
 
 // extErase is Extended Erase (0x44): two byte page numbers, MSB first;
@@ -686,16 +692,7 @@ func (d *Device) extErase(ctx context.Context, w *emuwire.Wire) error {
 	for i := range list {
 		list[i] = int(pages[2*i])<<8 | int(pages[2*i+1])
 	}
-	ok, err := d.erasePages(ctx, list)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		d.nack(w)
-		return nil
-	}
-	w.Putch(ACK)
-	return nil
+	return d.ackErase(ctx, w, list)
 }
 
 // checksum is Get Checksum (0xA1): the CRC-32 the STM32 CRC unit computes
