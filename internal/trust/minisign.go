@@ -123,18 +123,22 @@ func (pk *PublicKey) Equal(o *PublicKey) bool {
 	return o != nil && pk.ID == o.ID && pk.Key.Equal(o.Key)
 }
 
-// ParsePublicKey reads a public key file's content or the bare base64 line.
-func ParsePublicKey(data []byte) (*PublicKey, error) {
-	line := ""
+// keyLine is a key file's first line that is neither blank nor a comment
+// ("" if there is none), trimmed.
+func keyLine(data []byte) string {
 	for _, l := range strings.Split(string(data), "\n") {
 		l = strings.TrimSpace(l)
 		if l == "" || strings.HasPrefix(l, commentPfx) {
 			continue
 		}
-		line = l
-		break
+		return l
 	}
-	raw, err := base64.StdEncoding.DecodeString(line)
+	return ""
+}
+
+// ParsePublicKey reads a public key file's content or the bare base64 line.
+func ParsePublicKey(data []byte) (*PublicKey, error) {
+	raw, err := base64.StdEncoding.DecodeString(keyLine(data))
 	if err != nil || len(raw) != pubKeyLen {
 		return nil, fmt.Errorf("trust: public key: %w: want %d bytes of base64", ErrMalformed, pubKeyLen)
 	}
@@ -206,16 +210,7 @@ func (sk *SecretKey) EncodeEncrypted(random io.Reader, password []byte, opsLimit
 // when the key is encrypted; without one an encrypted key returns
 // ErrEncryptedKey.
 func ParseSecretKey(data, password []byte) (*SecretKey, error) {
-	line := ""
-	for _, l := range strings.Split(string(data), "\n") {
-		l = strings.TrimSpace(l)
-		if l == "" || strings.HasPrefix(l, commentPfx) {
-			continue
-		}
-		line = l
-		break
-	}
-	raw, err := base64.StdEncoding.DecodeString(line)
+	raw, err := base64.StdEncoding.DecodeString(keyLine(data))
 	if err != nil || len(raw) != secretKeyLen {
 		return nil, fmt.Errorf("trust: secret key: %w: want %d bytes of base64", ErrMalformed, secretKeyLen)
 	}
