@@ -118,8 +118,15 @@ func runAudit(c *cli.Context) error {
 	if len(cmp.Outside) > 0 {
 		names = append(names, "bytes outside every section")
 	}
+	return finishAudit(c, e, entry, rep, names, func() { printComparison(e, rep) })
+}
+
+// finishAudit records the audit's result, prints rep (as JSON with --json,
+// else with show) and exits with ExitVerify when rep is not identical.
+// names are the parts that differ.
+func finishAudit(c *cli.Context, e *env, entry auditlog.Entry, rep auditReport, names []string, show func()) error {
 	entry.Result = "identical"
-	if !cmp.Identical {
+	if !rep.Identical {
 		entry.Result, entry.Detail = "different", strings.Join(names, ", ")
 	}
 	if err := appendAudit(c, entry); err != nil {
@@ -130,14 +137,14 @@ func runAudit(c *cli.Context) error {
 			return err
 		}
 	} else {
-		printComparison(e, rep)
+		show()
 	}
-	if !cmp.Identical {
+	if !rep.Identical {
 		what := "differs from the rebuild"
 		if len(names) > 0 {
 			what += " in " + strings.Join(names, ", ")
 		}
-		return cli.Exit(fmt.Sprintf("audit: %s %s of %s", rep.Against, what, m.Name), ExitVerify)
+		return cli.Exit(fmt.Sprintf("audit: %s %s of %s", rep.Against, what, rep.Recipe), ExitVerify)
 	}
 	return nil
 }
@@ -324,18 +331,7 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 	for _, d := range cmp.Differing() {
 		names = append(names, d.Name)
 	}
-	entry.Result = "identical"
-	if !cmp.Identical {
-		entry.Result, entry.Detail = "different", strings.Join(names, ", ")
-	}
-	if err := appendAudit(c, entry); err != nil {
-		return err
-	}
-	if c.Bool("json") {
-		if err := e.printJSON(rep); err != nil {
-			return err
-		}
-	} else {
+	return finishAudit(c, e, entry, rep, names, func() {
 		fmt.Fprintf(e.stdout, "rebuilt %s (derivation %s)\n", rep.Recipe, rep.Derivation)
 		fmt.Fprintf(e.stdout, "against %s: disk sha256 %s, rebuild %s\n", against, cmp.ArtifactSHA256, cmp.RebuildSHA256)
 		if cmp.Identical {
@@ -355,15 +351,7 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 				fmt.Fprintf(e.stdout, "note: %s\n", cmp.Note)
 			}
 		}
-	}
-	if !cmp.Identical {
-		what := "differs from the rebuild"
-		if len(names) > 0 {
-			what += " in " + strings.Join(names, ", ")
-		}
-		return cli.Exit(fmt.Sprintf("audit: %s %s of %s", against, what, res.Name), ExitVerify)
-	}
-	return nil
+	})
 }
 
 func compareDisks(rebuiltPath, shippedPath string, res *recipebuild.Result) (*attest.Comparison, error) {
