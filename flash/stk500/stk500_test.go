@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/internal/emutest"
 	"kiln.dev/kiln/flash/stk500"
 	"kiln.dev/kiln/flash/stk500/stk500test"
 )
@@ -19,18 +20,7 @@ import (
 // the other; the client's reset line is the device's reset pin.
 func connect(t testing.TB, dev *stk500test.Device, cfg stk500.Config) *stk500.Client {
 	t.Helper()
-	host, board := net.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- dev.Serve(ctx, board) }()
-	t.Cleanup(func() {
-		cancel()
-		host.Close()
-		board.Close()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
+	host := emutest.Serve(t, dev.Serve, true)
 	cfg.Reset = func(context.Context) error { dev.Reset(); return nil }
 	cfg.BootTime = time.Millisecond
 	if cfg.Timeout == 0 {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/internal/emutest"
 	"kiln.dev/kiln/flash/stk500v2"
 	"kiln.dev/kiln/flash/stk500v2/stk500v2test"
 )
@@ -20,19 +21,7 @@ func megaConfig() stk500v2.Config {
 
 func serve(t testing.TB, dev *stk500v2test.Device) net.Conn {
 	t.Helper()
-	host, board := net.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- dev.Serve(ctx, board) }()
-	t.Cleanup(func() {
-		cancel()
-		host.Close()
-		board.Close()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return host
+	return emutest.Serve(t, dev.Serve, true)
 }
 
 func connect(t testing.TB, dev *stk500v2test.Device, cfg stk500v2.Config) *stk500v2.Client {

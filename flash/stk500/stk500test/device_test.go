@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/internal/emutest"
 	"kiln.dev/kiln/flash/stk500"
 	"kiln.dev/kiln/flash/stk500/stk500test"
 )
@@ -17,17 +18,7 @@ import (
 // line serves dev on a pipe and returns the host end.
 func line(t *testing.T, dev *stk500test.Device) net.Conn {
 	t.Helper()
-	host, board := net.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- dev.Serve(ctx, board) }()
-	t.Cleanup(func() {
-		cancel()
-		host.Close()
-		board.Close()
-		<-done
-	})
-	return host
+	return emutest.Serve(t, dev.Serve, false)
 }
 
 // exchange writes req and reads n answer bytes (or times out).

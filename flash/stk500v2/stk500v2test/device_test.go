@@ -2,28 +2,18 @@ package stk500v2test_test
 
 import (
 	"bytes"
-	"context"
 	"net"
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/flash/internal/emutest"
 	v2 "kiln.dev/kiln/flash/stk500v2"
 	"kiln.dev/kiln/flash/stk500v2/stk500v2test"
 )
 
 func line(t *testing.T, dev *stk500v2test.Device) net.Conn {
 	t.Helper()
-	host, board := net.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- dev.Serve(ctx, board) }()
-	t.Cleanup(func() {
-		cancel()
-		host.Close()
-		board.Close()
-		<-done
-	})
-	return host
+	return emutest.Serve(t, dev.Serve, false)
 }
 
 // ask sends a frame and returns the answer frame (ok false on timeout).
