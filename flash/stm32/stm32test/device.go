@@ -253,6 +253,11 @@ func (d *Device) validAddr(addr uint32) bool {
 	return ok
 }
 
+// validWordAddr is validAddr for a word-aligned address.
+func (d *Device) validWordAddr(addr uint32) bool {
+	return addr%4 == 0 && d.validAddr(addr)
+}
+
 // Reset pulses NRST: the bootloader starts over and waits for 0x7F.
 func (d *Device) Reset() {
 	if w := d.getWire(); w != nil {
@@ -357,6 +362,23 @@ func getAddr(ctx context.Context, w *emuwire.Wire) (uint32, bool, error) {
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), b[0]^b[1]^b[2]^b[3] == b[4], nil
 }
 
+// ackAddr acknowledges a command, then reads an address with its checksum
+// and answers it: NACK (ok false) for a wrong checksum or an address valid
+// refuses, else ACK.
+func (d *Device) ackAddr(ctx context.Context, w *emuwire.Wire, valid func(uint32) bool) (addr uint32, ok bool, err error) {
+	w.Putch(ACK)
+	addr, ok, err = getAddr(ctx, w)
+	if err != nil {
+		return 0, false, err
+	}
+	if !ok || !valid(addr) {
+		d.nack(w)
+		return 0, false, nil
+	}
+	w.Putch(ACK)
+	return addr, true, nil
+}
+
 func xor(b []byte) byte {
 	var x byte
 	for _, c := range b {
@@ -379,16 +401,10 @@ func (d *Device) command(ctx context.Context, w *emuwire.Wire, c byte) (bool, er
 	case CmdGetID:
 		w.Putch(ACK, 0x01, byte(d.PID>>8), byte(d.PID), ACK)
 	case CmdReadMemory:
-		w.Putch(ACK)
-		addr, ok, err := getAddr(ctx, w)
-		if err != nil {
+		addr, ok, err := d.ackAddr(ctx, w, d.validAddr)
+		if err != nil || !ok {
 			return false, err
 		}
-		if !ok || !d.validAddr(addr) {
-			d.nack(w)
-			return false, nil
-		}
-		w.Putch(ACK)
 		nb, err := w.GetN(ctx, 2)
 		if err != nil {
 			return false, err
@@ -401,16 +417,10 @@ func (d *Device) command(ctx context.Context, w *emuwire.Wire, c byte) (bool, er
 		w.Putch(ACK)
 		w.Putch(data...)
 	case CmdGo:
-		w.Putch(ACK)
-		addr, ok, err := getAddr(ctx, w)
-		if err != nil {
+		addr, ok, err := d.ackAddr(ctx, w, func(a uint32) bool { _, _, ok := d.region(a, 4, false); return ok })
+		if err != nil || !ok {
 			return false, err
 		}
-		if _, _, okr := d.region(addr, 4, false); !ok || !okr {
-			d.nack(w)
-			return false, nil
-		}
-		w.Putch(ACK)
 		if err := w.Flush(); err != nil {
 			return false, err
 		}
@@ -446,16 +456,10 @@ func (d *Device) command(ctx context.Context, w *emuwire.Wire, c byte) (bool, er
 }
 
 func (d *Device) writeMemory(ctx context.Context, w *emuwire.Wire) error {
-	w.Putch(ACK)
-	addr, ok, err := getAddr(ctx, w)
-	if err != nil {
+	addr, ok, err := d.ackAddr(ctx, w, d.validWordAddr)
+	if err != nil || !ok {
 		return err
 	}
-	if !ok || addr%4 != 0 || !d.validAddr(addr) {
-		d.nack(w)
-		return nil
-	}
-	w.Putch(ACK)
 	nb, err := w.Getch(ctx)
 	if err != nil {
 		return err
@@ -699,16 +703,10 @@ func (d *Device) extErase(ctx context.Context, w *emuwire.Wire) error {
 // (polynomial 0x04C11DB7, initial 0xFFFFFFFF, 32-bit little-endian words fed
 // MSB first, no reflection, no final XOR) over a word-aligned region.
 func (d *Device) checksum(ctx context.Context, w *emuwire.Wire) error {
-	w.Putch(ACK)
-	addr, ok, err := getAddr(ctx, w)
-	if err != nil {
+	addr, ok, err := d.ackAddr(ctx, w, d.validWordAddr)
+	if err != nil || !ok {
 		return err
 	}
-	if !ok || addr%4 != 0 || !d.validAddr(addr) {
-		d.nack(w)
-		return nil
-	}
-	w.Putch(ACK)
 	n, ok, err := getAddr(ctx, w)
 	if err != nil {
 		return err
