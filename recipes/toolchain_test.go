@@ -39,8 +39,8 @@ func TestEveryShippedToolchain(t *testing.T) {
 			if len(tc.Host) == 0 {
 				t.Error("the host impurities are not named")
 			}
-			if tc.Hash() != tc.Hash() || len(tc.Hash()) != 64 {
-				t.Errorf("hash %q", tc.Hash())
+			if h1, h2 := tc.Hash(), tc.Hash(); h1 != h2 || len(h1) != 64 {
+				t.Errorf("hash %q, then %q", h1, h2)
 			}
 		})
 	}

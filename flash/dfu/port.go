@@ -23,7 +23,7 @@ func ParsePort(s string) (Port, error) {
 	var p Port
 	rest, ok := strings.CutPrefix(s, "dfu:")
 	if !ok {
-		return p, fmt.Errorf("dfu: port %q does not start with dfu:", s)
+		return p, fmt.Errorf("dfu: port %q does not start with \"dfu:\"", s)
 	}
 	id, opts, _ := strings.Cut(rest, ",")
 	if id != "" {

@@ -45,7 +45,7 @@ func (a Addr) String() string {
 func ParseAddr(spec string) (Addr, error) {
 	u, err := url.Parse(spec)
 	if err != nil || u.Scheme != "ssh" || u.Host == "" {
-		return Addr{}, fmt.Errorf("ssh: %q is not ssh://user@host[:port]/dev/...", spec)
+		return Addr{}, fmt.Errorf("ssh: %q is not of the form ssh://user@host[:port]/dev/DEVICE", spec)
 	}
 	a := Addr{User: "root", Host: u.Hostname(), Port: 22, Path: u.Path}
 	if u.User != nil && u.User.Username() != "" {

@@ -88,8 +88,9 @@ func TestHashWithoutNetwork(t *testing.T) {
 
 	// The same recipe copied elsewhere has the same hash.
 	cp := filepath.Join(t.TempDir(), "elsewhere", "blink-uno")
-	if out, err := exec.Command("cp", "-r", dir, cp).CombinedOutput(); err != nil {
+	if _, err := exec.Command("cp", "-r", dir, cp).CombinedOutput(); err != nil {
 		os.MkdirAll(filepath.Dir(cp), 0o755)
+		var out []byte
 		if out, err = exec.Command("cp", "-r", dir, cp).CombinedOutput(); err != nil {
 			t.Fatalf("cp: %v %s", err, out)
 		}

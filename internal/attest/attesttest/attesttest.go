@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 
 	"github.com/santhosh-tekuri/jsonschema/v5"
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
@@ -28,7 +27,7 @@ import (
 func CycloneDX16() (*jsonschema.Schema, error) {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return nil, fmt.Errorf("attesttest: the go command is not on PATH: %w", err)
 	}
 	out, err := exec.Command(gobin, "list", "-m", "-json", "github.com/CycloneDX/cyclonedx-go").Output()
 	if err != nil {
