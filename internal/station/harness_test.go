@@ -2,7 +2,6 @@ package station_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,8 +11,8 @@ import (
 	"time"
 
 	"github.com/creack/pty"
-	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/flash/device"
 	"kiln.dev/kiln/flash/stk500/stk500test"
 	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/station"
@@ -57,23 +56,10 @@ func plugBoard(t testing.TB, cfg stk500test.Config, link string) *ptyBoard {
 
 func (b *ptyBoard) serve(ctx context.Context) {
 	defer close(b.done)
-	fd := int(b.ptmx.Fd())
-	for {
-		for { // wait for a program to open the port
-			if ctx.Err() != nil {
-				return
-			}
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if _, err := unix.Poll(fds, 20); err != nil && !errors.Is(err, unix.EINTR) {
-				return
-			}
-			if fds[0].Revents&unix.POLLHUP == 0 {
-				break
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		b.dev.Reset()
-		_ = b.dev.Serve(ctx, &ptyConn{fd: fd, ctx: ctx})
+	// A session the emulator ends with an error (an injected fault) does not
+	// unplug the board: serve the next open.
+	for ctx.Err() == nil {
+		_ = device.ServePTY(ctx, b.ptmx, b.dev)
 	}
 }
 
@@ -97,55 +83,6 @@ func (b *ptyBoard) unplug() {
 		<-b.done
 		b.ptmx.Close()
 	})
-}
-
-type ptyConn struct {
-	fd  int
-	ctx context.Context
-}
-
-func (p *ptyConn) Read(buf []byte) (int, error) {
-	for {
-		if err := p.ctx.Err(); err != nil {
-			return 0, err
-		}
-		fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
-		if _, err := unix.Poll(fds, 20); err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return 0, err
-		}
-		switch {
-		case fds[0].Revents&unix.POLLIN != 0:
-			n, err := unix.Read(p.fd, buf)
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-				continue
-			}
-			if err != nil {
-				return 0, errors.Join(err, os.ErrClosed)
-			}
-			return n, nil
-		case fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0:
-			return 0, os.ErrClosed
-		}
-	}
-}
-
-func (p *ptyConn) Write(buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := unix.Write(p.fd, buf[n:])
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			time.Sleep(time.Millisecond)
-			continue
-		}
-		if err != nil {
-			return n, err
-		}
-		n += m
-	}
-	return n, nil
 }
 
 // fastUno is an unpaced Uno with a short watchdog.
