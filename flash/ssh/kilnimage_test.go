@@ -81,7 +81,8 @@ func TestUpdateKilnBuiltImage(t *testing.T) {
 	if err != nil || !strings.Contains(string(got), drv2) {
 		t.Fatalf("running root holds %q (%v), want %s", got, err, drv2)
 	}
-	if dev.PowerCycle(); dev.Root() != res.rootNumber() {
-		t.Fatalf("after a power cycle the device runs root %d", dev.Root())
+	running := dev.Root()
+	if err := dev.PowerCycle(); err != nil || dev.Root() != running {
+		t.Fatalf("after a power cycle the device runs root %d (%v), want the committed %d", dev.Root(), err, running)
 	}
 }

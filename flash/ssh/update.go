@@ -72,7 +72,6 @@ type UpdateResult struct {
 	Reason      string  `json:"reason,omitempty"`
 	UsedHelper  bool    `json:"used_helper"`
 	WriteSec    float64 `json:"write_verify_s"` // writing and proving both partitions
-	root        int
 	DurationSec float64 `json:"duration_s"`
 }
 
@@ -384,7 +383,7 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 	if target == rem.committed {
 		target = rem.layout.Slots[1]
 	}
-	res.From, res.To, res.root = rem.committed.Name, target.Name, target.Root
+	res.From, res.To = rem.committed.Name, target.Name
 	tBoot, ok1 := partByNum(rem.parts, target.Boot)
 	tRoot, ok2 := partByNum(rem.parts, target.Root)
 	if !ok1 || !ok2 {
@@ -506,15 +505,22 @@ func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n 
 		l.sum = hex.EncodeToString(h.Sum(nil))
 		lc <- l
 	}()
+	// Meanwhile the device hashes its blocks, or takes the whole range.
+	var sums [][32]byte
+	var err error
+	if opts.NoDelta {
+		err = d.write(ctx, dev, 0, io.NewSectionReader(r, 0, n))
+	} else {
+		sums, err = d.blockHashes(ctx, dev, 0, n, opts.BlockSize)
+	}
+	l := <-lc
+	if err != nil {
+		return "", err
+	}
+	if l.err != nil {
+		return "", l.err
+	}
 	if !opts.NoDelta {
-		sums, err := d.blockHashes(ctx, dev, 0, n, opts.BlockSize)
-		l := <-lc
-		if err != nil {
-			return "", err
-		}
-		if l.err != nil {
-			return "", l.err
-		}
 		if len(sums) != len(l.blocks) {
 			return "", fmt.Errorf("%s: %d block hashes from the device, %d local", dev, len(sums), len(l.blocks))
 		}
@@ -538,13 +544,6 @@ func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n 
 			}
 			blocks = blocks[k:]
 		}
-		lc <- l
-	} else if err := d.write(ctx, dev, 0, io.NewSectionReader(r, 0, n)); err != nil {
-		return "", err
-	}
-	l := <-lc
-	if l.err != nil {
-		return "", l.err
 	}
 	got, err := d.hash(ctx, dev, 0, n)
 	if err != nil {
@@ -653,5 +652,3 @@ func ImageDerivation(path string) (string, error) {
 	defer img.f.Close()
 	return img.layout.Derivation, nil
 }
-
-func (r *UpdateResult) rootNumber() int { return r.root }
