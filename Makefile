@@ -31,8 +31,13 @@ deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# kiln-helper-<arch>: the static device-side helper `kiln update` uploads (checked by
+# hash) to devices of that architecture; kiln looks for it beside its own binary.
 build:
 	$(GO) build -trimpath -o $(KILN) ./cmd/kiln
+	for arch in amd64 arm64 arm; do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags=-s -o bin/kiln-helper-$$arch ./cmd/kiln-helper || exit 1; \
+	done
 
 demo: deps build
 	@echo "== build recipes/blink-uno"

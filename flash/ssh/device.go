@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 )
 
@@ -199,6 +198,3 @@ func (d *device) installHelper(ctx context.Context, dir string) error {
 	d.helper = path
 	return nil
 }
-
-// HelperArch is the architecture a helper built from this source runs on.
-var HelperArch = runtime.GOARCH

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) {
 	if sshtest.Available() == nil {
 		dir, err := os.MkdirTemp("", "kiln-helper-")
 		if err == nil {
-			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s", "-o", filepath.Join(dir, "kiln-helper-"+HelperArch), "kiln.dev/kiln/cmd/kiln-helper")
+			cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s", "-o", filepath.Join(dir, "kiln-helper-"+runtime.GOARCH), "kiln.dev/kiln/cmd/kiln-helper")
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				os.Stderr.Write(out)
