@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -123,6 +124,149 @@ func (d *device) writeBlocks(ctx context.Context, dev string, blocks []block) er
 	}
 	script.WriteString("sync\n")
 	return d.run(ctx, "sh -c "+quote(script.String()), &stdin, nil)
+}
+
+// writeChanged writes the blocks of r whose hashes (local) differ from the
+// device's (remote), in sessions of up to 1024 blocks.
+func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n, bs int64, remote, local [][32]byte, log func(string, ...any)) error {
+	if len(remote) != len(local) {
+		return fmt.Errorf("%s: %d block hashes from the device, %d local", dev, len(remote), len(local))
+	}
+	var blocks []block
+	for i, s := range remote {
+		if s == local[i] {
+			continue
+		}
+		off := int64(i) * bs
+		data := make([]byte, min(bs, n-off))
+		if _, err := r.ReadAt(data, off); err != nil {
+			return err
+		}
+		blocks = append(blocks, block{Off: off, Data: data})
+	}
+	log("%s: %d of %d blocks differ", dev, len(blocks), len(remote))
+	for len(blocks) > 0 {
+		k := min(len(blocks), 1024)
+		if err := d.writeBlocks(ctx, dev, blocks[:k]); err != nil {
+			return err
+		}
+		blocks = blocks[k:]
+	}
+	return nil
+}
+
+// deltaWrite writes r's n bytes to dev through the helper's one-pass delta
+// (devhelper.Delta): the device reads its blocks once, reports those whose
+// sums differ from sums, takes their new bytes as kiln streams them, and
+// ends with its SHA-256 of the range. It returns that hash and how many
+// blocks were written.
+func (d *device) deltaWrite(ctx context.Context, dev string, r io.ReaderAt, n, bs int64, sums []uint64) (string, int, error) {
+	list := make([]byte, 8*len(sums))
+	for i, s := range sums {
+		binary.BigEndian.PutUint64(list[8*i:], s)
+	}
+	pr, pw := io.Pipe()
+	want := make(chan int64, len(sums))
+	out := &deltaOutput{nblocks: int64(len(sums)), want: want, next: -1}
+	done := make(chan struct{})
+	sent := make(chan error, 1)
+	go func() {
+		// Send each block the device asks for, in the order it asks.
+		buf := make([]byte, bs)
+		for {
+			select {
+			case i, ok := <-want:
+				if !ok {
+					sent <- pw.Close()
+					return
+				}
+				b := buf[:min(bs, n-i*bs)]
+				if _, err := r.ReadAt(b, i*bs); err != nil {
+					pw.CloseWithError(err)
+					sent <- err
+					return
+				}
+				if _, err := pw.Write(b); err != nil {
+					sent <- err
+					return
+				}
+			case <-done:
+				sent <- nil
+				return
+			}
+		}
+	}()
+	err := d.run(ctx, d.helperCmd("delta", dev, fmt.Sprint(n), fmt.Sprint(bs)), io.MultiReader(bytes.NewReader(list), pr), out)
+	close(done)
+	pw.CloseWithError(io.ErrClosedPipe)
+	serr := <-sent
+	switch {
+	case err != nil:
+		return "", 0, fmt.Errorf("delta write %s: %w", dev, err)
+	case out.err != nil:
+		return "", 0, fmt.Errorf("delta write %s: %w", dev, out.err)
+	case serr != nil:
+		return "", 0, fmt.Errorf("delta write %s: %w", dev, serr)
+	case out.sum == "":
+		return "", 0, fmt.Errorf("delta write %s: the device gave no hash", dev)
+	case out.written != out.asked:
+		return "", 0, fmt.Errorf("delta write %s: the device asked for %d blocks and wrote %d", dev, out.asked, out.written)
+	}
+	return out.sum, out.written, nil
+}
+
+// deltaOutput parses the helper's delta report as it arrives.
+type deltaOutput struct {
+	nblocks int64
+	want    chan<- int64
+	next    int64 // last block asked for
+	line    []byte
+	asked   int
+	written int
+	sum     string
+	err     error
+}
+
+func (o *deltaOutput) Write(p []byte) (int, error) {
+	for _, c := range p {
+		if c != '\n' {
+			o.line = append(o.line, c)
+			continue
+		}
+		o.parse(string(o.line))
+		o.line = o.line[:0]
+	}
+	return len(p), nil
+}
+
+func (o *deltaOutput) parse(line string) {
+	if o.err != nil {
+		return
+	}
+	var i int64
+	var k int
+	var sum string
+	switch {
+	case o.sum != "":
+		o.err = fmt.Errorf("output after the hash: %q", line)
+	case strings.HasPrefix(line, "d "):
+		if _, err := fmt.Sscanf(line, "d %d", &i); err != nil || i <= o.next || i >= o.nblocks {
+			o.err = fmt.Errorf("bad block report %q", line)
+			close(o.want)
+			return
+		}
+		o.next, o.asked = i, o.asked+1
+		o.want <- i
+	case strings.HasPrefix(line, "= "):
+		if _, err := fmt.Sscanf(line, "= %d %s", &k, &sum); err != nil || len(sum) != 64 {
+			o.err = fmt.Errorf("bad result %q", line)
+			return
+		}
+		o.written, o.sum = k, sum
+		close(o.want)
+	default:
+		o.err = fmt.Errorf("unexpected output %q", line)
+	}
 }
 
 // blockHashes returns the SHA-256 of every bs-byte block of dev in [off, off+n).

@@ -13,7 +13,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"kiln.dev/kiln/flash/ssh/devhelper"
 )
 
 // Layout is what kiln.json on an image's first partition says about its slots.
@@ -464,7 +467,12 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		return rollback(fmt.Sprintf("health check failed: %v", err))
 	}
 	if err := trial.setAutoboot(ctx, opts.Disk, target.Boot, rem.committed.Boot); err != nil {
-		return res, fmt.Errorf("%s: commit: %w", name, err)
+		// The rewrite may have landed although its answer did not.
+		opts.Log("%s: commit: %v; reconnecting to see whether it landed", name, err)
+		if c, err = confirmCommit(ctx, dial, c, trial, target, rem.committed, opts); err != nil {
+			res.RolledBack = errors.Is(err, ErrRolledBack)
+			return res, fmt.Errorf("%s: commit: %w", name, err)
+		}
 	}
 	res.Committed = true
 	res.BytesSent = trial.d.sent
@@ -476,83 +484,169 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 // device can hash them) and returns the device's hash of the range, which
 // must equal the image's.
 func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n int64, opts UpdateOptions) (string, error) {
-	// One pass over the local bytes gives the whole hash and the block
-	// hashes; it runs while the device hashes its own blocks.
-	type local struct {
-		sum    string
-		blocks [][32]byte
-		err    error
-	}
-	lc := make(chan local, 1)
-	go func() {
-		var l local
-		h := sha256.New()
-		buf := make([]byte, 1<<20-(1<<20)%opts.BlockSize)
-		for off := int64(0); off < n; {
-			k := min(int64(len(buf)), n-off)
-			if _, err := r.ReadAt(buf[:k], off); err != nil {
-				l.err = err
-				break
-			}
-			h.Write(buf[:k])
-			if !opts.NoDelta {
-				for b := int64(0); b < k; b += opts.BlockSize {
-					l.blocks = append(l.blocks, sha256.Sum256(buf[b:min(b+opts.BlockSize, k)]))
-				}
-			}
-			off += k
+	helperDelta := !opts.NoDelta && d.helper != ""
+	stockDelta := !opts.NoDelta && d.helper == ""
+	var sums []uint64
+	if helperDelta {
+		// The helper needs the new block sums before it starts reading;
+		// they take a fraction of the time SHA-256 does.
+		var err error
+		if sums, err = blockSums(r, n, opts.BlockSize); err != nil {
+			return "", err
 		}
-		l.sum = hex.EncodeToString(h.Sum(nil))
-		lc <- l
-	}()
-	// Meanwhile the device hashes its blocks, or takes the whole range.
-	var sums [][32]byte
-	var err error
-	if opts.NoDelta {
-		err = d.write(ctx, dev, 0, io.NewSectionReader(r, 0, n))
-	} else {
-		sums, err = d.blockHashes(ctx, dev, 0, n, opts.BlockSize)
 	}
-	l := <-lc
+	// The image's hash (and, for stock tools, its block hashes) is computed
+	// while the device works.
+	lc := make(chan localHashes, 1)
+	go func() { lc <- hashLocal(r, n, opts.BlockSize, stockDelta) }()
+	local := sync.OnceValue(func() localHashes { return <-lc })
+
+	var got string
+	var err error
+	switch {
+	case helperDelta:
+		var k int
+		if got, k, err = d.deltaWrite(ctx, dev, r, n, opts.BlockSize, sums); err == nil {
+			opts.Log("%s: %d of %d blocks differ", dev, k, len(sums))
+		}
+	case stockDelta:
+		var dsums [][32]byte
+		if dsums, err = d.blockHashes(ctx, dev, 0, n, opts.BlockSize); err != nil {
+			break
+		}
+		if l := local(); l.err != nil {
+			err = l.err
+		} else if err = d.writeChanged(ctx, dev, r, n, opts.BlockSize, dsums, l.blocks, opts.Log); err == nil {
+			got, err = d.hash(ctx, dev, 0, n)
+		}
+	default:
+		if err = d.write(ctx, dev, 0, io.NewSectionReader(r, 0, n)); err == nil {
+			got, err = d.hash(ctx, dev, 0, n)
+		}
+	}
+	l := local()
 	if err != nil {
 		return "", err
 	}
 	if l.err != nil {
 		return "", l.err
 	}
-	if !opts.NoDelta {
-		if len(sums) != len(l.blocks) {
-			return "", fmt.Errorf("%s: %d block hashes from the device, %d local", dev, len(sums), len(l.blocks))
-		}
-		var blocks []block
-		for i, s := range sums {
-			if s == l.blocks[i] {
-				continue
-			}
-			off := int64(i) * opts.BlockSize
-			data := make([]byte, min(opts.BlockSize, n-off))
-			if _, err := r.ReadAt(data, off); err != nil {
-				return "", err
-			}
-			blocks = append(blocks, block{Off: off, Data: data})
-		}
-		opts.Log("%s: %d of %d blocks differ", dev, len(blocks), len(sums))
-		for len(blocks) > 0 {
-			k := min(len(blocks), 1024)
-			if err := d.writeBlocks(ctx, dev, blocks[:k]); err != nil {
-				return "", err
-			}
-			blocks = blocks[k:]
-		}
-	}
-	got, err := d.hash(ctx, dev, 0, n)
-	if err != nil {
-		return "", err
-	}
 	if got != l.sum {
 		return got, fmt.Errorf("%s: device sha256 %s, image %s: %w", dev, got, l.sum, errVerify)
 	}
 	return got, nil
+}
+
+// localHashes is the image side of a write: the range's SHA-256 and, for
+// stock-tools deltas, the SHA-256 of every block.
+type localHashes struct {
+	sum    string
+	blocks [][32]byte
+	err    error
+}
+
+// hashLocal reads r's n bytes once for the whole hash and, if blocks is
+// set, the hash of every bs-byte block.
+func hashLocal(r io.ReaderAt, n, bs int64, blocks bool) localHashes {
+	var l localHashes
+	h := sha256.New()
+	l.err = eachChunk(r, n, bs, func(b []byte) {
+		h.Write(b)
+		for o := int64(0); blocks && o < int64(len(b)); o += bs {
+			l.blocks = append(l.blocks, sha256.Sum256(b[o:min(o+bs, int64(len(b)))]))
+		}
+	})
+	l.sum = hex.EncodeToString(h.Sum(nil))
+	return l
+}
+
+// blockSums returns devhelper.BlockSum of every bs-byte block of r's n bytes.
+func blockSums(r io.ReaderAt, n, bs int64) ([]uint64, error) {
+	sums := make([]uint64, 0, (n+bs-1)/bs)
+	err := eachChunk(r, n, bs, func(b []byte) {
+		for o := int64(0); o < int64(len(b)); o += bs {
+			sums = append(sums, devhelper.BlockSum(b[o:min(o+bs, int64(len(b)))]))
+		}
+	})
+	return sums, err
+}
+
+// eachChunk hands r's n bytes to fn in pieces of about 1 MiB that start on
+// bs boundaries.
+func eachChunk(r io.ReaderAt, n, bs int64, fn func([]byte)) error {
+	buf := make([]byte, max(bs, 1<<20-(1<<20)%bs))
+	for off := int64(0); off < n; {
+		k := min(int64(len(buf)), n-off)
+		if _, err := r.ReadAt(buf[:k], off); err != nil {
+			return err
+		}
+		fn(buf[:k])
+		off += k
+	}
+	return nil
+}
+
+// ErrCommitUnknown means the commit was sent but the device could not be
+// reached to see whether it landed.
+var ErrCommitUnknown = errors.New("commit not confirmed")
+
+// confirmCommit reconnects after a commit whose answer was lost and finds
+// out what the device holds: committed to target (done), still in the same
+// trial boot (commit again), or restarted on the old slot before the commit
+// reached the medium (ErrRolledBack). It returns the connection in use.
+func confirmCommit(ctx context.Context, dial Dialer, c RunCloser, trial *remote, target, old Slot, opts UpdateOptions) (RunCloser, error) {
+	c.Close()
+	deadline := time.Now().Add(opts.BootTimeout)
+	var last error
+	for {
+		nc, nr, err := reconnect(ctx, dial, trial, opts)
+		switch {
+		case err != nil:
+			last = err
+		case nr.committed == target:
+			*trial = *nr
+			return nc, nil
+		case nr.bootID == trial.bootID && nr.running == target:
+			if err := nr.setAutoboot(ctx, opts.Disk, target.Boot, old.Boot); err != nil {
+				last = err
+				nc.Close()
+				break
+			}
+			*trial = *nr
+			return nc, nil
+		default:
+			return nc, fmt.Errorf("the device restarted on slot %s before the commit reached it: %w", nr.running.Name, ErrRolledBack)
+		}
+		if !time.Now().Before(deadline) {
+			return c, fmt.Errorf("%w: device unreachable for %v after the commit was sent (last: %v); `kiln fleet status` shows the slot it runs", ErrCommitUnknown, opts.BootTimeout, last)
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return c, fmt.Errorf("%w: %v", ErrCommitUnknown, ctx.Err())
+		}
+	}
+}
+
+// reconnect opens a new connection and inspects the device again. The new
+// remote shares rem's device record, so the helper it verified and the
+// bytes sent carry over.
+func reconnect(ctx context.Context, dial Dialer, rem *remote, opts UpdateOptions) (RunCloser, *remote, error) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	nc, err := dial(dctx)
+	cancel()
+	if err != nil {
+		return nil, nil, err
+	}
+	nd := &device{r: nc, helper: rem.d.helper, hsum: rem.d.hsum, sent: rem.d.sent}
+	nr, err := inspect(ctx, nd, opts.Disk)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	*rem.d = *nd
+	nr.d = rem.d
+	return nc, nr, nil
 }
 
 // rebootAndWait reboots the device (arg "" or "0 tryboot"), waits for a new
@@ -575,23 +669,14 @@ func rebootAndWait(ctx context.Context, dial Dialer, c RunCloser, rem *remote, o
 		if err := ctx.Err(); err != nil {
 			return c, nil, err
 		}
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		nc, err := dial(dctx)
-		cancel()
-		if err == nil {
-			nd := &device{r: nc, helper: rem.d.helper, hsum: rem.d.hsum, sent: rem.d.sent}
-			nr, err := inspect(ctx, nd, opts.Disk)
-			if err == nil && nr.bootID != rem.bootID {
-				*rem.d = *nd
-				nr.d = rem.d
-				return nc, nr, nil
-			}
-			nc.Close()
-			if err != nil {
-				last = err
-			}
-		} else {
+		nc, nr, err := reconnect(ctx, dial, rem, opts)
+		switch {
+		case err != nil:
 			last = err
+		case nr.bootID != rem.bootID:
+			return nc, nr, nil
+		default:
+			nc.Close()
 		}
 		select {
 		case <-time.After(200 * time.Millisecond):

@@ -5,12 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,4 +222,119 @@ func TestUpdateCutMidWriteKeepsOldSlot(t *testing.T) {
 	if dev.Root() != 4 {
 		t.Fatalf("device runs root %d after the cut, want the old slot 4", dev.Root())
 	}
+}
+
+// commitWatch spots the commit: the first write to partition 1 after the
+// trial reboot.
+type commitWatch struct {
+	rebooted, seen atomic.Bool
+}
+
+func (w *commitWatch) isCommit(cmd string) bool {
+	if strings.HasPrefix(cmd, "reboot") {
+		w.rebooted.Store(true)
+	}
+	return w.rebooted.Load() && strings.Contains(cmd, "'apply' '/dev/mmcblk0p1'") && w.seen.CompareAndSwap(false, true)
+}
+
+// lossyConn drops the connection at the commit: before running it (lost
+// request) or after (lost answer).
+type lossyConn struct {
+	RunCloser
+	w     *commitWatch
+	after bool
+}
+
+func (c lossyConn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
+	if !c.w.isCommit(cmd) {
+		return c.RunCloser.Run(ctx, cmd, stdin, stdout)
+	}
+	if c.after {
+		if err := c.RunCloser.Run(ctx, cmd, stdin, stdout); err != nil {
+			return err
+		}
+	}
+	c.RunCloser.Close()
+	return fmt.Errorf("ssh: %s: %w", short(cmd), ErrConnLost)
+}
+
+func TestUpdateConfirmsCommitAfterLostConnection(t *testing.T) {
+	for _, after := range []bool{false, true} {
+		t.Run(map[bool]string{false: "request lost", true: "answer lost"}[after], func(t *testing.T) {
+			f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "abababababababab0101", Seed: 11})
+			dev := devs[0]
+			v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "cdcdcdcdcdcdcdcd0202", Seed: 12})
+			var w commitWatch
+			base := dialer(f, dev)
+			lossy := func(ctx context.Context) (RunCloser, error) {
+				c, err := base(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return lossyConn{c, &w, after}, nil
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			opts := fastOpts()
+			var logged []string
+			opts.Log = func(format string, a ...any) { logged = append(logged, fmt.Sprintf(format, a...)) }
+			res, err := Update(ctx, lossy, dev.Name, v2, opts)
+			if !w.seen.Load() || !strings.Contains(strings.Join(logged, "\n"), "reconnecting") {
+				t.Fatalf("the commit was never intercepted; log:\n%s", strings.Join(logged, "\n"))
+			}
+			if err != nil || !res.Committed {
+				t.Fatalf("update after a lost commit %s: %v, %+v", map[bool]string{false: "request", true: "answer"}[after], err, res)
+			}
+			if dev.Root() != 5 || dev.Boots() != 2 {
+				t.Fatalf("device runs root %d after %d boots, want root 5 after 2 (first boot and the trial)", dev.Root(), dev.Boots())
+			}
+			if err := dev.PowerCycle(); err != nil || dev.Root() != 5 {
+				t.Fatalf("after a power cycle: %v, root %d: the commit did not land", err, dev.Root())
+			}
+		})
+	}
+}
+
+func TestUpdateReportsUnconfirmedCommit(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "efefefefefefefef0303", Seed: 13})
+	dev := devs[0]
+	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "0404040404040404fefe", Seed: 14})
+	// Power goes out as the commit is written and stays out.
+	var w commitWatch
+	base := dialer(f, dev)
+	cutting := func(ctx context.Context) (RunCloser, error) {
+		c, err := base(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return cutConn{c, &w, dev}, nil
+	}
+	opts := fastOpts()
+	opts.BootTimeout = 3 * time.Second
+	_, err := Update(context.Background(), cutting, dev.Name, v2, opts)
+	if !errors.Is(err, ErrCommitUnknown) {
+		t.Fatalf("err = %v, want the commit reported as unconfirmed", err)
+	}
+	// Whatever landed, the device boots a whole system.
+	if err := dev.PowerCycle(); err != nil {
+		t.Fatal(err)
+	}
+	bootDrv, rootDrv, _ := system(t, dev, dev.BootPartition(), dev.Root())
+	if bootDrv != rootDrv {
+		t.Fatalf("mixed system: boot %s, root %s", bootDrv, rootDrv)
+	}
+}
+
+// cutConn cuts the device's power as the commit starts.
+type cutConn struct {
+	RunCloser
+	w   *commitWatch
+	dev *sshtest.Device
+}
+
+func (c cutConn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
+	if c.w.isCommit(cmd) {
+		c.dev.PowerCut()
+	}
+	return c.RunCloser.Run(ctx, cmd, stdin, stdout)
 }

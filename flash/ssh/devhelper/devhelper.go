@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"syscall"
-	"unsafe"
 )
 
 // Main is the device-side helper (cmd/kiln-helper), a static program
@@ -20,11 +19,12 @@ import (
 //	kiln-helper blockhash DEV OFF LEN BS   one hex SHA-256 per BS-byte block
 //	kiln-helper sha256 DEV OFF LEN          the SHA-256 of the range, as sha256sum prints it
 //	kiln-helper apply DEV                   stdin: "OFF LEN\n" + LEN bytes, repeated; then fsync
+//	kiln-helper delta DEV LEN BS            one-pass delta write with proof (see Delta)
 //
 // Reads bypass the page cache (O_DIRECT) so hashes are of what the medium holds.
 func Main(args []string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) < 2 {
-		return fmt.Errorf("usage: kiln-helper blockhash DEV OFF LEN BS | apply DEV")
+		return fmt.Errorf("usage: kiln-helper blockhash DEV OFF LEN BS | sha256 DEV OFF LEN | apply DEV | delta DEV LEN BS")
 	}
 	switch args[0] {
 	case "blockhash":
@@ -57,6 +57,16 @@ func Main(args []string, stdin io.Reader, stdout io.Writer) error {
 		return err
 	case "apply":
 		return apply(stdin, args[1])
+	case "delta":
+		if len(args) != 4 {
+			return fmt.Errorf("usage: kiln-helper delta DEV LEN BS")
+		}
+		n, err1 := strconv.ParseInt(args[2], 10, 64)
+		bs, err2 := strconv.ParseInt(args[3], 10, 64)
+		if err1 != nil || err2 != nil || n <= 0 || bs <= 0 || bs%512 != 0 || n%512 != 0 {
+			return fmt.Errorf("delta: bad length %s or block size %s (both whole sectors)", args[2], args[3])
+		}
+		return Delta(args[1], n, bs, stdin, stdout)
 	}
 	return fmt.Errorf("kiln-helper: unknown command %q", args[0])
 }
@@ -107,9 +117,7 @@ func readRange(dev string, off, n int64, fn func([]byte)) error {
 		}
 	}
 	defer f.Close()
-	raw := make([]byte, chunk+4096)
-	a := 4096 - int(uintptr(unsafe.Pointer(&raw[0]))&4095)
-	buf := raw[a%4096 : a%4096+chunk]
+	buf := aligned(chunk)
 	for pos := int64(0); pos < n; {
 		want := min(int64(chunk), n-pos)
 		k := (want + 511) &^ 511

@@ -3,8 +3,10 @@ package devhelper
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -60,5 +62,92 @@ func TestHelperCommands(t *testing.T) {
 	}
 	if err := Main([]string{"blockhash", dev, "1", "10", "4096"}, nil, &out); err == nil {
 		t.Fatal("an unaligned offset was accepted")
+	}
+}
+
+func TestDelta(t *testing.T) {
+	const bs = 4096
+	rng := rand.New(rand.NewSource(2))
+	old := make([]byte, 5<<20+1536) // a short last block
+	rng.Read(old)
+	next := bytes.Clone(old)
+	var changed []int
+	for i := 0; i < len(old)/bs+1; i++ {
+		if i == 0 || i == len(old)/bs || rng.Intn(40) == 0 {
+			changed = append(changed, i)
+			next[i*bs] ^= 0xff
+		}
+	}
+	sums := func(data []byte) []byte {
+		var b bytes.Buffer
+		for o := 0; o < len(data); o += bs {
+			binary.Write(&b, binary.BigEndian, BlockSum(data[o:min(o+bs, len(data))]))
+		}
+		return b.Bytes()
+	}
+	stdin := func(want []byte, blocks []int, from []byte) *bytes.Buffer {
+		b := bytes.NewBuffer(bytes.Clone(want))
+		for _, i := range blocks {
+			b.Write(from[i*bs : min((i+1)*bs, len(from))])
+		}
+		return b
+	}
+	dev := filepath.Join(t.TempDir(), "disk")
+	os.WriteFile(dev, old, 0o600)
+	n := fmt.Sprint(len(old))
+
+	var out bytes.Buffer
+	if err := Main([]string{"delta", dev, n, fmt.Sprint(bs)}, stdin(sums(next), changed, next), &out); err != nil {
+		t.Fatal(err)
+	}
+	var report []string
+	for _, i := range changed {
+		report = append(report, fmt.Sprintf("d %d", i))
+	}
+	sum := sha256.Sum256(next)
+	report = append(report, fmt.Sprintf("= %d %s", len(changed), hex.EncodeToString(sum[:])))
+	if got := strings.Split(strings.TrimSpace(out.String()), "\n"); strings.Join(got, "|") != strings.Join(report, "|") {
+		t.Fatalf("delta reported\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(report, "\n"))
+	}
+	if got, _ := os.ReadFile(dev); !bytes.Equal(got, next) {
+		t.Fatal("the device does not hold the new content")
+	}
+
+	// Nothing to do: no block asked for, the same hash.
+	out.Reset()
+	if err := Main([]string{"delta", dev, n, fmt.Sprint(bs)}, stdin(sums(next), nil, nil), &out); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("= 0 %s\n", hex.EncodeToString(sum[:])); out.String() != want {
+		t.Fatalf("unchanged device: %q, want %q", out.String(), want)
+	}
+
+	// A block whose bytes do not match the sum it was announced with is refused.
+	os.WriteFile(dev, old, 0o600)
+	bad := stdin(sums(next), changed, next)
+	badBytes := bad.Bytes()
+	badBytes[len(badBytes)-1] ^= 1
+	if err := Main([]string{"delta", dev, n, fmt.Sprint(bs)}, bad, io.Discard); err == nil || !strings.Contains(err.Error(), "does not match its sum") {
+		t.Fatalf("a corrupted block: %v", err)
+	}
+	// The host stops sending: an error, not a hash.
+	out.Reset()
+	if err := Main([]string{"delta", dev, n, fmt.Sprint(bs)}, stdin(sums(next), changed[:1], next), &out); err == nil || strings.Contains(out.String(), "=") {
+		t.Fatalf("missing blocks: %v, output %q", err, out.String())
+	}
+	// A sum that matches by accident (here: the old block's sum announced for
+	// new content) leaves the old block, and the hash says so.
+	os.WriteFile(dev, old, 0o600)
+	fooled := sums(next)
+	copy(fooled[8*changed[0]:], sums(old)[8*changed[0]:8*changed[0]+8])
+	out.Reset()
+	if err := Main([]string{"delta", dev, n, fmt.Sprint(bs)}, stdin(fooled, changed[1:], next), &out); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), hex.EncodeToString(sum[:])) {
+		t.Fatal("the hash claims the new content although one block was not written")
+	}
+	if err := Main([]string{"delta", dev, "1000", "4096"}, nil, io.Discard); err == nil {
+		t.Fatal("a length that is not whole sectors was accepted")
 	}
 }
