@@ -170,6 +170,7 @@ func (d *device) deltaWrite(ctx context.Context, dev string, r io.ReaderAt, n, b
 	out := &deltaOutput{nblocks: int64(len(sums)), want: want, next: -1}
 	done := make(chan struct{})
 	sent := make(chan error, 1)
+	var blockBytes int64 // the sender's count: SSH's stdin copy may outlive Run
 	go func() {
 		// Send each block the device asks for, in the order it asks.
 		buf := make([]byte, bs)
@@ -190,16 +191,18 @@ func (d *device) deltaWrite(ctx context.Context, dev string, r io.ReaderAt, n, b
 					sent <- err
 					return
 				}
+				blockBytes += int64(len(b))
 			case <-done:
 				sent <- nil
 				return
 			}
 		}
 	}()
-	err := d.run(ctx, d.helperCmd("delta", dev, fmt.Sprint(n), fmt.Sprint(bs)), io.MultiReader(bytes.NewReader(list), pr), out)
+	err := d.r.Run(ctx, d.helperCmd("delta", dev, fmt.Sprint(n), fmt.Sprint(bs)), io.MultiReader(bytes.NewReader(list), pr), out)
 	close(done)
 	pw.CloseWithError(io.ErrClosedPipe)
 	serr := <-sent
+	d.sent += int64(len(list)) + blockBytes
 	switch {
 	case err != nil:
 		return "", 0, fmt.Errorf("delta write %s: %w", dev, err)
