@@ -2,6 +2,7 @@ package ssh
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -53,6 +54,8 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 	commands := probe.Load()
 	t.Logf("an uninterrupted update runs %d device commands", commands)
 
+	opts := fastOpts()
+	opts.BootTimeout = 8 * time.Second // also how long kiln looks for a device that lost power at the commit
 	var mu sync.Mutex
 	outcomes := map[string]int{}
 	var wg sync.WaitGroup
@@ -69,10 +72,15 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 					newDrv = drvs[(r+1)%2]
 				}
 				// Cut during or right after command k (k past the last
-				// command: after the update finished).
+				// command: after the update finished). In odd rounds power
+				// returns while kiln may still be trying to reach the device.
 				k := 1 + rng.Int63n(commands+3)
 				delay := time.Duration(rng.Int63n(int64(40 * time.Millisecond)))
-				cut := fmt.Sprintf("command %d+%v", k, delay)
+				restore := time.Duration(-1)
+				if r%2 == 1 {
+					restore = time.Duration(rng.Int63n(int64(1500 * time.Millisecond)))
+				}
+				cut := fmt.Sprintf("command %d+%v, power back after %v", k, delay, restore)
 				var n atomic.Int64
 				cutDone := make(chan struct{})
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -81,9 +89,15 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 					go func() {
 						time.Sleep(delay)
 						dev.PowerCut()
+						if restore >= 0 {
+							time.Sleep(restore)
+							if err := dev.Boot(false); err != nil {
+								t.Errorf("%s round %d (cut at %s): device does not boot: %v", dev.Name, r, cut, err)
+							}
+						}
 						close(cutDone)
 					}()
-				}), dev.Name, imgs[newDrv], fastOpts())
+				}), dev.Name, imgs[newDrv], opts)
 				if n.Load() >= k {
 					<-cutDone
 				}
@@ -103,21 +117,36 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 				case rootDrv != oldDrv:
 					t.Errorf("%s round %d: runs %s, neither old %s nor new %s", dev.Name, r, rootDrv, oldDrv, newDrv)
 				}
-				if err == nil && outcome != "new" {
-					t.Errorf("%s round %d: update reported success but the device runs the old image", dev.Name, r)
+				// What kiln said must be what happened.
+				switch {
+				case err == nil && outcome != "new":
+					t.Errorf("%s round %d (cut at %s): update reported success but the device runs the old image", dev.Name, r, cut)
+				case errors.Is(err, ErrRolledBack) && outcome != "old":
+					t.Errorf("%s round %d (cut at %s): update reported a rollback but the device runs the new image: %v", dev.Name, r, cut, err)
+				case err != nil && outcome == "new" && !errors.Is(err, ErrCommitUnknown):
+					t.Errorf("%s round %d (cut at %s): the device committed the new image but kiln reported %v", dev.Name, r, cut, err)
 				}
 				if !strings.Contains(cl, "root=PARTUUID=") {
 					t.Errorf("%s round %d: cmdline %q", dev.Name, r, cl)
 				}
 				mu.Lock()
-				outcomes[fmt.Sprintf("%s/err=%v", outcome, err != nil)]++
+				kind := "ok"
+				switch {
+				case errors.Is(err, ErrRolledBack):
+					kind = "rolled-back"
+				case errors.Is(err, ErrCommitUnknown):
+					kind = "commit-unknown"
+				case err != nil:
+					kind = "failed"
+				}
+				outcomes[outcome+"/"+kind]++
 				mu.Unlock()
 			}
 		}(di, dev)
 	}
 	wg.Wait()
 	t.Logf("outcomes of %d interrupted updates: %v", devices*rounds, outcomes)
-	if outcomes["old/err=true"] == 0 || outcomes["new/err=false"]+outcomes["new/err=true"] == 0 {
+	if outcomes["old/failed"]+outcomes["old/rolled-back"] == 0 || outcomes["new/ok"] == 0 {
 		t.Errorf("cuts did not land on both sides of the commit: %v", outcomes)
 	}
 }
