@@ -160,14 +160,14 @@ func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n,
 // sums differ from sums, takes their new bytes as kiln streams them, and
 // ends with its SHA-256 of the range. It returns that hash and how many
 // blocks were written.
-func (d *device) deltaWrite(ctx context.Context, dev string, r io.ReaderAt, n, bs int64, sums []uint64) (string, int, error) {
+func (d *device) deltaWrite(ctx context.Context, dev string, r io.ReaderAt, n, bs int64, sums []uint64, progress func(int64)) (string, int, error) {
 	list := make([]byte, 8*len(sums))
 	for i, s := range sums {
 		binary.BigEndian.PutUint64(list[8*i:], s)
 	}
 	pr, pw := io.Pipe()
 	want := make(chan int64, len(sums))
-	out := &deltaOutput{nblocks: int64(len(sums)), want: want, next: -1}
+	out := &deltaOutput{nblocks: int64(len(sums)), want: want, next: -1, progress: progress}
 	done := make(chan struct{})
 	sent := make(chan error, 1)
 	var blockBytes int64 // the sender's count: SSH's stdin copy may outlive Run
@@ -220,14 +220,15 @@ func (d *device) deltaWrite(ctx context.Context, dev string, r io.ReaderAt, n, b
 
 // deltaOutput parses the helper's delta report as it arrives.
 type deltaOutput struct {
-	nblocks int64
-	want    chan<- int64
-	next    int64 // last block asked for
-	line    []byte
-	asked   int
-	written int
-	sum     string
-	err     error
+	nblocks  int64
+	want     chan<- int64
+	next     int64 // last block asked for
+	line     []byte
+	asked    int
+	written  int
+	sum      string
+	err      error
+	progress func(int64)
 }
 
 func (o *deltaOutput) Write(p []byte) (int, error) {
@@ -260,6 +261,10 @@ func (o *deltaOutput) parse(line string) {
 		}
 		o.next, o.asked = i, o.asked+1
 		o.want <- i
+	case strings.HasPrefix(line, "p "):
+		if _, err := fmt.Sscanf(line, "p %d", &i); err == nil && o.progress != nil {
+			o.progress(i)
+		}
 	case strings.HasPrefix(line, "= "):
 		if _, err := fmt.Sscanf(line, "= %d %s", &k, &sum); err != nil || len(sum) != 64 {
 			o.err = fmt.Errorf("bad result %q", line)

@@ -17,9 +17,23 @@
 //     the commit itself is one sector, so power loss during it boots either.
 //
 // The device side uses the stock tools of Raspberry Pi OS (sh, dd, sha256sum,
-// cat, reboot). When the device's architecture matches kiln's own binary,
-// kiln uploads itself once as a helper (checked by SHA-256 before every run)
-// to hash and patch blocks in one process, which makes delta updates cheap.
+// cat, reboot). When a kiln-helper built for the device's architecture is
+// at hand (make build puts amd64, arm64 and arm beside bin/kiln), it is
+// uploaded once and checked by SHA-256 before every run. With it a delta
+// update is one read of the slot: kiln sends the new image's block sums
+// (CRC-32C and CRC-32, 8 bytes per 4 KiB block); the helper reads the slot
+// once with O_DIRECT, reports each block whose sum differs as it finds it,
+// writes the bytes kiln streams back, and hashes the slot with SHA-256 as it
+// goes — blocks that matched as read from the medium, rewritten blocks as
+// written and then read back after fsync. A block whose sum matched by
+// accident cannot pass: the SHA-256 would differ from the image's. Without
+// the helper, deltas hash every block with dd | sha256sum and the proof is
+// a second read.
+//
+// A commit whose answer is lost (the connection or the power dropped) is
+// settled by reconnecting: committed, still in the trial (commit again),
+// restarted on the old slot (ErrRolledBack), or unreachable
+// (ErrCommitUnknown) — never reported as a plain failure.
 //
 // Protocol code talks to the small Runner interface; the x/crypto/ssh client
 // sits at the edge and always verifies host keys against known_hosts.

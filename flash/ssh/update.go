@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/ssh/devhelper"
 )
 
@@ -58,6 +59,7 @@ type UpdateOptions struct {
 	BlockSize     int64         // delta block size; default 4 KiB
 	HelperDir     string        // where kiln-helper-<goarch> files are; "" for stock tools only
 	Log           func(format string, a ...any)
+	Progress      flash.Progress // phases "root" and "boot": bytes of the slot compared or written
 }
 
 // UpdateResult is what an update did.
@@ -420,10 +422,10 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 	res.UsedHelper = d.helper != ""
 	writeStart := time.Now()
 	root := io.NewSectionReader(img.f, srcRoot.Start, srcRoot.Size)
-	if res.RootSHA256, err = writeVerified(ctx, d, partDev(opts.Disk, target.Root), root, srcRoot.Size, opts); err != nil {
+	if res.RootSHA256, err = writeVerified(ctx, d, partDev(opts.Disk, target.Root), root, srcRoot.Size, "root", opts); err != nil {
 		return res, err
 	}
-	if res.BootSHA256, err = writeVerified(ctx, d, partDev(opts.Disk, target.Boot), bytes.NewReader(boot), srcBoot.Size, opts); err != nil {
+	if res.BootSHA256, err = writeVerified(ctx, d, partDev(opts.Disk, target.Boot), bytes.NewReader(boot), srcBoot.Size, "boot", opts); err != nil {
 		return res, err
 	}
 	res.BytesImage = srcRoot.Size + srcBoot.Size
@@ -483,7 +485,8 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 // writeVerified writes n bytes from r to dev (only changed blocks when the
 // device can hash them) and returns the device's hash of the range, which
 // must equal the image's.
-func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n int64, opts UpdateOptions) (string, error) {
+func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n int64, phase string, opts UpdateOptions) (string, error) {
+	progress := func(done int64) { opts.Progress.Report(phase, done, n) }
 	helperDelta := !opts.NoDelta && d.helper != ""
 	stockDelta := !opts.NoDelta && d.helper == ""
 	var sums []uint64
@@ -506,7 +509,7 @@ func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n 
 	switch {
 	case helperDelta:
 		var k int
-		if got, k, err = d.deltaWrite(ctx, dev, r, n, opts.BlockSize, sums); err == nil {
+		if got, k, err = d.deltaWrite(ctx, dev, r, n, opts.BlockSize, sums, progress); err == nil {
 			opts.Log("%s: %d of %d blocks differ", dev, k, len(sums))
 		}
 	case stockDelta:
@@ -520,7 +523,7 @@ func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n 
 			got, err = d.hash(ctx, dev, 0, n)
 		}
 	default:
-		if err = d.write(ctx, dev, 0, io.NewSectionReader(r, 0, n)); err == nil {
+		if err = d.write(ctx, dev, 0, &progressReader{r: io.NewSectionReader(r, 0, n), fn: progress}); err == nil {
 			got, err = d.hash(ctx, dev, 0, n)
 		}
 	}
@@ -534,7 +537,26 @@ func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n 
 	if got != l.sum {
 		return got, fmt.Errorf("%s: device sha256 %s, image %s: %w", dev, got, l.sum, errVerify)
 	}
+	progress(n)
 	return got, nil
+}
+
+// progressReader reports how much has been read from r.
+type progressReader struct {
+	r    io.Reader
+	n    int64
+	fn   func(int64)
+	last time.Time
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	k, err := p.r.Read(b)
+	p.n += int64(k)
+	if now := time.Now(); now.Sub(p.last) > 100*time.Millisecond || err != nil {
+		p.fn(p.n)
+		p.last = now
+	}
+	return k, err
 }
 
 // localHashes is the image side of a write: the range's SHA-256 and, for

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -99,10 +100,33 @@ func TestUpdateCommitsNewSlot(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res, err := Update(ctx, dialer(f, dev), dev.Name, v2, fastOpts())
+	// The first update sends whole partitions, the second only what changed.
+	opts := fastOpts()
+	opts.NoDelta = true
+	var mu sync.Mutex
+	progress := map[string][2]int64{}
+	opts.Progress = func(phase string, done, total int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p := progress[phase]; done < p[0] {
+			t.Errorf("%s progress went back from %d to %d", phase, p[0], done)
+		}
+		progress[phase] = [2]int64{done, total}
+	}
+	checkProgress := func() {
+		t.Helper()
+		for _, phase := range []string{"root", "boot"} {
+			if p := progress[phase]; p[1] == 0 || p[0] != p[1] {
+				t.Errorf("%s progress ended at %d of %d", phase, p[0], p[1])
+			}
+		}
+		clear(progress)
+	}
+	res, err := Update(ctx, dialer(f, dev), dev.Name, v2, opts)
 	if err != nil {
 		t.Fatalf("update: %v", err)
 	}
+	checkProgress()
 	if !res.Committed || res.RolledBack || res.From != "a" || res.To != "b" {
 		t.Fatalf("result %+v", res)
 	}
@@ -130,10 +154,12 @@ func TestUpdateCommitsNewSlot(t *testing.T) {
 	}
 	// A second update goes back to slot a.
 	v3, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "3333333333333333cccc", Seed: 2, Changed: 0.01, ChangeSeed: 3})
-	res, err = Update(ctx, dialer(f, dev), dev.Name, v3, fastOpts())
+	opts.NoDelta = false
+	res, err = Update(ctx, dialer(f, dev), dev.Name, v3, opts)
 	if err != nil || !res.Committed || res.To != "a" || dev.Root() != 4 {
 		t.Fatalf("second update: %v %+v running %d", err, res, dev.Root())
 	}
+	checkProgress()
 	if !res.UsedHelper {
 		t.Errorf("helper was not used")
 	}
@@ -337,4 +363,35 @@ func (c cutConn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 		c.dev.PowerCut()
 	}
 	return c.RunCloser.Run(ctx, cmd, stdin, stdout)
+}
+
+// Without a helper for the device's architecture, kiln uses what a Raspberry
+// Pi OS image has: sh, dd and sha256sum (here busybox's).
+func TestUpdateWithStockTools(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "5151515151515151a5a5", Seed: 15, BothSlots: true})
+	dev := devs[0]
+	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "6161616161616161b6b6", Seed: 15, Changed: 0.02, ChangeSeed: 4})
+	opts := fastOpts()
+	opts.HelperDir = ""
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	res, err := Update(ctx, dialer(f, dev), dev.Name, v2, opts)
+	if err != nil || !res.Committed || res.UsedHelper || dev.Root() != 5 {
+		t.Fatalf("stock-tools update: %v %+v, running root %d", err, res, dev.Root())
+	}
+	if res.BytesSent*5 > res.BytesImage {
+		t.Errorf("delta with stock tools sent %d bytes of %d", res.BytesSent, res.BytesImage)
+	}
+	img, _ := openImage(v2)
+	defer img.f.Close()
+	src, _ := partByNum(img.parts, 4)
+	want := sha256.New()
+	io.Copy(want, io.NewSectionReader(img.f, src.Start, src.Size))
+	if got := partHash(t, dev.PartDev(5), src.Size); got != hex.EncodeToString(want.Sum(nil)) || got != res.RootSHA256 {
+		t.Fatalf("slot b root %s, image %x, reported %s", got, want.Sum(nil), res.RootSHA256)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dev.Dir, "tmp/kiln-helper-*")); len(left) > 0 {
+		t.Errorf("a helper was uploaded: %v", left)
+	}
+	t.Logf("stock tools: %d of %d bytes sent, write+verify %.2fs", res.BytesSent, res.BytesImage, res.WriteSec)
 }

@@ -60,6 +60,17 @@ func (b *progressBar) update(phase string, done, total int64) {
 	fmt.Fprintf(b.w, "\r%-7s [%s%s] %3.0f%% %s", phase, strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100, humanBytes(done))
 }
 
+// Logf prints a line of its own, ending the bar's line first.
+func (b *progressBar) Logf(format string, a ...any) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.on && b.phase != "" {
+		fmt.Fprintln(b.w)
+		b.phase = ""
+	}
+	fmt.Fprintf(b.w, format+"\n", a...)
+}
+
 // Done ends the bar's line.
 func (b *progressBar) Done() {
 	if b != nil && b.on && b.phase != "" {

@@ -72,10 +72,12 @@ func runUpdate(c *cli.Context) error {
 		Disk: disk, Health: c.String("health"), HealthTimeout: c.Duration("health-timeout"), BootTimeout: c.Duration("boot-timeout"),
 		NoDelta: c.Bool("no-delta"), HelperDir: fleet.HelperDir(),
 	}
+	bar := newProgress(e.stderr, c.Bool("json"))
 	if !c.Bool("json") {
-		opts.Log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
+		opts.Log, opts.Progress = bar.Logf, bar.Func()
 	}
 	res, err := ssh.Update(c.Context, ssh.DialerFor(a, sshOptions(c)), a.Host, img, opts)
+	bar.Done()
 	if res != nil {
 		rec.Device, rec.Derivation, rec.ReadbackSHA256 = res.Device, res.Derivation, res.RootSHA256
 	}

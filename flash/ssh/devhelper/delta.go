@@ -30,7 +30,7 @@ func BlockSum(b []byte) uint64 {
 // it reports them.
 //
 // stdout: "d I\n" for each block I whose sum differs, as soon as the read
-// finds it; at the end "= K SHA\n": K blocks written, and SHA the SHA-256 of
+// finds it; "p OFF\n" every 16 MiB read (progress); at the end "= K SHA\n": K blocks written, and SHA the SHA-256 of
 // [0, n) — blocks that matched as read from the medium, written blocks as
 // written, each then read back from the medium after fsync and compared.
 // So SHA is the hash of what the device holds, as a second full read would
@@ -105,7 +105,11 @@ func Delta(dev string, n, bs int64, stdin io.Reader, stdout io.Writer) error {
 					fmt.Fprintf(out, "d %d\n", i)
 				}
 			}
-			if len(c.diff) > 0 {
+			const every = 16 << 20
+			if done := off + k; done/every != off/every {
+				fmt.Fprintf(out, "p %d\n", done)
+			}
+			if out.Buffered() > 0 {
 				if err := out.Flush(); err != nil {
 					rerr <- err
 					return

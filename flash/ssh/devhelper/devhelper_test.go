@@ -106,7 +106,18 @@ func TestDelta(t *testing.T) {
 	}
 	sum := sha256.Sum256(next)
 	report = append(report, fmt.Sprintf("= %d %s", len(changed), hex.EncodeToString(sum[:])))
-	if got := strings.Split(strings.TrimSpace(out.String()), "\n"); strings.Join(got, "|") != strings.Join(report, "|") {
+	var got, progress []string
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		if strings.HasPrefix(l, "p ") {
+			progress = append(progress, l)
+		} else {
+			got = append(got, l)
+		}
+	}
+	if strings.Join(progress, "|") != "" {
+		t.Errorf("progress %q for a 5 MiB range (one line per 16 MiB)", progress)
+	}
+	if strings.Join(got, "|") != strings.Join(report, "|") {
 		t.Fatalf("delta reported\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(report, "\n"))
 	}
 	if got, _ := os.ReadFile(dev); !bytes.Equal(got, next) {
@@ -146,6 +157,17 @@ func TestDelta(t *testing.T) {
 	}
 	if strings.Contains(out.String(), hex.EncodeToString(sum[:])) {
 		t.Fatal("the hash claims the new content although one block was not written")
+	}
+	// Progress: a line per 16 MiB read.
+	big := make([]byte, 33<<20)
+	os.WriteFile(dev, big, 0o600)
+	out.Reset()
+	if err := Main([]string{"delta", dev, fmt.Sprint(len(big)), fmt.Sprint(bs)}, stdin(sums(big), nil, nil), &out); err != nil {
+		t.Fatal(err)
+	}
+	zero := sha256.Sum256(big)
+	if want := fmt.Sprintf("p %d\np %d\n= 0 %x\n", 16<<20, 32<<20, zero); out.String() != want {
+		t.Errorf("33 MiB delta said %q, want %q", out.String(), want)
 	}
 	if err := Main([]string{"delta", dev, "1000", "4096"}, nil, io.Discard); err == nil {
 		t.Fatal("a length that is not whole sectors was accepted")
