@@ -13,7 +13,7 @@ DEB_PACKAGES := \
 	avrdude stm32flash dfu-util simavr libsimavr-dev libelf-dev gcc libc6-dev pkg-config \
 	libusb-1.0-0-dev openssh-server openssh-client iproute2 util-linux fdisk \
 	dosfstools mtools e2fsprogs squashfs-tools genimage bmap-tools minisign xz-utils cpio \
-	qemu-system-arm busybox-static ca-certificates chromium
+	qemu-system-arm qemu-user-static busybox-static ca-certificates chromium
 
 KILN := bin/kiln
 STAMP := .deps-installed
@@ -33,10 +33,11 @@ deps:
 
 # kiln-helper-<arch>: the static device-side helper `kiln update` uploads (checked by
 # hash) to devices of that architecture; kiln looks for it beside its own binary.
+# GOARM=6: 32-bit ARM covers armv6l (Pi Zero, Pi 1) as well as armv7l.
 build:
 	$(GO) build -trimpath -o $(KILN) ./cmd/kiln
 	for arch in amd64 arm64 arm; do \
-		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags=-s -o bin/kiln-helper-$$arch ./cmd/kiln-helper || exit 1; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=6 $(GO) build -trimpath -ldflags=-s -o bin/kiln-helper-$$arch ./cmd/kiln-helper || exit 1; \
 	done
 
 demo: deps build

@@ -325,7 +325,7 @@ var goarchOf = map[string]string{"x86_64": "amd64", "aarch64": "arm64", "armv7l"
 // installHelper uploads the static helper for the device's architecture if
 // one exists in dir (files kiln-helper-<goarch>) and is not there yet. With
 // no fitting helper the device keeps using stock tools.
-func (d *device) installHelper(ctx context.Context, dir string) error {
+func (d *device) installHelper(ctx context.Context, dir string, log func(string, ...any)) error {
 	if dir == "" {
 		return nil
 	}
@@ -347,6 +347,13 @@ func (d *device) installHelper(ctx context.Context, dir string) error {
 			return fmt.Errorf("upload helper: %w", err)
 		}
 	}
+	// It must also run there: /tmp may be mounted noexec, or the CPU may
+	// lack an instruction the build assumed. Then stock tools do the work.
 	d.helper = path
+	out, err := d.output(ctx, d.helperCmd("sha256", "/dev/null", "0", "0"))
+	if err != nil || !strings.HasPrefix(out, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") {
+		log("helper for %s does not run on the device (%v); using the stock tools", arch, err)
+		d.helper = ""
+	}
 	return nil
 }

@@ -416,7 +416,7 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		copy(boot[off:], b)
 	}
 
-	if err := d.installHelper(ctx, opts.HelperDir); err != nil {
+	if err := d.installHelper(ctx, opts.HelperDir, opts.Log); err != nil {
 		return res, err
 	}
 	res.UsedHelper = d.helper != ""
