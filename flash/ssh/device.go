@@ -132,19 +132,26 @@ func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n,
 	if len(remote) != len(local) {
 		return fmt.Errorf("%s: %d block hashes from the device, %d local", dev, len(remote), len(local))
 	}
+	// Runs of differing blocks are written as one: a dd each with stock tools.
 	var blocks []block
+	differ := 0
 	for i, s := range remote {
 		if s == local[i] {
 			continue
 		}
+		differ++
 		off := int64(i) * bs
 		data := make([]byte, min(bs, n-off))
 		if _, err := r.ReadAt(data, off); err != nil {
 			return err
 		}
+		if k := len(blocks) - 1; k >= 0 && blocks[k].Off+int64(len(blocks[k].Data)) == off {
+			blocks[k].Data = append(blocks[k].Data, data...)
+			continue
+		}
 		blocks = append(blocks, block{Off: off, Data: data})
 	}
-	log("%s: %d of %d blocks differ", dev, len(blocks), len(remote))
+	log("%s: %d of %d blocks differ (%d runs)", dev, differ, len(remote), len(blocks))
 	for len(blocks) > 0 {
 		k := min(len(blocks), 1024)
 		if err := d.writeBlocks(ctx, dev, blocks[:k]); err != nil {
