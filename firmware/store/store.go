@@ -166,6 +166,11 @@ func (s *Store) Add(hash, name string, fill func(dir string) error) (string, err
 	if err := makeReadOnly(tmp); err != nil {
 		return "", fmt.Errorf("store: %w", err)
 	}
+	// The entry's bytes reach the disk before its name does, so a power cut
+	// never leaves a complete-looking entry with missing data.
+	if err := syncFS(tmp); err != nil {
+		return "", fmt.Errorf("store: %w", err)
+	}
 	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 		// No RENAME_NOREPLACE on this file system: rename(2) still refuses
@@ -179,7 +184,21 @@ func (s *Store) Add(hash, name string, fill func(dir string) error) (string, err
 		return "", fmt.Errorf("store: add %s: %w", filepath.Base(final), err)
 	}
 	ok = true
+	if err := syncFS(s.Root); err != nil {
+		return "", fmt.Errorf("store: %w", err)
+	}
 	return final, nil
+}
+
+// syncFS flushes the file system holding path: one call for a whole tree,
+// where an fsync per file would cost a journal commit each.
+func syncFS(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
 }
 
 // scan lists a tree for its manifest, hashing files in parallel.

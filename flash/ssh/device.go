@@ -133,7 +133,8 @@ func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n,
 		return fmt.Errorf("%s: %d block hashes from the device, %d local", dev, len(remote), len(local))
 	}
 	// Runs of differing blocks are written as one: a dd each with stock tools.
-	var blocks []block
+	type run struct{ off, n int64 }
+	var runs []run
 	differ := 0
 	for i, s := range remote {
 		if s == local[i] {
@@ -141,23 +142,30 @@ func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n,
 		}
 		differ++
 		off := int64(i) * bs
-		data := make([]byte, min(bs, n-off))
-		if _, err := r.ReadAt(data, off); err != nil {
-			return err
-		}
-		if k := len(blocks) - 1; k >= 0 && blocks[k].Off+int64(len(blocks[k].Data)) == off {
-			blocks[k].Data = append(blocks[k].Data, data...)
+		k := min(bs, n-off)
+		if j := len(runs) - 1; j >= 0 && runs[j].off+runs[j].n == off && runs[j].n+k <= 64<<20 {
+			runs[j].n += k
 			continue
 		}
-		blocks = append(blocks, block{Off: off, Data: data})
+		runs = append(runs, run{off, k})
 	}
-	log("%s: %d of %d blocks differ (%d runs)", dev, differ, len(remote), len(blocks))
-	for len(blocks) > 0 {
-		k := min(len(blocks), 1024)
-		if err := d.writeBlocks(ctx, dev, blocks[:k]); err != nil {
+	log("%s: %d of %d blocks differ (%d runs)", dev, differ, len(remote), len(runs))
+	// Sessions of up to 1024 runs or 64 MiB, read from the image as they go.
+	for len(runs) > 0 {
+		var batch []block
+		size := int64(0)
+		for len(runs) > 0 && len(batch) < 1024 && (size == 0 || size+runs[0].n <= 64<<20) {
+			data := make([]byte, runs[0].n)
+			if _, err := r.ReadAt(data, runs[0].off); err != nil {
+				return err
+			}
+			batch = append(batch, block{Off: runs[0].off, Data: data})
+			size += runs[0].n
+			runs = runs[1:]
+		}
+		if err := d.writeBlocks(ctx, dev, batch); err != nil {
 			return err
 		}
-		blocks = blocks[k:]
 	}
 	return nil
 }
