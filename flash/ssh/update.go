@@ -154,6 +154,27 @@ func partByNum(parts []Partition, n int) (Partition, bool) {
 	return Partition{}, false
 }
 
+// slotBoot returns the image's boot partition as kiln writes it to a
+// device slot: cmdline.txt names the device's root by its PARTUUID.
+func (img *localImage) slotBoot(path string, srcBoot, srcRoot Partition, rootPartUUID string) ([]byte, error) {
+	boot := make([]byte, srcBoot.Size)
+	if _, err := img.f.ReadAt(boot, srcBoot.Start); err != nil {
+		return nil, err
+	}
+	cl, err := readFATFile(func(off, n int64) ([]byte, error) { return boot[off : off+n], nil }, "cmdline.txt")
+	if err != nil {
+		return nil, fmt.Errorf("%s: boot partition: %w", path, err)
+	}
+	writes, _, err := patchFATFile(cl, "PARTUUID="+srcRoot.PartUUID, "PARTUUID="+rootPartUUID)
+	if err != nil {
+		return nil, fmt.Errorf("%s: cmdline.txt: %w", path, err)
+	}
+	for off, b := range writes {
+		copy(boot[off:], b)
+	}
+	return boot, nil
+}
+
 // remoteReader reads a device partition over SSH in cached 64 KiB chunks.
 func remoteReader(ctx context.Context, d *device, dev string, size int64) readerAt {
 	const chunk = 65536
@@ -396,21 +417,9 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 			name, srcBoot.Size, srcRoot.Size, target.Name, tBoot.Size, tRoot.Size)
 	}
 
-	// The boot partition, with cmdline.txt naming the device's target root.
-	boot := make([]byte, srcBoot.Size)
-	if _, err := img.f.ReadAt(boot, srcBoot.Start); err != nil {
+	boot, err := img.slotBoot(path, srcBoot, srcRoot, tRoot.PartUUID)
+	if err != nil {
 		return res, err
-	}
-	cl, err := readFATFile(func(off, n int64) ([]byte, error) { return boot[off : off+n], nil }, "cmdline.txt")
-	if err != nil {
-		return res, fmt.Errorf("%s: boot partition: %w", path, err)
-	}
-	writes, _, err := patchFATFile(cl, "PARTUUID="+srcRoot.PartUUID, "PARTUUID="+tRoot.PartUUID)
-	if err != nil {
-		return res, fmt.Errorf("%s: cmdline.txt: %w", path, err)
-	}
-	for off, b := range writes {
-		copy(boot[off:], b)
 	}
 
 	if err := d.installHelper(ctx, opts.HelperDir, opts.Log); err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/internal/fleet"
 )
 
@@ -19,14 +20,15 @@ func init() {
 				Name:      "deploy",
 				Usage:     "roll the declared images out: canary first, then growing waves; halt at the failure threshold",
 				ArgsUsage: "FLEET.toml",
-				Flags:     []cli.Flag{jsonFlag, policyFlag, logFlag}, // trust policy, audit log (sign.go, log.go)
+				Flags:     []cli.Flag{jsonFlag, policyFlag, logFlag, storeFlag}, // trust policy, audit log (sign.go, log.go)
 				Action:    runFleetDeploy,
 			},
 			{
 				Name:      "status",
 				Usage:     "what every device runs (read from the device) against what the fleet file declares",
 				ArgsUsage: "FLEET.toml",
-				Flags:     []cli.Flag{jsonFlag},
+				Flags: []cli.Flag{jsonFlag, storeFlag, &cli.BoolFlag{Name: "verify",
+					Usage: "also hash each running slot on the device and compare it with the declared image (finds slots whose bytes were changed)"}},
 				Action:    runFleetStatus,
 			},
 		},
@@ -45,6 +47,9 @@ func runFleetDeploy(c *cli.Context) error {
 	var log func(string, ...any)
 	if !c.Bool("json") {
 		log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
+	}
+	if err := resolveFleet(c, f, log); err != nil {
+		return err
 	}
 	// Trust policy (sign.go): every device's image, before any device I/O.
 	if err := checkFleetTrust(c, c.Args().First(), f); err != nil {
@@ -87,7 +92,10 @@ func runFleetStatus(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	st, err := f.Status(c.Context)
+	if err := resolveFleet(c, f, nil); err != nil {
+		return err
+	}
+	st, err := f.Status(c.Context, c.Bool("verify"))
 	if err != nil {
 		return err
 	}
@@ -115,12 +123,31 @@ func runFleetStatus(c *cli.Context) error {
 			state = "unreachable: " + s.Error
 		case s.Trial:
 			state = "drift (trial boot, uncommitted)"
+		case s.Proof == "mismatch":
+			state = "drift: the slot claims the declared image but its bytes differ (root sha256 " + short(s.RootSHA256) + ")"
 		case s.Drift:
 			state = "drift"
+		case s.Proof == "match":
+			state = "ok (verified on the device)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Group, s.Slot, short(s.Running), short(s.Declared), state)
 	}
 	tw.Flush()
 	fmt.Fprintf(e.stdout, "%d of %d devices drift from the fleet file\n", drift, len(st))
+	return nil
+}
+
+// resolveFleet builds the image recipes that groups name, through the store.
+func resolveFleet(c *cli.Context, f *fleet.File, log func(string, ...any)) error {
+	for _, g := range f.Groups {
+		if g.Recipe == "" {
+			continue
+		}
+		s, err := store.Open(c.String("store"))
+		if err != nil {
+			return err
+		}
+		return f.Resolve(c.Context, fleet.StoreBuilder(s, log))
+	}
 	return nil
 }

@@ -81,6 +81,10 @@ func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "0 of 1 devices drift") {
 		t.Fatalf("fleet status: exit %d\n%s%s", code, out, errs)
 	}
+	out, errs, code = runKilnSSH(t, "fleet", "status", "--verify", fleetFile)
+	if code != 0 || !strings.Contains(out, "ok (verified on the device)") || !strings.Contains(out, "0 of 1 devices drift") {
+		t.Fatalf("fleet status --verify: exit %d\n%s%s", code, out, errs)
+	}
 
 	// Whole-device write to a card reader on the device.
 	disk, err := dev.AddDisk("sdq", 40<<20, 0)

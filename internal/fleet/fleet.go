@@ -19,7 +19,11 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/recipes"
 )
 
 // File is a fleet file (FLEET.toml).
@@ -32,17 +36,73 @@ type File struct {
 	MaxFailures int      `toml:"max_failures"` // halt when this many devices failed; default 1
 	Waves       []any    `toml:"waves"`        // integers: device counts; fractions: cumulative share of the fleet
 	BootTimeout Duration `toml:"boot_timeout"`
-	Groups      []Group  `toml:"group"`
-	Devices     []Device `toml:"device"`
+	// Verify: a device whose slot claims the declared image counts as
+	// current only if its bytes, hashed on the device, are the image's.
+	Verify  bool     `toml:"verify"`
+	Groups  []Group  `toml:"group"`
+	Devices []Device `toml:"device"`
 
 	dir string
 }
 
-// Group says which image its devices run.
+// Group says which image its devices run: an image file, or an image
+// recipe that Resolve builds (once per derivation, into the store).
 type Group struct {
 	Name   string `toml:"name"`
-	Image  string `toml:"image"` // an .img with kiln's A/B layout, relative to the fleet file
+	Image  string `toml:"image"`  // an .img with kiln's A/B layout, relative to the fleet file
+	Recipe string `toml:"recipe"` // or an image recipe directory, relative to the fleet file
 	Health string `toml:"health"`
+}
+
+// Builder builds an image recipe and returns the path of its image.img.
+type Builder func(ctx context.Context, recipeDir string) (string, error)
+
+// StoreBuilder builds image recipes into the store, one entry per
+// derivation: a fleet file that names a recipe costs one build, and every
+// later deploy or status a store lookup.
+func StoreBuilder(s *store.Store, log func(string, ...any)) Builder {
+	return func(ctx context.Context, dir string) (string, error) {
+		r, err := recipes.Load(dir)
+		if err != nil {
+			return "", err
+		}
+		if r.Kind != recipes.KindImage {
+			return "", fmt.Errorf("%s is a %s recipe; a fleet group needs an image recipe", r.File, r.Kind)
+		}
+		d, err := r.Derive()
+		if err != nil {
+			return "", err
+		}
+		p, ok := s.Lookup(d.Hash(), r.Name)
+		if !ok {
+			if log != nil {
+				log("building %s (derivation %s)", r.File, d.Hash())
+			}
+			p, err = s.Add(d.Hash(), r.Name, func(out string) error {
+				_, err := recipebuild.Build(ctx, dir, out, recipebuild.Options{Store: s})
+				return err
+			})
+			if err != nil {
+				return "", err
+			}
+		}
+		return filepath.Join(p, image.ImageFile), nil
+	}
+}
+
+// Resolve gives every group that names a recipe the image built from it.
+func (f *File) Resolve(ctx context.Context, build Builder) error {
+	for i, g := range f.Groups {
+		if g.Recipe == "" {
+			continue
+		}
+		img, err := build(ctx, f.path(g.Recipe))
+		if err != nil {
+			return fmt.Errorf("group %s: %w", g.Name, err)
+		}
+		f.Groups[i].Image = img
+	}
+	return nil
 }
 
 // Device is one robot.
@@ -88,8 +148,8 @@ func Load(path string) (*File, error) {
 	}
 	groups := map[string]bool{}
 	for _, g := range f.Groups {
-		if g.Name == "" || g.Image == "" {
-			return nil, fmt.Errorf("%s: every group needs name and image", path)
+		if g.Name == "" || (g.Image == "") == (g.Recipe == "") {
+			return nil, fmt.Errorf("%s: every group needs a name and either image or recipe", path)
 		}
 		groups[g.Name] = true
 	}
@@ -179,12 +239,22 @@ type DeviceStatus struct {
 	Trial    bool   `json:"trial,omitempty"`
 	Drift    bool   `json:"drift"`
 	Error    string `json:"error,omitempty"`
+	// With verify, for devices whose slot claims the declared image: "match"
+	// or "mismatch" of the running slot's bytes, hashed on the device,
+	// against the declared image's; and the device's root hash.
+	Proof      string `json:"proof,omitempty"`
+	RootSHA256 string `json:"root_sha256,omitempty"`
 }
 
-// Status asks every device what it runs.
-func (f *File) Status(ctx context.Context) ([]DeviceStatus, error) {
+// Status asks every device what it runs. With verify it also proves it:
+// a device whose slot claims the declared image has its running root and
+// boot partitions hashed on the device and compared with the image's.
+func (f *File) Status(ctx context.Context, verify bool) ([]DeviceStatus, error) {
 	declared := map[string]string{}
 	for _, g := range f.Groups {
+		if g.Image == "" {
+			return nil, fmt.Errorf("group %s: recipe %s is not built yet (Resolve)", g.Name, g.Recipe)
+		}
 		drv, err := ssh.ImageDerivation(f.path(g.Image))
 		if err != nil {
 			return nil, fmt.Errorf("group %s: %w", g.Name, err)
@@ -207,11 +277,20 @@ func (f *File) Status(ctx context.Context) ([]DeviceStatus, error) {
 				if st, err = ssh.Inspect(ctx, dial, d.Name, disk); err == nil {
 					s.Running, s.Slot, s.Trial = st.Derivation, st.Running, st.Trial
 				}
+				if err == nil && verify && s.Running == s.Declared {
+					var chk *ssh.SlotCheck
+					if chk, err = ssh.Check(ctx, dial, d.Name, disk, f.path(f.group(d.Group).Image)); err == nil {
+						s.Proof, s.RootSHA256 = "mismatch", chk.RootSHA256
+						if chk.Match {
+							s.Proof = "match"
+						}
+					}
+				}
 			}
 			if err != nil {
 				s.Error = err.Error()
 			}
-			s.Drift = s.Running != s.Declared
+			s.Drift = s.Running != s.Declared || s.Proof == "mismatch"
 		}(&out[i], d)
 	}
 	wg.Wait()
@@ -329,8 +408,19 @@ func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log fu
 		return fail(err)
 	}
 	if st.Derivation == want && !st.Trial {
-		res.Outcome = Current
-		return res
+		if !f.Verify {
+			res.Outcome = Current
+			return res
+		}
+		chk, err := ssh.Check(ctx, dial, d.Name, disk, img)
+		if err != nil {
+			return fail(err)
+		}
+		if chk.Match {
+			res.Outcome = Current
+			return res
+		}
+		log("%s: slot %s claims the declared image but its bytes differ (root sha256 %s, want %s); updating", d.Name, chk.Slot, chk.RootSHA256, chk.WantRoot)
 	}
 	if f.Window != "" {
 		c, err := dial(ctx)

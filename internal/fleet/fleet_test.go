@@ -75,7 +75,7 @@ image = %q
 			t.Errorf("%s: %s (%s), want %s", r.Name, r.Outcome, r.Error, want[i])
 		}
 	}
-	st, err := fl.Status(ctx)
+	st, err := fl.Status(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,10 +102,46 @@ image = %q
 	if rep.Devices[0].Outcome != Current {
 		t.Errorf("canary: %s, want current", rep.Devices[0].Outcome)
 	}
-	st, _ = fl.Status(ctx)
+	st, _ = fl.Status(ctx, true)
 	for _, s := range st {
-		if s.Drift {
+		if s.Drift || s.Proof != "match" {
 			t.Errorf("%s still drifts: %+v", s.Name, s)
+		}
+	}
+	// A byte changed in one device's running root, behind kiln's back: its
+	// kiln.json still claims the declared image, the proof finds it.
+	bad := devs[3]
+	part, err := os.OpenFile(bad.PartDev(bad.Root()), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part.WriteAt([]byte("tampered"), 1<<20)
+	part.Sync()
+	part.Close()
+	st, _ = fl.Status(ctx, false)
+	if st[3].Drift {
+		t.Errorf("without --verify the claim is all there is to read, yet drift: %+v", st[3])
+	}
+	st, _ = fl.Status(ctx, true)
+	for i, s := range st {
+		if want := i == 3; s.Drift != want || (s.Proof == "mismatch") != want {
+			t.Errorf("%s: drift %v proof %q, want drift %v", s.Name, s.Drift, s.Proof, want)
+		}
+	}
+	// A verifying rollout puts the declared image back on that device only.
+	fl.Verify = true
+	if rep, err = fl.Deploy(ctx, helperDir, t.Logf); err != nil {
+		t.Fatalf("verifying deploy: %v", err)
+	}
+	for i, r := range rep.Devices {
+		if want := map[bool]string{true: Updated, false: Current}[i == 3]; r.Outcome != want {
+			t.Errorf("verifying deploy: %s %s, want %s", r.Name, r.Outcome, want)
+		}
+	}
+	st, _ = fl.Status(ctx, true)
+	for _, s := range st {
+		if s.Drift || s.Proof != "match" {
+			t.Errorf("after the verifying deploy %s drifts: %+v", s.Name, s)
 		}
 	}
 }
