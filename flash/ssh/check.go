@@ -66,7 +66,9 @@ func Check(ctx context.Context, dial Dialer, name, disk, path string) (*SlotChec
 	sum := sha256.Sum256(boot)
 	res.WantBoot = hex.EncodeToString(sum[:])
 	lc := make(chan localHashes, 1)
-	go func() { lc <- hashLocal(io.NewSectionReader(img.f, srcRoot.Start, srcRoot.Size), srcRoot.Size, 1<<20, false) }()
+	go func() {
+		lc <- hashLocal(io.NewSectionReader(img.f, srcRoot.Start, srcRoot.Size), srcRoot.Size, 1<<20, false)
+	}()
 	res.RootSHA256, err = d.hash(ctx, partDev(disk, tRoot.Number), 0, srcRoot.Size)
 	if err == nil {
 		res.BootSHA256, err = d.hash(ctx, partDev(disk, tBoot.Number), 0, srcBoot.Size)

@@ -29,7 +29,7 @@ func init() {
 				ArgsUsage: "FLEET.toml",
 				Flags: []cli.Flag{jsonFlag, storeFlag, &cli.BoolFlag{Name: "verify",
 					Usage: "also hash each running slot on the device and compare it with the declared image (finds slots whose bytes were changed)"}},
-				Action:    runFleetStatus,
+				Action: runFleetStatus,
 			},
 		},
 	})
