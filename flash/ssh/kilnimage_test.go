@@ -30,7 +30,7 @@ func buildAB(t *testing.T, motd string) (string, string) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "out")
-	res, err := recipebuild.Build(context.Background(), dir, out, recipebuild.Options{Store: st})
+	res, err := recipebuild.Build(context.Background(), dir, out, recipebuild.Options{Store: st, NoXZ: true})
 	if err != nil {
 		t.Fatalf("build %s: %v", dir, err)
 	}

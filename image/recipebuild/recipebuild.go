@@ -29,6 +29,7 @@ type Options struct {
 	Log      func(string)                          // progress lines; may be nil
 	Progress func(phase string, done, total int64) // may be nil
 	XZ       image.XZOptions
+	NoXZ     bool // skip image.img.xz (an update only needs image.img)
 }
 
 // Result is what Build made.
@@ -214,7 +215,7 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 		p.Contents = t
 	}
 
-	rep, err := image.Build(ctx, l, outDir, image.BuildOptions{XZ: opts.XZ, Progress: opts.Progress})
+	rep, err := image.Build(ctx, l, outDir, image.BuildOptions{XZ: opts.XZ, NoXZ: opts.NoXZ, Progress: opts.Progress})
 	if err != nil {
 		return nil, err
 	}

@@ -59,7 +59,8 @@ type Builder func(ctx context.Context, recipeDir string) (string, error)
 
 // StoreBuilder builds image recipes into the store, one entry per
 // derivation: a fleet file that names a recipe costs one build, and every
-// later deploy or status a store lookup.
+// later deploy or status a store lookup. The entry holds image.img, its
+// bmap and manifest, not the .img.xz: updates read the image itself.
 func StoreBuilder(s *store.Store, log func(string, ...any)) Builder {
 	return func(ctx context.Context, dir string) (string, error) {
 		r, err := recipes.Load(dir)
@@ -79,7 +80,7 @@ func StoreBuilder(s *store.Store, log func(string, ...any)) Builder {
 				log("building %s (derivation %s)", r.File, d.Hash())
 			}
 			p, err = s.Add(d.Hash(), r.Name, func(out string) error {
-				_, err := recipebuild.Build(ctx, dir, out, recipebuild.Options{Store: s})
+				_, err := recipebuild.Build(ctx, dir, out, recipebuild.Options{Store: s, NoXZ: true})
 				return err
 			})
 			if err != nil {
