@@ -49,14 +49,16 @@ demo: deps build
 test: deps build
 	$(GO) vet ./...
 	$(GO) test -race -timeout 60m -count=1 ./...
-	$(GO) test -run '^$$' -fuzz='^FuzzParseHex$$' -fuzztime=10s ./flash
-	$(GO) test -run '^$$' -fuzz='^FuzzParseDfu$$' -fuzztime=10s ./flash
-	$(GO) test -run '^$$' -fuzz='^FuzzParseLayout$$' -fuzztime=10s ./flash/dfu
-	$(GO) test -run '^$$' -fuzz='^FuzzParseConfig$$' -fuzztime=10s ./flash/dfu
-	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./flash/stk500v2
-	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=10s ./firmware/fetch
-	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./recipes
-	$(GO) test -run '^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=10s ./internal/station
+	# Count-based fuzz budgets: a duration -fuzztime can fail with a bare "context deadline
+	# exceeded" when the deadline races a worker (Go 1.26's fuzz coordinator, golang/go#75804).
+	$(GO) test -run '^$$' -fuzz='^FuzzParseHex$$' -fuzztime=100000x ./flash
+	$(GO) test -run '^$$' -fuzz='^FuzzParseDfu$$' -fuzztime=100000x ./flash
+	$(GO) test -run '^$$' -fuzz='^FuzzParseLayout$$' -fuzztime=100000x ./flash/dfu
+	$(GO) test -run '^$$' -fuzz='^FuzzParseConfig$$' -fuzztime=100000x ./flash/dfu
+	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=100000x ./flash/stk500v2
+	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=100000x ./firmware/fetch
+	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=100000x ./recipes
+	$(GO) test -run '^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=100000x ./internal/station
 	@echo "make test: all packages passed"
 
 bench: deps build
