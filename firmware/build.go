@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -94,8 +95,9 @@ type Result struct {
 	Timings  Timings   `json:"timings"`
 }
 
-// outputNames are the files of a firmware store entry, manifest last.
-var outputNames = []string{ELFName, HEXName, BINName, ManifestName}
+// outputNames are the files a firmware store entry may hold, manifest
+// last; firmware.dfu only for DfuSe boards.
+var outputNames = []string{ELFName, HEXName, BINName, DFUName, ManifestName}
 
 // Build builds the recipe in opts.Dir, or finds it in the store.
 func Build(ctx context.Context, opts Options) (*Result, error) {
@@ -145,6 +147,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		}
 		p, err := s.Add(res.Derivation, r.Name, func(dir string) error {
 			for _, name := range outputNames {
+				if _, ok := files[name]; !ok {
+					continue
+				}
 				if err := os.WriteFile(filepath.Join(dir, name), files[name], 0o444); err != nil {
 					return err
 				}
@@ -189,19 +194,25 @@ func check(ctx context.Context, opts Options, d *recipes.Derivation, stored stri
 		return fmt.Errorf("firmware: check %s: %w", d.Name, err)
 	}
 	var differ []string
+	n := 0
 	for _, name := range outputNames {
 		old, err := os.ReadFile(filepath.Join(stored, name))
-		if err != nil {
+		_, rebuilt := files[name]
+		if errors.Is(err, fs.ErrNotExist) && !rebuilt {
+			continue
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("firmware: check %s: %w", d.Name, err)
 		}
-		if !bytes.Equal(old, files[name]) {
+		n++
+		if !bytes.Equal(old, files[name]) || (err == nil) != rebuilt {
 			differ = append(differ, fmt.Sprintf("%s (%s, rebuilt %s)", name, short(sha256Hex(old)), short(sha256Hex(files[name]))))
 		}
 	}
 	if len(differ) > 0 {
 		return fmt.Errorf("firmware: check %s: %w: %s differ", d.Name, ErrNotReproducible, strings.Join(differ, ", "))
 	}
-	logf("check: %d outputs bit-identical", len(outputNames))
+	logf("check: %d outputs bit-identical", n)
 	return nil
 }
 
@@ -219,6 +230,9 @@ func copyOutputs(from, out string) error {
 	}
 	for _, name := range outputNames {
 		data, err := os.ReadFile(filepath.Join(from, name))
+		if name == DFUName && errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("firmware: %w", err)
 		}
@@ -378,6 +392,10 @@ func (b *builder) run(ctx context.Context) (map[string][]byte, *Manifest, error)
 		return nil, nil, err
 	}
 	files := map[string][]byte{ELFName: elfData, HEXName: imgs.HEX, BINName: imgs.BIN}
+	if b.board.Supports("dfuse") {
+		vid, pid := dfuIDs(b.board)
+		files[DFUName] = flash.EncodeDfuSe(imgs.Image, vid, pid)
+	}
 	m := b.manifest(files, imgs)
 	if files[ManifestName], err = m.Marshal(); err != nil {
 		return nil, nil, err

@@ -169,6 +169,23 @@ func TestHexAndBinMatchObjcopy(t *testing.T) {
 			if img.SHA256() != res.Manifest.ImageSHA256 || img.Extent().Addr != res.Manifest.LoadAddress {
 				t.Errorf("HEX image %s at 0x%x, manifest %s at 0x%x", img.SHA256(), img.Extent().Addr, res.Manifest.ImageSHA256, res.Manifest.LoadAddress)
 			}
+			// DfuSe boards also get firmware.dfu: the same image, a suffix
+			// dfu-util's dfu-suffix accepts, the board's DFU-mode USB ID.
+			dfuPath := filepath.Join(res.StorePath, firmware.DFUName)
+			_, err = os.Stat(dfuPath)
+			if dfuse := res.Manifest.Board == "nucleo-f401re"; (err == nil) != dfuse {
+				t.Fatalf("firmware.dfu present: %v, want %v", err == nil, dfuse)
+			}
+			if err != nil {
+				return
+			}
+			dimg, err := flash.Load(dfuPath, flash.LoadOptions{})
+			if err != nil || dimg.SHA256() != res.Manifest.ImageSHA256 || dimg.Extent().Addr != res.Manifest.LoadAddress {
+				t.Fatalf("firmware.dfu: %v, image %v", err, dimg)
+			}
+			if out, err := exec.Command("dfu-suffix", "-c", dfuPath).CombinedOutput(); err != nil || !strings.Contains(string(out), "0x0483") || !strings.Contains(strings.ToLower(string(out)), "0xdf11") {
+				t.Errorf("dfu-suffix -c: %v\n%s", err, out)
+			}
 		})
 	}
 }

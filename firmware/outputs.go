@@ -8,6 +8,7 @@ import (
 
 	"github.com/marcinbor85/gohex"
 
+	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
 )
 
@@ -16,6 +17,7 @@ const (
 	ELFName      = "firmware.elf"
 	HEXName      = "firmware.hex"
 	BINName      = "firmware.bin"
+	DFUName      = "firmware.dfu" // boards whose ROM speaks DfuSe only
 	ManifestName = "manifest.json"
 )
 
@@ -55,6 +57,18 @@ func FromELF(name string, data []byte) (*Images, error) {
 	}
 	load, bin := img.Flat(0xff)
 	return &Images{Image: img, HEX: h.Bytes(), BIN: bin, Load: load}, nil
+}
+
+// dfuIDs is the USB ID a board's .dfu names: the board's DFU-mode ID when
+// it lists ST's (0483:df11), else ffff:ffff, which matches any device.
+func dfuIDs(b *boards.Board) (vid, pid uint16) {
+	ids, _ := b.USBIDs()
+	for _, id := range ids {
+		if id == [2]uint16{0x0483, 0xdf11} {
+			return id[0], id[1]
+		}
+	}
+	return 0xffff, 0xffff
 }
 
 // sha256Hex is the hex SHA-256 of b.

@@ -87,9 +87,10 @@ func runBuild(c *cli.Context) error {
 	fmt.Fprintf(e.stdout, "%s %s for %s\n", m.Name, m.Version, m.Board)
 	fmt.Fprintf(e.stdout, "derivation   %s\n", res.Derivation)
 	fmt.Fprintf(e.stdout, "store        %s (%s)\n", res.StorePath, how)
-	for _, name := range []string{firmware.ELFName, firmware.HEXName, firmware.BINName} {
-		o := m.Outputs[name]
-		fmt.Fprintf(e.stdout, "%-13s%s  %d bytes\n", name, o.SHA256, o.Size)
+	for _, name := range []string{firmware.ELFName, firmware.HEXName, firmware.BINName, firmware.DFUName} {
+		if o, ok := m.Outputs[name]; ok {
+			fmt.Fprintf(e.stdout, "%-13s%s  %d bytes\n", name, o.SHA256, o.Size)
+		}
 	}
 	fmt.Fprintf(e.stdout, "image        %s  %d of %d bytes of flash at 0x%x\n", m.ImageSHA256, m.ImageSize, m.FlashSize, m.LoadAddress)
 	if !m.Sandbox {
