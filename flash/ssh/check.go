@@ -13,6 +13,8 @@ import (
 type SlotCheck struct {
 	Device     string `json:"device"`
 	Slot       string `json:"slot"`
+	Root       int    `json:"root_partition"`
+	Boot       int    `json:"boot_partition"`
 	RootSHA256 string `json:"root_sha256"` // the device's, over the image's root length
 	BootSHA256 string `json:"boot_sha256"`
 	WantRoot   string `json:"want_root_sha256"`
@@ -50,7 +52,7 @@ func Check(ctx context.Context, dial Dialer, name, disk, path string) (*SlotChec
 	if err != nil {
 		return nil, err
 	}
-	res := &SlotCheck{Device: name, Slot: rem.running.Name}
+	res := &SlotCheck{Device: name, Slot: rem.running.Name, Root: rem.running.Root, Boot: rem.running.Boot}
 	tBoot, ok1 := partByNum(rem.parts, rem.running.Boot)
 	tRoot, ok2 := partByNum(rem.parts, rem.running.Root)
 	if !ok1 || !ok2 {

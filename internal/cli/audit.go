@@ -17,6 +17,7 @@ import (
 	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/device"
+	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest"
@@ -31,7 +32,8 @@ func init() {
 		ArgsUsage: "RECIPE_DIR (--against FILE | --port PORT)",
 		Description: "The recipe is rebuilt in a fresh sandbox (and must reproduce the store's outputs bit for bit);\n" +
 			"then an ELF is compared section by section, a .hex/.bin (or the device's flash) byte by byte, with each\n" +
-			"difference named by the rebuild's ELF section; a disk image (.img, .img.xz) partition by partition.\n" +
+			"difference named by the rebuild's ELF section; a disk image (.img, .img.xz) partition by partition;\n" +
+			"an image recipe with --port ssh://user@host: the device's running slot, hashed on the device.\n" +
 			"Exit 0 identical, 3 different.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "against", Usage: "shipped artifact `FILE` (.elf, .hex, .bin, .img, .img.xz, or a build output directory)"},
@@ -42,6 +44,7 @@ func init() {
 			&cli.StringFlag{Name: "address", Usage: "load `ADDRESS` of a .bin (default: the build's load address)"},
 			&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
 			&cli.BoolFlag{Name: "no-sandbox", Usage: "rebuild on the host where namespaces are not allowed"},
+			sshKeyFlag, knownHostsFlag,
 			logFlag,
 			jsonFlag,
 		},
@@ -55,7 +58,8 @@ type auditReport struct {
 	Against    string             `json:"against"`
 	Device     string             `json:"device,omitempty"`
 	Identical  bool               `json:"identical"`
-	Comparison *attest.Comparison `json:"comparison"`
+	Comparison *attest.Comparison `json:"comparison,omitempty"`
+	Slot       *ssh.SlotCheck     `json:"slot,omitempty"` // an image audited on a device over SSH
 }
 
 func runAudit(c *cli.Context) error {
@@ -295,22 +299,25 @@ func plural(n int, one, many string) string {
 // .img.xz) with it partition by partition.
 func auditImage(c *cli.Context, dir string, s *store.Store, against, port string) error {
 	e := envOf(c)
-	if port != "" {
-		return usagef("audit --port reads firmware from a board; for an image on a device, kiln fleet status reads what it runs")
+	if port != "" && !strings.HasPrefix(port, "ssh://") {
+		return usagef("audit --port %s: an image recipe is audited on a device over SSH (ssh://user@host[/dev/mmcblk0])", port)
 	}
 	tmp, err := os.MkdirTemp("", "kiln-audit-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	opts := recipebuild.Options{Store: s}
+	opts := recipebuild.Options{Store: s, NoXZ: true}
 	if !c.Bool("json") {
 		opts.Log = func(line string) { fmt.Fprintln(e.stderr, line) }
 	}
 	res, err := recipebuild.Build(c.Context, dir, tmp, opts)
 	if err != nil {
 		err = withHint(fmt.Errorf("audit: rebuild: %w", err), "an audit needs a rebuild: see kiln image build")
-		return appendResult(c, auditlog.Entry{Kind: auditlog.KindAudit, Artifact: against}, err)
+		return appendResult(c, auditlog.Entry{Kind: auditlog.KindAudit, Artifact: against, Port: port}, err)
+	}
+	if port != "" {
+		return auditImageDevice(c, e, port, filepath.Join(tmp, image.ImageFile), res)
 	}
 	if st, err := os.Stat(against); err == nil && st.IsDir() {
 		against = filepath.Join(against, image.ImageFile)
@@ -350,6 +357,44 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 			if cmp.Note != "" {
 				fmt.Fprintf(e.stdout, "note: %s\n", cmp.Note)
 			}
+		}
+	})
+}
+
+// auditImageDevice compares the slot a device runs, hashed on the device,
+// with the rebuild as an update would have written it.
+func auditImageDevice(c *cli.Context, e *env, port, rebuilt string, res *recipebuild.Result) error {
+	entry := auditlog.Entry{Kind: auditlog.KindAudit, Port: port, Derivation: res.Derivation, Board: res.Board}
+	a, err := ssh.ParseAddr(port)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	chk, err := ssh.Check(c.Context, ssh.DialerFor(a, sshOptions(c)), a.Host, a.Path, rebuilt)
+	if err != nil {
+		return appendResult(c, entry, sshHints(err))
+	}
+	entry.Device, entry.ReadbackSHA256 = a.Host, chk.RootSHA256
+	rep := auditReport{Recipe: res.Name, Derivation: res.Derivation, Against: port, Device: a.Host, Identical: chk.Match, Slot: chk}
+	var names []string
+	if chk.RootSHA256 != chk.WantRoot {
+		names = append(names, fmt.Sprintf("root partition %d", chk.Root))
+	}
+	if chk.BootSHA256 != chk.WantBoot {
+		names = append(names, fmt.Sprintf("boot partition %d", chk.Boot))
+	}
+	return finishAudit(c, e, entry, rep, names, func() {
+		state := func(got, want string) string {
+			if got == want {
+				return "identical"
+			}
+			return "DIFFERENT, rebuild " + want
+		}
+		fmt.Fprintf(e.stdout, "rebuilt %s (derivation %s)\n", rep.Recipe, rep.Derivation)
+		fmt.Fprintf(e.stdout, "against %s: running slot %s, hashed on the device\n", port, chk.Slot)
+		fmt.Fprintf(e.stdout, "  root partition %d: sha256 %s %s\n", chk.Root, chk.RootSHA256, state(chk.RootSHA256, chk.WantRoot))
+		fmt.Fprintf(e.stdout, "  boot partition %d: sha256 %s %s\n", chk.Boot, chk.BootSHA256, state(chk.BootSHA256, chk.WantBoot))
+		if chk.Match {
+			fmt.Fprintf(e.stdout, "identical: the running slot holds exactly the rebuild\n")
 		}
 	})
 }

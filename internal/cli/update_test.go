@@ -116,3 +116,63 @@ func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
 		t.Fatal("device touched after a host key failure")
 	}
 }
+
+// TestAuditImageOnDevice: kiln audit rebuilds an image recipe and compares
+// the slot a device runs, hashed on the device over SSH, with the rebuild.
+func TestAuditImageOnDevice(t *testing.T) {
+	if err := sshtest.Available(); err != nil {
+		t.Skipf("test devices need root and the real tools: %v", err)
+	}
+	f, err := sshtest.NewFleet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	store, out := filepath.Join(t.TempDir(), "store"), filepath.Join(t.TempDir(), "out")
+	recipe := "../../testdata/ab-appliance"
+	if o, e, code := runKilnSSH(t, "image", "build", "--store", store, "--out", out, recipe); code != 0 {
+		t.Fatalf("kiln image build: exit %d\n%s%s", code, o, e)
+	}
+	dev, err := f.AddDevice(filepath.Join(out, "image.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := []string{"audit", recipe, "--port", "ssh://root@" + dev.Addr, "--ssh-key", f.ClientKey, "--known-hosts", f.KnownHosts, "--store", store}
+	o, e, code := runKilnSSH(t, audit...)
+	if code != 0 || !strings.Contains(o, "identical: the running slot holds exactly the rebuild") {
+		t.Fatalf("audit of an untouched device: exit %d\n%s%s", code, o, e)
+	}
+	// Eight bytes of the running root changed behind kiln's back.
+	part, err := os.OpenFile(dev.PartDev(dev.Root()), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part.WriteAt([]byte("tampered"), 4096)
+	part.Sync()
+	part.Close()
+	o, e, code = runKilnSSH(t, append(audit, "--json")...)
+	var rep struct {
+		Identical bool
+		Slot      struct {
+			Root       int    `json:"root_partition"`
+			RootSHA256 string `json:"root_sha256"`
+			WantRoot   string `json:"want_root_sha256"`
+			BootSHA256 string `json:"boot_sha256"`
+			WantBoot   string `json:"want_boot_sha256"`
+		}
+	}
+	if err := json.Unmarshal([]byte(o), &rep); err != nil || code != 3 || rep.Identical {
+		t.Fatalf("audit of a tampered device: exit %d, %v\n%s%s", code, err, o, e)
+	}
+	if rep.Slot.Root != dev.Root() || rep.Slot.RootSHA256 == rep.Slot.WantRoot || rep.Slot.BootSHA256 != rep.Slot.WantBoot {
+		t.Fatalf("audit names the wrong difference: %+v", rep.Slot)
+	}
+	if !strings.Contains(e, "root partition") {
+		t.Errorf("the error does not name the root partition: %s", e)
+	}
+	// Both audits are in the audit log, with the device's own root hash.
+	logged, _ := os.ReadFile(os.Getenv("KILN_LOG"))
+	if !strings.Contains(string(logged), rep.Slot.RootSHA256) || !strings.Contains(string(logged), `"different"`) {
+		t.Errorf("the audit log lacks the device audit (%d bytes)", len(logged))
+	}
+}
