@@ -36,11 +36,9 @@ func Check(ctx context.Context, dial Dialer, name, disk, path string) (*SlotChec
 		return nil, err
 	}
 	defer img.f.Close()
-	src := img.layout.Slots[0]
-	srcBoot, ok1 := partByNum(img.parts, src.Boot)
-	srcRoot, ok2 := partByNum(img.parts, src.Root)
-	if !ok1 || !ok2 {
-		return nil, fmt.Errorf("%s: %w: slot %s partitions missing", path, ErrLayout, src.Name)
+	srcBoot, srcRoot, err := img.sourceSlot(path)
+	if err != nil {
+		return nil, err
 	}
 	c, err := dial(ctx)
 	if err != nil {

@@ -154,12 +154,17 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 // counting wraps a Dialer so every command run on the device is counted in
 // n; when the count reaches at (if > 0), cut is called once.
 func counting(d Dialer, n *atomic.Int64, at int64, cut func()) Dialer {
+	return wrapDialer(d, func(c RunCloser) RunCloser { return countingConn{c, n, at, cut} })
+}
+
+// wrapDialer wraps every connection d opens.
+func wrapDialer(d Dialer, wrap func(RunCloser) RunCloser) Dialer {
 	return func(ctx context.Context) (RunCloser, error) {
 		c, err := d(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return countingConn{c, n, at, cut}, nil
+		return wrap(c), nil
 	}
 }
 

@@ -154,6 +154,18 @@ func partByNum(parts []Partition, n int) (Partition, bool) {
 	return Partition{}, false
 }
 
+// sourceSlot returns the boot and root partitions of the image's first
+// slot: what an update writes to the device's inactive slot.
+func (img *localImage) sourceSlot(path string) (boot, root Partition, err error) {
+	src := img.layout.Slots[0]
+	boot, ok1 := partByNum(img.parts, src.Boot)
+	root, ok2 := partByNum(img.parts, src.Root)
+	if !ok1 || !ok2 {
+		return boot, root, fmt.Errorf("%s: %w: slot %s partitions missing", path, ErrLayout, src.Name)
+	}
+	return boot, root, nil
+}
+
 // slotBoot returns the image's boot partition as kiln writes it to a
 // device slot: cmdline.txt names the device's root by its PARTUUID.
 func (img *localImage) slotBoot(path string, srcBoot, srcRoot Partition, rootPartUUID string) ([]byte, error) {
@@ -374,11 +386,9 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 	}
 	defer img.f.Close()
 	res.Derivation = img.layout.Derivation
-	src := img.layout.Slots[0]
-	srcBoot, ok1 := partByNum(img.parts, src.Boot)
-	srcRoot, ok2 := partByNum(img.parts, src.Root)
-	if !ok1 || !ok2 {
-		return res, fmt.Errorf("%s: %w: slot %s partitions missing", path, ErrLayout, src.Name)
+	srcBoot, srcRoot, err := img.sourceSlot(path)
+	if err != nil {
+		return res, err
 	}
 
 	c, err := dial(ctx)

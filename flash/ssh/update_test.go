@@ -291,14 +291,7 @@ func TestUpdateConfirmsCommitAfterLostConnection(t *testing.T) {
 			dev := devs[0]
 			v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "cdcdcdcdcdcdcdcd0202", Seed: 12})
 			var w commitWatch
-			base := dialer(f, dev)
-			lossy := func(ctx context.Context) (RunCloser, error) {
-				c, err := base(ctx)
-				if err != nil {
-					return nil, err
-				}
-				return lossyConn{c, &w, after}, nil
-			}
+			lossy := wrapDialer(dialer(f, dev), func(c RunCloser) RunCloser { return lossyConn{c, &w, after} })
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			opts := fastOpts()
@@ -327,14 +320,7 @@ func TestUpdateReportsUnconfirmedCommit(t *testing.T) {
 	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "0404040404040404fefe", Seed: 14})
 	// Power goes out as the commit is written and stays out.
 	var w commitWatch
-	base := dialer(f, dev)
-	cutting := func(ctx context.Context) (RunCloser, error) {
-		c, err := base(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return cutConn{c, &w, dev}, nil
-	}
+	cutting := wrapDialer(dialer(f, dev), func(c RunCloser) RunCloser { return cutConn{c, &w, dev} })
 	opts := fastOpts()
 	opts.BootTimeout = 3 * time.Second
 	_, err := Update(context.Background(), cutting, dev.Name, v2, opts)
