@@ -2,12 +2,10 @@ package ssh
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,34 +15,33 @@ import (
 	"kiln.dev/kiln/flash/ssh/sshtest"
 )
 
-// system reads what a slot holds, with the real tools only: the derivation
-// in the boot partition's kiln.json (mtools), the root its cmdline.txt names
-// and the derivation the root file system carries (unsquashfs).
-func system(t *testing.T, dev *sshtest.Device, boot, root int) (bootDrv, rootDrv, cmdline string) {
-	t.Helper()
-	kj, err := exec.Command("mtype", "-i", dev.PartDev(boot), "::kiln.json").Output()
-	if err == nil {
-		var m struct{ Derivation string }
-		json.Unmarshal(kj, &m)
-		bootDrv = m.Derivation
-	}
-	cl, _ := exec.Command("mtype", "-i", dev.PartDev(boot), "::cmdline.txt").Output()
-	rd, _ := exec.Command("unsquashfs", "-cat", dev.PartDev(root), "etc/kiln-derivation").Output()
-	return bootDrv, strings.TrimSpace(string(rd)), string(cl)
-}
-
 func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 	const devices, rounds = 4, 13 // 52 interruptions
-	f, devs, _ := fleet(t, devices, sshtest.ImageSpec{Derivation: "0000000000000000a0a0", Seed: 10})
+	// Every card holds a kiln-built image; the updates go to two other
+	// versions of the same recipe, alternately.
+	f := newFleet(t)
+	v0, _, err := sshtest.KilnImage(f.Dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs []*sshtest.Device
+	for i := 0; i < devices; i++ {
+		d, err := f.AddDevice(v0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, d)
+	}
 	imgs := map[string]string{}
-	for i, drv := range []string{"1010101010101010b1b1", "2020202020202020c2c2"} {
-		p, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: drv, Seed: int64(20 + i)})
+	var drvs []string
+	for _, motd := range []string{"version 1\n", "version 2\n"} {
+		p, drv, err := sshtest.KilnImage(f.Dir, motd)
 		if err != nil {
 			t.Fatal(err)
 		}
 		imgs[drv] = p
+		drvs = append(drvs, drv)
 	}
-	drvs := []string{"1010101010101010b1b1", "2020202020202020c2c2"}
 	// How many device commands does an uninterrupted update run? Each cut
 	// lands during or just after a random one of them, whatever the load.
 	var probe atomic.Int64
@@ -66,7 +63,7 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 			rng := rand.New(rand.NewSource(int64(di) + 99))
 			for r := 0; r < rounds; r++ {
 				oldBoot, oldRoot := dev.BootPartition(), dev.Root()
-				oldDrv, _, _ := system(t, dev, oldBoot, oldRoot)
+				oldDrv, _, _ := dev.SlotDerivations(oldBoot, oldRoot)
 				newDrv := drvs[r%2]
 				if newDrv == oldDrv {
 					newDrv = drvs[(r+1)%2]
@@ -107,7 +104,7 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 					t.Errorf("%s round %d (cut at %s): device does not boot: %v", dev.Name, r, cut, berr)
 					return
 				}
-				bootDrv, rootDrv, cl := system(t, dev, dev.BootPartition(), dev.Root())
+				bootDrv, rootDrv, cl := dev.SlotDerivations(dev.BootPartition(), dev.Root())
 				outcome := "old"
 				switch {
 				case bootDrv != rootDrv:

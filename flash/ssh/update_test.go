@@ -43,8 +43,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// fleet starts n devices holding img.
-func fleet(t *testing.T, n int, spec sshtest.ImageSpec) (*sshtest.Fleet, []*sshtest.Device, string) {
+// newFleet starts a set of test devices, closed when the test ends.
+func newFleet(t *testing.T) *sshtest.Fleet {
 	t.Helper()
 	if err := sshtest.Available(); err != nil {
 		t.Skipf("test devices need root and the real tools: %v", err)
@@ -54,6 +54,13 @@ func fleet(t *testing.T, n int, spec sshtest.ImageSpec) (*sshtest.Fleet, []*ssht
 		t.Fatal(err)
 	}
 	t.Cleanup(f.Close)
+	return f
+}
+
+// fleet starts n devices holding img.
+func fleet(t *testing.T, n int, spec sshtest.ImageSpec) (*sshtest.Fleet, []*sshtest.Device, string) {
+	t.Helper()
+	f := newFleet(t)
 	img, err := sshtest.BuildImage(f.Dir, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -331,7 +338,7 @@ func TestUpdateReportsUnconfirmedCommit(t *testing.T) {
 	if err := dev.PowerCycle(); err != nil {
 		t.Fatal(err)
 	}
-	bootDrv, rootDrv, _ := system(t, dev, dev.BootPartition(), dev.Root())
+	bootDrv, rootDrv, _ := dev.SlotDerivations(dev.BootPartition(), dev.Root())
 	if bootDrv != rootDrv {
 		t.Fatalf("mixed system: boot %s, root %s", bootDrv, rootDrv)
 	}

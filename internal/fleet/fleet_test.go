@@ -21,11 +21,12 @@ func TestDeployInWavesHaltsAtThresholdAndStatusShowsDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	old, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "aaaa000000000000old1", Seed: 1})
+	// Six devices run a kiln-built image; the fleet declares the next version.
+	old, oldDrv, err := sshtest.KilnImage(f.Dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	newer, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "bbbb000000000000new2", Seed: 2})
+	newer, newDrv, err := sshtest.KilnImage(f.Dir, "version 2\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +57,7 @@ boot_timeout = "20s"
 name = "cells"
 image = %q
 
-%s`, f.ClientKey, f.KnownHosts, filepath.Base(newer), devices.String())), 0o644)
+%s`, f.ClientKey, f.KnownHosts, newer, devices.String())), 0o644)
 	fl, err := Load(fleetFile)
 	if err != nil {
 		t.Fatal(err)
@@ -84,9 +85,9 @@ image = %q
 		if s.Drift != wantDrift[i] || s.Error != "" {
 			t.Errorf("%s: drift %v (running %s, declared %s, err %q), want drift %v", s.Name, s.Drift, s.Running, s.Declared, s.Error, wantDrift[i])
 		}
-		wantRunning := "aaaa000000000000old1"
+		wantRunning := oldDrv
 		if !wantDrift[i] {
-			wantRunning = "bbbb000000000000new2"
+			wantRunning = newDrv
 		}
 		if s.Running != wantRunning {
 			t.Errorf("%s runs %s, want %s", s.Name, s.Running, wantRunning)

@@ -60,8 +60,8 @@ func BuildImage(dir string, s ImageSpec) (string, error) {
 	}
 	// Root file system.
 	rootDir := filepath.Join(work, "rootfs")
-	os.MkdirAll(filepath.Join(rootDir, "etc"), 0o755)
-	os.WriteFile(filepath.Join(rootDir, "etc/kiln-derivation"), []byte(s.Derivation+"\n"), 0o644)
+	os.MkdirAll(filepath.Join(rootDir, "etc/kiln"), 0o755)
+	os.WriteFile(filepath.Join(rootDir, RootDerivationFile), []byte(s.Derivation+"\n"), 0o644)
 	payload := make([]byte, s.Payload)
 	rand.New(rand.NewSource(s.Seed)).Read(payload)
 	if s.Changed > 0 {
