@@ -40,16 +40,12 @@ func Check(ctx context.Context, dial Dialer, name, disk, path string) (*SlotChec
 	if err != nil {
 		return nil, err
 	}
-	c, err := dial(ctx)
+	c, rem, err := connect(ctx, dial, disk)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	d := &device{r: c}
-	rem, err := inspect(ctx, d, disk)
-	if err != nil {
-		return nil, err
-	}
+	d := rem.d
 	res := &SlotCheck{Device: name, Slot: rem.running.Name, Root: rem.running.Root, Boot: rem.running.Boot}
 	tBoot, ok1 := partByNum(rem.parts, rem.running.Boot)
 	tRoot, ok2 := partByNum(rem.parts, rem.running.Root)

@@ -391,16 +391,12 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		return res, err
 	}
 
-	c, err := dial(ctx)
+	c, rem, err := connect(ctx, dial, opts.Disk)
 	if err != nil {
 		return res, err
 	}
 	defer func() { c.Close() }()
-	d := &device{r: c}
-	rem, err := inspect(ctx, d, opts.Disk)
-	if err != nil {
-		return res, err
-	}
+	d := rem.d
 	if rem.running != rem.committed {
 		// A trial from an earlier, interrupted update: go back to the committed slot first.
 		opts.Log("%s: running uncommitted slot %s; rebooting to committed slot %s", name, rem.running.Name, rem.committed.Name)
@@ -677,6 +673,20 @@ func confirmCommit(ctx context.Context, dial Dialer, c RunCloser, trial *remote,
 	}
 }
 
+// connect dials the device and inspects it.
+func connect(ctx context.Context, dial Dialer, disk string) (RunCloser, *remote, error) {
+	c, err := dial(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	rem, err := inspect(ctx, &device{r: c}, disk)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, rem, nil
+}
+
 // reconnect opens a new connection and inspects the device again. The new
 // remote shares rem's device record, so the helper it verified and the
 // bytes sent carry over.
@@ -750,16 +760,12 @@ func Inspect(ctx context.Context, dial Dialer, name, disk string) (*Status, erro
 	if disk == "" {
 		disk = "/dev/mmcblk0"
 	}
-	c, err := dial(ctx)
+	c, rem, err := connect(ctx, dial, disk)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	d := &device{r: c}
-	rem, err := inspect(ctx, d, disk)
-	if err != nil {
-		return nil, err
-	}
+	d := rem.d
 	st := &Status{Device: name, Running: rem.running.Name, Committed: rem.committed.Name, Trial: rem.running != rem.committed}
 	bp, ok := partByNum(rem.parts, rem.running.Boot)
 	if !ok {
