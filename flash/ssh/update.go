@@ -117,6 +117,17 @@ func openImage(path string) (*localImage, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	for _, p := range parts {
+		if p.Start+p.Size > st.Size() {
+			f.Close()
+			return nil, fmt.Errorf("%s: truncated: partition %d ends at byte %d, the file has %d", path, p.Number, p.Start+p.Size, st.Size())
+		}
+	}
 	img := &localImage{f: f, parts: parts}
 	p1, ok := partByNum(parts, 1)
 	if !ok {

@@ -1,6 +1,7 @@
 package ssh
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -390,5 +391,44 @@ func TestUpdateWithStockTools(t *testing.T) {
 			}
 			t.Logf("stock tools: %d of %d bytes sent, write+verify %.2fs", res.BytesSent, res.BytesImage, res.WriteSec)
 		})
+	}
+}
+
+// Bad images are refused before a byte reaches the device: not an A/B image,
+// a truncated one, one whose slot does not fit the device's.
+func TestUpdateRefusesBadImages(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "7171717171717171c7c7", Seed: 17})
+	dev := devs[0]
+	before := partHash(t, dev.PartDev(5), 8<<20)
+	big, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "8181818181818181d8d8", Seed: 18, RootSize: 16 << 20})
+	good, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "9191919191919191e9e9", Seed: 19})
+	data, _ := os.ReadFile(good)
+	truncated := filepath.Join(f.Dir, "truncated.img")
+	os.WriteFile(truncated, data[:len(data)-3<<20], 0o644)
+	notAB := filepath.Join(f.Dir, "plain.img")
+	os.WriteFile(notAB, bytes.Repeat([]byte{0xa5}, 4<<20), 0o644)
+
+	var dials atomic.Int64
+	counted := func(ctx context.Context) (RunCloser, error) { dials.Add(1); return dialer(f, dev)(ctx) }
+	for _, tc := range []struct {
+		name, path, want string
+		dialed           bool
+	}{
+		{"not an A/B image", notAB, "no partition table", false},
+		{"truncated", truncated, "truncated", false},
+		{"slot too big for the device", big, "does not fit", true},
+	} {
+		dials.Store(0)
+		_, err := Update(context.Background(), counted, dev.Name, tc.path, fastOpts())
+		t.Logf("%s: %v", tc.name, err)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
+		}
+		if (dials.Load() > 0) != tc.dialed {
+			t.Errorf("%s: %d connections to the device", tc.name, dials.Load())
+		}
+	}
+	if after := partHash(t, dev.PartDev(5), 8<<20); after != before || dev.Boots() != 1 || dev.Root() != 4 {
+		t.Fatalf("device touched: slot b changed %v, boots %d, root %d", after != before, dev.Boots(), dev.Root())
 	}
 }
