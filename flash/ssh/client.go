@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
@@ -68,12 +70,20 @@ type Options struct {
 	KnownHosts string   // default ~/.ssh/known_hosts
 	KeyFiles   []string // private keys; default: the agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa
 	Timeout    time.Duration
+	// Silence is how long a connected device may leave SSH keepalives
+	// unanswered before kiln drops the connection (ErrConnLost); default 30s.
+	// A device that loses power mid-write sends nothing at all, and TCP alone
+	// would wait for its retransmission timeout, many minutes.
+	Silence time.Duration
 }
 
 // Client is an SSH connection to one device.
 type Client struct {
-	addr Addr
-	c    *gossh.Client
+	addr   Addr
+	c      *gossh.Client
+	done   chan struct{}
+	silent atomic.Bool // dropped because the device stopped answering
+	once   sync.Once
 }
 
 // Dial connects to the device, verifying its host key against known_hosts.
@@ -105,7 +115,44 @@ func Dial(ctx context.Context, a Addr, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("ssh: %s: %w", a.hostPort(), err)
 	}
 	conn.SetDeadline(time.Time{})
-	return &Client{addr: a, c: gossh.NewClient(cc, chans, reqs)}, nil
+	c := &Client{addr: a, c: gossh.NewClient(cc, chans, reqs), done: make(chan struct{})}
+	silence := opts.Silence
+	if silence == 0 {
+		silence = 30 * time.Second
+	}
+	go c.keepAlive(silence)
+	return c, nil
+}
+
+// keepAlive asks the device for a keepalive reply every quarter of silence
+// and drops the connection when none comes within silence.
+func (c *Client) keepAlive(silence time.Duration) {
+	tick := time.NewTicker(silence / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-tick.C:
+		}
+		reply := make(chan error, 1)
+		go func() {
+			_, _, err := c.c.SendRequest("keepalive@openssh.com", true, nil)
+			reply <- err
+		}()
+		select {
+		case err := <-reply:
+			if err != nil {
+				return // the connection is gone already
+			}
+		case <-time.After(silence):
+			c.silent.Store(true)
+			c.c.Close()
+			return
+		case <-c.done:
+			return
+		}
+	}
 }
 
 type config struct {
@@ -180,13 +227,19 @@ func loadKey(path string) (gossh.Signer, error) {
 func (c *Client) Addr() Addr { return c.addr }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.c.Close() }
+func (c *Client) Close() error {
+	c.once.Do(func() { close(c.done) })
+	return c.c.Close()
+}
 
 // Run runs cmd on the device. stdout may be nil. A non-zero exit is an error
 // carrying the command's stderr.
 func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
 	s, err := c.c.NewSession()
 	if err != nil {
+		if c.silent.Load() {
+			return fmt.Errorf("ssh: %s: the device stopped answering: %w", c.addr.Host, ErrConnLost)
+		}
 		return fmt.Errorf("ssh: %s: session: %w", c.addr.Host, err)
 	}
 	defer s.Close()
@@ -214,6 +267,8 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 		switch {
 		case errors.As(err, &ee) && msg != "":
 			return fmt.Errorf("ssh: %s: %s: exit %d: %s", c.addr.Host, short(cmd), ee.ExitStatus(), msg)
+		case c.silent.Load():
+			return fmt.Errorf("ssh: %s: %s: the device stopped answering: %w", c.addr.Host, short(cmd), ErrConnLost)
 		case errors.As(err, &em), errors.Is(err, io.EOF):
 			return fmt.Errorf("ssh: %s: %s: connection lost: %w", c.addr.Host, short(cmd), ErrConnLost)
 		}

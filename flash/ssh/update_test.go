@@ -432,3 +432,39 @@ func TestUpdateRefusesBadImages(t *testing.T) {
 		t.Fatalf("device touched: slot b changed %v, boots %d, root %d", after != before, dev.Boots(), dev.Root())
 	}
 }
+
+// A device whose system hangs mid-write (every process stopped; its network
+// stack still acknowledges) is given up on after Options.Silence without
+// keepalive replies, reported as a lost connection — where TCP alone would
+// wait many minutes — and its committed slot is untouched.
+func TestUpdateDeviceStopsAnswering(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "a1a1a1a1a1a1a1a1f1f1", Seed: 21, RootSize: 32 << 20, Payload: 24 << 20})
+	dev := devs[0]
+	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "b2b2b2b2b2b2b2b2f2f2", Seed: 22, RootSize: 32 << 20, Payload: 24 << 20})
+	if err := dev.LimitRate("20mbit"); err != nil { // the write takes about ten seconds
+		t.Fatal(err)
+	}
+	dial := DialerFor(Addr{User: "root", Host: dev.Addr, Port: 22}, Options{KnownHosts: f.KnownHosts, KeyFiles: []string{f.ClientKey}, Timeout: 5 * time.Second, Silence: 2 * time.Second})
+	opts := fastOpts()
+	opts.NoDelta = true
+	var logged []string
+	opts.Log = func(format string, a ...any) { logged = append(logged, fmt.Sprintf(format, a...)) }
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	frozen := make(chan error, 1)
+	go func() {
+		time.Sleep(time.Second)
+		frozen <- dev.Freeze()
+	}()
+	_, err := Update(ctx, dial, dev.Name, v2, opts)
+	if ferr := <-frozen; ferr != nil {
+		t.Fatal(ferr)
+	}
+	if !errors.Is(err, ErrConnLost) || !strings.Contains(err.Error(), "stopped answering") {
+		t.Fatalf("err = %v, want the device reported as no longer answering (log: %q)", err, logged)
+	}
+	dev.Thaw()
+	if err := dev.PowerCycle(); err != nil || dev.Root() != 4 {
+		t.Fatalf("after the hang the device boots root %d (%v), want the committed 4", dev.Root(), err)
+	}
+}

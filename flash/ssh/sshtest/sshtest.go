@@ -415,6 +415,26 @@ func (d *Device) PowerCut() {
 	}
 }
 
+// Freeze stops every process of the device where it is (SIGSTOP): the
+// device no longer answers, though its network stack still does — as a
+// device whose system hangs mid-write. Thaw lets it run again.
+func (d *Device) Freeze() error { return d.signalAll("STOP") }
+
+// Thaw resumes a frozen device.
+func (d *Device) Thaw() error { return d.signalAll("CONT") }
+
+func (d *Device) signalAll(sig string) error {
+	out, err := exec.Command("ip", "netns", "pids", d.netns).Output()
+	if err != nil {
+		return err
+	}
+	pids := strings.Fields(string(out))
+	if len(pids) == 0 {
+		return fmt.Errorf("%s: no processes", d.Name)
+	}
+	return exec.Command("kill", append([]string{"-" + sig}, pids...)...).Run()
+}
+
 // PowerCycle cuts power and boots normally (no tryboot flag).
 func (d *Device) PowerCycle() error {
 	d.PowerCut()
