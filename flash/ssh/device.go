@@ -334,6 +334,29 @@ func (d *device) helperCmd(args ...string) string {
 	return fmt.Sprintf("echo %s | sha256sum -c -s - && %s %s", quote(d.hsum+"  "+d.helper), d.helper, strings.Join(q, " "))
 }
 
+// lockDir is the device-side lock an update holds from its first write until
+// the trial reboot (/run is a tmpfs: a reboot releases it).
+const lockDir = "/run/kiln-update.lock"
+
+// lock takes the device's update lock for owner, or returns ErrBusy naming
+// the holder.
+func (d *device) lock(ctx context.Context, owner string) error {
+	cmd := fmt.Sprintf("if mkdir %[1]s 2>/dev/null; then echo %[2]s > %[1]s/owner; else cat %[1]s/owner 2>/dev/null; exit 75; fi", lockDir, quote(owner))
+	out, err := d.output(ctx, cmd)
+	if err != nil {
+		if holder := strings.TrimSpace(out); holder != "" || strings.Contains(err.Error(), "exit 75") {
+			return fmt.Errorf("%w: %s is held by %q (remove it if that update is gone)", ErrBusy, lockDir, holder)
+		}
+		return fmt.Errorf("update lock: %w", err)
+	}
+	return nil
+}
+
+// unlock releases the lock if owner holds it.
+func (d *device) unlock(ctx context.Context, owner string) {
+	d.output(ctx, fmt.Sprintf("[ \"$(cat %[1]s/owner 2>/dev/null)\" = %[2]s ] && rm -rf %[1]s", lockDir, quote(owner)))
+}
+
 // goarchOf maps `uname -m` to Go's architecture names.
 var goarchOf = map[string]string{"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"}
 

@@ -86,6 +86,8 @@ var (
 	ErrRolledBack = errors.New("update rolled back")
 	// ErrLayout means the device or the image has no usable A/B layout.
 	ErrLayout = errors.New("no A/B layout")
+	// ErrBusy means another update holds the device's update lock.
+	ErrBusy = errors.New("another update is in progress")
 )
 
 // partDev names partition n of disk (/dev/mmcblk0 → /dev/mmcblk0p2, /dev/sda → /dev/sda2).
@@ -408,6 +410,17 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 	}
 	defer func() { c.Close() }()
 	d := rem.d
+	// One update at a time: the lock lives in /run until the trial reboot.
+	host, _ := os.Hostname()
+	owner := fmt.Sprintf("kiln on %s, pid %d, since %s", host, os.Getpid(), time.Now().UTC().Format(time.RFC3339))
+	if err := d.lock(ctx, owner); err != nil {
+		return res, fmt.Errorf("%s: %w", name, err)
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		d.unlock(uctx, owner)
+		cancel()
+	}()
 	if rem.running != rem.committed {
 		// A trial from an earlier, interrupted update: go back to the committed slot first.
 		opts.Log("%s: running uncommitted slot %s; rebooting to committed slot %s", name, rem.running.Name, rem.committed.Name)
@@ -417,6 +430,9 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		d = rem.d
 		if rem.running != rem.committed {
 			return res, fmt.Errorf("%s: still not on the committed slot after a reboot", name)
+		}
+		if err := d.lock(ctx, owner); err != nil {
+			return res, fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	target := rem.layout.Slots[0]
@@ -463,6 +479,9 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 	c, trial, err := rebootAndWait(ctx, dial, c, rem, opts, "0 tryboot")
 	if err != nil {
 		return res, err
+	}
+	if err := d.lock(ctx, owner); err != nil {
+		opts.Log("%s: trial boot: %v", name, err)
 	}
 	rollback := func(reason string) (*UpdateResult, error) {
 		res.RolledBack, res.Reason = true, reason

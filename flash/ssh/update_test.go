@@ -468,3 +468,41 @@ func TestUpdateDeviceStopsAnswering(t *testing.T) {
 		t.Fatalf("after the hang the device boots root %d (%v), want the committed 4", dev.Root(), err)
 	}
 }
+
+// Two updates of one device at once: the second finds the device's update
+// lock and is refused before it writes; the first completes.
+func TestConcurrentUpdatesAreRefused(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "c3c3c3c3c3c3c3c3a3a3", Seed: 23, RootSize: 16 << 20, Payload: 12 << 20})
+	dev := devs[0]
+	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "d4d4d4d4d4d4d4d4b4b4", Seed: 24, RootSize: 16 << 20, Payload: 12 << 20})
+	v3, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "e5e5e5e5e5e5e5e5c5c5", Seed: 25, RootSize: 16 << 20, Payload: 12 << 20})
+	if err := dev.LimitRate("40mbit"); err != nil { // the first write takes a few seconds
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	opts := fastOpts()
+	opts.NoDelta = true
+	first := make(chan error, 1)
+	go func() {
+		_, err := Update(ctx, dialer(f, dev), dev.Name, v2, opts)
+		first <- err
+	}()
+	// The second starts while the first writes.
+	time.Sleep(1500 * time.Millisecond)
+	_, err := Update(ctx, dialer(f, dev), dev.Name, v3, opts)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "kiln on") {
+		t.Fatalf("second update: %v, want ErrBusy naming the holder", err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("first update: %v", err)
+	}
+	bootDrv, rootDrv, _ := dev.SlotDerivations(dev.BootPartition(), dev.Root())
+	if dev.Root() != 5 || bootDrv != "d4d4d4d4d4d4d4d4b4b4" || rootDrv != bootDrv {
+		t.Fatalf("device runs root %d with %s/%s, want the first update's image", dev.Root(), bootDrv, rootDrv)
+	}
+	// The lock went with the update: a third one goes through.
+	if _, err := Update(ctx, dialer(f, dev), dev.Name, v3, fastOpts()); err != nil {
+		t.Fatalf("update after the first finished: %v", err)
+	}
+}

@@ -129,6 +129,8 @@ func sshHints(err error) error {
 	switch {
 	case strings.Contains(err.Error(), ssh.ErrHostKey.Error()):
 		return withHint(err, "kiln never skips host key checks: add the device's key to known_hosts (ssh-keyscan, checked out of band) or pass --known-hosts")
+	case errors.Is(err, ssh.ErrBusy):
+		return withHint(err, "wait for the other update to finish; if it is gone, remove the lock directory on the device or reboot it")
 	case errors.Is(err, ssh.ErrCommitUnknown):
 		return withHint(err, "the device runs the new slot if the commit landed, else the old one after its next restart; see which with kiln fleet status, or run kiln update again")
 	case strings.Contains(err.Error(), "no key"):

@@ -441,6 +441,11 @@ func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log fu
 		health = f.Health
 	}
 	ur, err := ssh.Update(ctx, dial, d.Name, img, ssh.UpdateOptions{Disk: disk, Health: health, HelperDir: helperDir, BootTimeout: f.BootTimeout.Duration, Log: log})
+	if errors.Is(err, ssh.ErrBusy) {
+		res.Outcome, res.Error = Deferred, err.Error()
+		log("%s: deferred (%v)", d.Name, err)
+		return res
+	}
 	if err != nil {
 		return fail(err)
 	}
