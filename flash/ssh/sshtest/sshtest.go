@@ -316,7 +316,13 @@ func (d *Device) Boot(tryboot bool) error {
 	rand.Read(id)
 	os.WriteFile(filepath.Join(d.Dir, "proc/cmdline"), []byte(cmdline+"\n"), 0o644)
 	os.WriteFile(filepath.Join(d.Dir, "proc/sys/kernel/random/boot_id"), []byte(hex.EncodeToString(id)+"\n"), 0o644)
-	os.Remove(filepath.Join(d.Dir, "run/reboot-request"))
+	// /run is a tmpfs on the device: every boot starts it empty.
+	run := filepath.Join(d.Dir, "run")
+	if ents, err := os.ReadDir(run); err == nil {
+		for _, e := range ents {
+			os.RemoveAll(filepath.Join(run, e.Name()))
+		}
+	}
 	d.bootPart, d.running = bootPart, root
 	d.boots++
 	cmd := exec.Command("ip", "netns", "exec", d.netns, "unshare", "--pid", "--fork", "--kill-child", "/usr/sbin/sshd", "-D", "-e", "-f", d.cfg)
