@@ -55,6 +55,7 @@ type UpdateOptions struct {
 	Health        string        // health check command run on the new slot; default "true"
 	HealthTimeout time.Duration // default 60s
 	BootTimeout   time.Duration // how long a reboot may take; default 120s
+	TrialGrace    time.Duration // an unlocked trial boot younger than this is left alone (ErrBusy); default 2 min
 	NoDelta       bool          // always send whole partitions
 	BlockSize     int64         // delta block size; default 4 KiB with the helper, 1 MiB with stock tools
 	HelperDir     string        // where kiln-helper-<goarch> files are; "" for stock tools only
@@ -236,6 +237,7 @@ type remote struct {
 	committed Slot // the slot autoboot.txt [all] boots
 	running   Slot // the slot whose root the kernel runs
 	bootID    string
+	uptime    float64 // seconds since boot; -1 if the device does not say
 }
 
 var rootRE = regexp.MustCompile(`root=PARTUUID=([0-9A-Fa-f-]+)`)
@@ -297,6 +299,14 @@ func inspect(ctx context.Context, d *device, disk string) (*remote, error) {
 		return nil, err
 	}
 	r.bootID = strings.TrimSpace(id)
+	r.uptime = -1
+	if up, err := d.output(ctx, "cat /proc/uptime"); err == nil {
+		if f := strings.Fields(up); len(f) > 0 {
+			if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+				r.uptime = v
+			}
+		}
+	}
 	return r, nil
 }
 
@@ -378,6 +388,9 @@ func (o *UpdateOptions) defaults() {
 	if o.BootTimeout == 0 {
 		o.BootTimeout = 120 * time.Second
 	}
+	if o.TrialGrace == 0 {
+		o.TrialGrace = 2 * time.Minute
+	}
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
 	}
@@ -421,6 +434,12 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		d.unlock(uctx, owner)
 		cancel()
 	}()
+	if rem.running != rem.committed && rem.uptime >= 0 && rem.uptime < opts.TrialGrace.Seconds() {
+		// A young trial boot without a lock: its updater may be reconnecting
+		// after the trial reboot (before it re-takes the lock).
+		return res, fmt.Errorf("%s: %w: slot %s is in a trial boot %.0f s old; its update may still be reconnecting (retry after %v)",
+			name, ErrBusy, rem.running.Name, rem.uptime, opts.TrialGrace)
+	}
 	if rem.running != rem.committed {
 		// A trial from an earlier, interrupted update: go back to the committed slot first.
 		opts.Log("%s: running uncommitted slot %s; rebooting to committed slot %s", name, rem.running.Name, rem.committed.Name)
@@ -489,7 +508,9 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 		var back *remote
 		var err error
 		if trial.running != rem.committed {
-			if c, back, err = rebootAndWait(ctx, dial, c, trial, opts, ""); err != nil {
+			// Even when kiln itself is being stopped: a robot must not be
+			// left running a slot that never passed its health check.
+			if c, back, err = rebootAndWait(context.WithoutCancel(ctx), dial, c, trial, opts, ""); err != nil {
 				return res, fmt.Errorf("%s: %s, and the rollback reboot failed: %w", name, reason, err)
 			}
 			if back.running != rem.committed {
@@ -505,7 +526,10 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 	err = c.Run(hctx, opts.Health, nil, io.Discard)
 	cancel()
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case ctx.Err() != nil:
+			return rollback(fmt.Sprintf("update interrupted during the health check (%v)", ctx.Err()))
+		case errors.Is(err, context.DeadlineExceeded):
 			return rollback(fmt.Sprintf("health check did not finish in %v", opts.HealthTimeout))
 		}
 		return rollback(fmt.Sprintf("health check failed: %v", err))

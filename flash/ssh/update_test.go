@@ -506,3 +506,76 @@ func TestConcurrentUpdatesAreRefused(t *testing.T) {
 		t.Fatalf("update after the first finished: %v", err)
 	}
 }
+
+// An update that finds the device in a young trial boot without a lock
+// leaves it alone (its updater may be reconnecting after the trial reboot);
+// an older one is an abandoned trial: back to the committed slot, then on.
+func TestUpdateLeavesYoungTrialAlone(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "f6f6f6f6f6f6f6f6d6d6", Seed: 26, BothSlots: true})
+	dev := devs[0]
+	v3, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "b8b8b8b8b8b8b8b8f8f8", Seed: 28})
+	// What an updater killed right after its trial reboot leaves: slot b
+	// armed for one boot and running, nothing committed, no lock.
+	ctx := context.Background()
+	c, rem, err := connect(ctx, dialer(f, dev), "/dev/mmcblk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rem.setAutoboot(ctx, "/dev/mmcblk0", rem.committed.Boot, 3); err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+	c.Run(rctx, "reboot '0 tryboot'", nil, nil)
+	rcancel()
+	c.Close()
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	if !sshtest.Wait(wctx, func() bool { return dev.Boots() == 2 && dev.Root() == 5 }) {
+		t.Fatal("the device did not trial-boot slot b")
+	}
+
+	opts := fastOpts()
+	opts.TrialGrace = time.Hour
+	_, err = Update(ctx, dialer(f, dev), dev.Name, v3, opts)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "trial boot") || dev.Boots() != 2 {
+		t.Fatalf("young trial: %v after %d boots, want ErrBusy and no reboot", err, dev.Boots())
+	}
+	opts.TrialGrace = time.Millisecond
+	res, err := Update(context.Background(), dialer(f, dev), dev.Name, v3, opts)
+	if err != nil || !res.Committed {
+		t.Fatalf("abandoned trial: %v %+v", err, res)
+	}
+	if bootDrv, rootDrv, _ := dev.SlotDerivations(dev.BootPartition(), dev.Root()); bootDrv != "b8b8b8b8b8b8b8b8f8f8" || rootDrv != bootDrv {
+		t.Fatalf("device runs %s/%s, want the third image", bootDrv, rootDrv)
+	}
+}
+
+// Stopping kiln during the health check (its context cancelled, as on
+// SIGINT) still rolls the device back: it is never left on a slot that did
+// not pass its check.
+func TestInterruptedHealthCheckRollsBack(t *testing.T) {
+	f, devs, _ := fleet(t, 1, sshtest.ImageSpec{Derivation: "c9c9c9c9c9c9c9c9a9a9", Seed: 29})
+	dev := devs[0]
+	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "dadadadadadadadab0b0", Seed: 30})
+	dev.SetHealth("sleep 600")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	opts := fastOpts()
+	opts.HealthTimeout = time.Minute
+	done := make(chan error, 1)
+	go func() { _, err := Update(ctx, dialer(f, dev), dev.Name, v2, opts); done <- err }()
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer wcancel()
+	if !sshtest.Wait(wctx, func() bool { return dev.Boots() == 2 && dev.Root() == 5 }) {
+		t.Fatal("the update never reached its trial boot")
+	}
+	time.Sleep(time.Second) // into the health check
+	cancel()
+	err := <-done
+	if !errors.Is(err, ErrRolledBack) || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("err = %v, want a rollback after the interruption", err)
+	}
+	if dev.Root() != 4 || dev.Boots() != 3 {
+		t.Fatalf("device runs root %d after %d boots, want the committed 4 after the rollback reboot", dev.Root(), dev.Boots())
+	}
+}

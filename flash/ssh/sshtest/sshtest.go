@@ -63,6 +63,7 @@ type Device struct {
 	mu       sync.Mutex
 	sshd     *exec.Cmd
 	boots    int
+	bootedAt time.Time
 	running  int // root partition number the device runs
 	bootPart int // boot partition it booted from
 	stop     chan struct{}
@@ -323,7 +324,8 @@ func (d *Device) Boot(tryboot bool) error {
 			os.RemoveAll(filepath.Join(run, e.Name()))
 		}
 	}
-	d.bootPart, d.running = bootPart, root
+	d.bootPart, d.running, d.bootedAt = bootPart, root, time.Now()
+	d.writeUptime()
 	d.boots++
 	cmd := exec.Command("ip", "netns", "exec", d.netns, "unshare", "--pid", "--fork", "--kill-child", "/usr/sbin/sshd", "-D", "-e", "-f", d.cfg)
 	var stderr bytes.Buffer
@@ -477,6 +479,9 @@ func (d *Device) watchReboots() {
 			return
 		case <-time.After(20 * time.Millisecond):
 		}
+		d.mu.Lock()
+		d.writeUptime()
+		d.mu.Unlock()
 		b, err := os.ReadFile(req)
 		if err != nil {
 			continue
@@ -487,6 +492,12 @@ func (d *Device) watchReboots() {
 			fmt.Fprintln(os.Stderr, "sshtest:", err)
 		}
 	}
+}
+
+// writeUptime keeps the device's /proc/uptime current (seconds since its boot).
+func (d *Device) writeUptime() {
+	up := time.Since(d.bootedAt).Seconds()
+	os.WriteFile(filepath.Join(d.Dir, "proc/uptime"), []byte(fmt.Sprintf("%.2f %.2f\n", up, up)), 0o644)
 }
 
 // Close stops the device and frees its loop device and namespace.
