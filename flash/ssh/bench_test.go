@@ -18,15 +18,8 @@ import (
 // slot holds the old image. kiln's delta update against kiln's full write
 // and against the usual `xz -dc root.xz | ssh dd` of the same slot, in one run.
 func BenchmarkDeltaUpdate256MiB(b *testing.B) {
-	if err := sshtest.Available(); err != nil {
-		b.Skipf("test devices need root and the real tools: %v", err)
-	}
 	const slot = 264 << 20
-	f, err := sshtest.NewFleet()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
+	f := sshtest.Start(b)
 	old, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "be0be0be0be0be0be0b1", Seed: 1, RootSize: slot, Payload: 256 << 20, BothSlots: true})
 	if err != nil {
 		b.Fatal(err)

@@ -19,7 +19,7 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 	const devices, rounds = 4, 13 // 52 interruptions
 	// Every card holds a kiln-built image; the updates go to two other
 	// versions of the same recipe, alternately.
-	f := newFleet(t)
+	f := sshtest.Start(t)
 	v0, _, err := sshtest.KilnImage(f.Dir, "")
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 // TestUpdateKilnBuiltImage runs an A/B update between two images built by
 // kiln's own image builder (MBR with logical partitions for the roots).
 func TestUpdateKilnBuiltImage(t *testing.T) {
-	f := newFleet(t)
+	f := sshtest.Start(t)
 	v1, drv1, err := sshtest.KilnImage(f.Dir, "")
 	if err != nil {
 		t.Fatal(err)

@@ -44,24 +44,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// newFleet starts a set of test devices, closed when the test ends.
-func newFleet(t *testing.T) *sshtest.Fleet {
-	t.Helper()
-	if err := sshtest.Available(); err != nil {
-		t.Skipf("test devices need root and the real tools: %v", err)
-	}
-	f, err := sshtest.NewFleet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Close)
-	return f
-}
-
 // fleet starts n devices holding img.
 func fleet(t *testing.T, n int, spec sshtest.ImageSpec) (*sshtest.Fleet, []*sshtest.Device, string) {
 	t.Helper()
-	f := newFleet(t)
+	f := sshtest.Start(t)
 	img, err := sshtest.BuildImage(f.Dir, spec)
 	if err != nil {
 		t.Fatal(err)

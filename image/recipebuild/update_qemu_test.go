@@ -38,11 +38,7 @@ func TestUpdatedCardBootsInQEMU(t *testing.T) {
 		t.Fatal("a changed motd did not change the derivation")
 	}
 
-	f, err := sshtest.NewFleet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := sshtest.Start(t)
 	dev, err := f.AddDevice(v1)
 	if err != nil {
 		t.Fatal(err)

@@ -33,14 +33,7 @@ func runKilnSSH(t *testing.T, args ...string) (string, string, int) {
 // ssh:// and kiln fleet status against a real sshd test device. No helper
 // sits beside this kiln binary, so the device side runs on stock tools only.
 func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
-	if err := sshtest.Available(); err != nil {
-		t.Skipf("test devices need root and the real tools: %v", err)
-	}
-	f, err := sshtest.NewFleet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := sshtest.Start(t)
 	v1, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "c11c11c11c11c11c1111", Seed: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -120,14 +113,7 @@ func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
 // TestAuditImageOnDevice: kiln audit rebuilds an image recipe and compares
 // the slot a device runs, hashed on the device over SSH, with the rebuild.
 func TestAuditImageOnDevice(t *testing.T) {
-	if err := sshtest.Available(); err != nil {
-		t.Skipf("test devices need root and the real tools: %v", err)
-	}
-	f, err := sshtest.NewFleet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := sshtest.Start(t)
 	store, out := filepath.Join(t.TempDir(), "store"), filepath.Join(t.TempDir(), "out")
 	recipe := "../../testdata/ab-appliance"
 	if o, e, code := runKilnSSH(t, "image", "build", "--store", store, "--out", out, recipe); code != 0 {

@@ -13,14 +13,7 @@ import (
 )
 
 func TestDeployInWavesHaltsAtThresholdAndStatusShowsDrift(t *testing.T) {
-	if err := sshtest.Available(); err != nil {
-		t.Skipf("test devices need root and the real tools: %v", err)
-	}
-	f, err := sshtest.NewFleet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := sshtest.Start(t)
 	// Six devices run a kiln-built image; the fleet declares the next version.
 	old, oldDrv, err := sshtest.KilnImage(f.Dir, "")
 	if err != nil {

@@ -18,14 +18,7 @@ import (
 // A group can name an image recipe instead of an image: the fleet builds it
 // into the store once per derivation and rolls out what it built.
 func TestGroupFromRecipe(t *testing.T) {
-	if err := sshtest.Available(); err != nil {
-		t.Skipf("test devices need root and the real tools: %v", err)
-	}
-	f, err := sshtest.NewFleet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := sshtest.Start(t)
 	st, err := store.Open(filepath.Join(t.TempDir(), "store"))
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -593,4 +594,20 @@ func addPartitions(loop string) error {
 		}
 	}
 	return nil
+}
+
+// Start starts a set of test devices for a test or benchmark, skipping it
+// where they cannot run (not root, tools missing) and closing them when it
+// ends.
+func Start(tb testing.TB) *Fleet {
+	tb.Helper()
+	if err := Available(); err != nil {
+		tb.Skipf("test devices need root and the real tools: %v", err)
+	}
+	f, err := NewFleet()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(f.Close)
+	return f
 }
