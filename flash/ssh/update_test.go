@@ -81,6 +81,24 @@ func partHash(t *testing.T, path string, n int64) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// checkSlotB checks, by the host's own reading of the loop device, that the
+// device's slot b root holds exactly the image's slot a root, and that the
+// update reported that hash.
+func checkSlotB(t *testing.T, dev *sshtest.Device, image string, res *UpdateResult) {
+	t.Helper()
+	img, err := openImage(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.f.Close()
+	src, _ := partByNum(img.parts, 4)
+	want := sha256.New()
+	io.Copy(want, io.NewSectionReader(img.f, src.Start, src.Size))
+	if got := partHash(t, dev.PartDev(5), src.Size); got != hex.EncodeToString(want.Sum(nil)) || got != res.RootSHA256 {
+		t.Fatalf("slot b root %s, image %x, reported %s", got, want.Sum(nil), res.RootSHA256)
+	}
+}
+
 func fastOpts() UpdateOptions {
 	return UpdateOptions{Health: "/usr/bin/health", HealthTimeout: 3 * time.Second, BootTimeout: 15 * time.Second, HelperDir: helperDir, BlockSize: 64 << 10}
 }
@@ -127,18 +145,7 @@ func TestUpdateCommitsNewSlot(t *testing.T) {
 	if dev.Root() != 5 || dev.BootPartition() != 3 {
 		t.Fatalf("device runs root %d from boot %d, want 5 from 3", dev.Root(), dev.BootPartition())
 	}
-	// The device's slot b holds exactly the image's slot a root, by the host's own reading.
-	img, err := openImage(v2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.f.Close()
-	src, _ := partByNum(img.parts, 4)
-	want := sha256.New()
-	io.Copy(want, io.NewSectionReader(img.f, src.Start, src.Size))
-	if got := partHash(t, dev.PartDev(5), src.Size); got != hex.EncodeToString(want.Sum(nil)) || got != res.RootSHA256 {
-		t.Fatalf("slot b root %s, image %x, reported %s", got, want.Sum(nil), res.RootSHA256)
-	}
+	checkSlotB(t, dev, v2, res)
 	// A power cycle keeps the committed slot.
 	if err := dev.PowerCycle(); err != nil {
 		t.Fatal(err)
@@ -367,14 +374,7 @@ func TestUpdateWithStockTools(t *testing.T) {
 			if res.BytesSent*5 > res.BytesImage {
 				t.Errorf("delta with stock tools sent %d bytes of %d", res.BytesSent, res.BytesImage)
 			}
-			img, _ := openImage(v2)
-			defer img.f.Close()
-			src, _ := partByNum(img.parts, 4)
-			want := sha256.New()
-			io.Copy(want, io.NewSectionReader(img.f, src.Start, src.Size))
-			if got := partHash(t, dev.PartDev(5), src.Size); got != hex.EncodeToString(want.Sum(nil)) || got != res.RootSHA256 {
-				t.Fatalf("slot b root %s, image %x, reported %s", got, want.Sum(nil), res.RootSHA256)
-			}
+			checkSlotB(t, dev, v2, res)
 			t.Logf("stock tools: %d of %d bytes sent, write+verify %.2fs", res.BytesSent, res.BytesImage, res.WriteSec)
 		})
 	}
