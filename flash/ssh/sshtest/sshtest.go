@@ -307,6 +307,11 @@ var rootRE = regexp.MustCompile(`root=PARTUUID=([0-9A-Fa-f-]+)`)
 func (d *Device) Boot(tryboot bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// A device boots from power-off: a running one (a reboot racing a power
+	// cycle in a test) goes down first, so one sshd serves it, never two.
+	if d.sshd != nil {
+		d.powerCut()
+	}
 	bootPart, root, cmdline, err := d.firmware(tryboot)
 	if err != nil && tryboot {
 		bootPart, root, cmdline, err = d.firmware(false)
@@ -409,6 +414,11 @@ func (d *Device) firmware(tryboot bool) (bootPart, root int, cmdline string, err
 func (d *Device) PowerCut() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.powerCut()
+}
+
+// powerCut is PowerCut with d.mu held.
+func (d *Device) powerCut() {
 	if d.sshd != nil && d.sshd.Process != nil {
 		d.sshd.Process.Kill()
 		d.sshd.Wait()
