@@ -82,7 +82,8 @@ type Client struct {
 	addr   Addr
 	c      *gossh.Client
 	done   chan struct{}
-	silent atomic.Bool // dropped because the device stopped answering
+	gone   chan struct{} // closed when the connection is
+	silent atomic.Bool   // dropped because the device stopped answering
 	once   sync.Once
 }
 
@@ -115,7 +116,11 @@ func Dial(ctx context.Context, a Addr, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("ssh: %s: %w", a.hostPort(), err)
 	}
 	conn.SetDeadline(time.Time{})
-	c := &Client{addr: a, c: gossh.NewClient(cc, chans, reqs), done: make(chan struct{})}
+	c := &Client{addr: a, c: gossh.NewClient(cc, chans, reqs), done: make(chan struct{}), gone: make(chan struct{})}
+	go func() {
+		c.c.Wait()
+		close(c.gone)
+	}()
 	silence := opts.Silence
 	if silence == 0 {
 		silence = 30 * time.Second
@@ -235,7 +240,7 @@ func (c *Client) Close() error {
 // Run runs cmd on the device. stdout may be nil. A non-zero exit is an error
 // carrying the command's stderr.
 func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
-	s, err := c.c.NewSession()
+	s, err := c.newSession(ctx)
 	if err != nil {
 		if c.silent.Load() {
 			return fmt.Errorf("ssh: %s: the device stopped answering: %w", c.addr.Host, ErrConnLost)
@@ -275,6 +280,42 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 		return fmt.Errorf("ssh: %s: %s: %w", c.addr.Host, short(cmd), err)
 	}
 	return nil
+}
+
+// newSession opens a session, giving up when the connection goes or ctx
+// ends: x/crypto/ssh's NewSession can wait forever for the answer to a
+// channel open sent as the connection died (its channels were dropped
+// before this one was added).
+func (c *Client) newSession(ctx context.Context) (*gossh.Session, error) {
+	type result struct {
+		s   *gossh.Session
+		err error
+	}
+	r := make(chan result, 1)
+	go func() {
+		s, err := c.c.NewSession()
+		r <- result{s, err}
+	}()
+	select {
+	case res := <-r:
+		return res.s, res.err
+	case <-c.gone:
+		select {
+		case res := <-r: // it may have finished as the connection went
+			if res.err == nil {
+				res.s.Close()
+			}
+		default:
+		}
+		return nil, ErrConnLost
+	case <-ctx.Done():
+		go func() {
+			if res := <-r; res.err == nil {
+				res.s.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
 }
 
 // ErrConnLost means the connection dropped while a command ran.
