@@ -451,7 +451,10 @@ func (d *Device) signalAll(sig string) error {
 	if len(pids) == 0 {
 		return fmt.Errorf("%s: no processes", d.Name)
 	}
-	return exec.Command("kill", append([]string{"-" + sig}, pids...)...).Run()
+	// A short-lived process may exit between the listing and the signal:
+	// kill then fails for it but signals the rest.
+	exec.Command("kill", append([]string{"-" + sig}, pids...)...).Run()
+	return nil
 }
 
 // PowerCycle cuts power and boots normally (no tryboot flag).
@@ -507,8 +510,12 @@ func (d *Device) watchReboots() {
 
 // writeUptime keeps the device's /proc/uptime current (seconds since its boot).
 func (d *Device) writeUptime() {
+	// Replaced whole, never rewritten in place: a reader must not see it empty.
 	up := time.Since(d.bootedAt).Seconds()
-	os.WriteFile(filepath.Join(d.Dir, "proc/uptime"), []byte(fmt.Sprintf("%.2f %.2f\n", up, up)), 0o644)
+	p := filepath.Join(d.Dir, "proc/uptime")
+	if os.WriteFile(p+".tmp", []byte(fmt.Sprintf("%.2f %.2f\n", up, up)), 0o644) == nil {
+		os.Rename(p+".tmp", p)
+	}
 }
 
 // Close stops the device and frees its loop device and namespace.
