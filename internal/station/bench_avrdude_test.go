@@ -3,7 +3,6 @@ package station_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -61,7 +60,7 @@ func runAvrdude(b *testing.B, n, perPort int) (time.Duration, int) {
 	copy(img, firmware(4096, 0x5a))
 	copy(img[recordAddr:], rec)
 	hex := filepath.Join(dir, "fw.hex")
-	writeHexSparse(b, hex, img)
+	writeHex(b, hex, img, true)
 	paced := fastUno()
 	paced.Pace = true
 	start := time.Now()
@@ -90,34 +89,4 @@ func runAvrdude(b *testing.B, n, perPort int) (time.Duration, int) {
 		}
 	}
 	return time.Since(start), n * perPort
-}
-
-// writeHexSparse writes img (address 0 up) as Intel HEX, leaving out
-// lines that are all 0xFF (erased flash), as avr-objcopy output would.
-func writeHexSparse(b testing.TB, path string, img []byte) {
-	var sb strings.Builder
-	for a := 0; a < len(img); a += 16 {
-		end := min(a+16, len(img))
-		blank := true
-		for _, c := range img[a:end] {
-			if c != 0xFF {
-				blank = false
-			}
-		}
-		if blank {
-			continue
-		}
-		rec := []byte{byte(end - a), byte(a >> 8), byte(a), 0}
-		rec = append(rec, img[a:end]...)
-		sum := byte(0)
-		for _, c := range rec {
-			sum += c
-		}
-		rec = append(rec, -sum)
-		fmt.Fprintf(&sb, ":%X\n", rec)
-	}
-	sb.WriteString(":00000001FF\n")
-	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
-		b.Fatal(err)
-	}
 }

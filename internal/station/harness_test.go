@@ -1,6 +1,7 @@
 package station_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -101,12 +102,16 @@ func firmware(n int, seed byte) []byte {
 	return fw
 }
 
-// writeHex writes data at address 0 as Intel HEX.
-func writeHex(t testing.TB, path string, data []byte) {
+// writeHex writes data at address 0 as Intel HEX. With sparse, lines that
+// are all 0xFF (erased flash) are left out, as avr-objcopy's output would.
+func writeHex(t testing.TB, path string, data []byte, sparse bool) {
 	t.Helper()
 	var sb strings.Builder
 	for a := 0; a < len(data); a += 16 {
 		end := min(a+16, len(data))
+		if sparse && bytes.Count(data[a:end], []byte{0xFF}) == end-a {
+			continue
+		}
 		rec := []byte{byte(end - a), byte(a >> 8), byte(a), 0}
 		rec = append(rec, data[a:end]...)
 		sum := byte(0)
@@ -138,7 +143,7 @@ func newLine(t testing.TB, fwSize int) *line {
 	dir := t.TempDir()
 	l := &line{dir: dir, artifact: filepath.Join(dir, "blink.hex"), fw: firmware(fwSize, 0x5a), log: filepath.Join(dir, "audit.jsonl"),
 		timeout: "150ms", tries: 4}
-	writeHex(t, l.artifact, l.fw)
+	writeHex(t, l.artifact, l.fw, false)
 	k, err := trust.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
