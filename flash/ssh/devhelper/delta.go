@@ -9,7 +9,6 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
-	"syscall"
 	"unsafe"
 )
 
@@ -45,12 +44,9 @@ func Delta(dev string, n, bs int64, stdin io.Reader, stdout io.Writer) error {
 	for i := range want {
 		want[i] = binary.BigEndian.Uint64(raw[i*8:])
 	}
-	rf, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0)
+	rf, err := openDirect(dev)
 	if err != nil {
-		// Not every file system does O_DIRECT; a block device does.
-		if rf, err = os.Open(dev); err != nil {
-			return err
-		}
+		return err
 	}
 	defer rf.Close()
 	wf, err := os.OpenFile(dev, os.O_WRONLY, 0)

@@ -109,12 +109,9 @@ func readRange(dev string, off, n int64, fn func([]byte)) error {
 	if off%512 != 0 {
 		return fmt.Errorf("read %s: offset %d is not sector-aligned", dev, off)
 	}
-	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0)
+	f, err := openDirect(dev)
 	if err != nil {
-		// Not every file system does O_DIRECT; a block device does.
-		if f, err = os.Open(dev); err != nil {
-			return err
-		}
+		return err
 	}
 	defer f.Close()
 	buf := aligned(chunk)
@@ -132,6 +129,15 @@ func readRange(dev string, off, n int64, fn func([]byte)) error {
 		pos += want
 	}
 	return nil
+}
+
+// openDirect opens dev for reading past the page cache (O_DIRECT), or
+// plainly where the file system does not do O_DIRECT (a block device does).
+func openDirect(dev string) (*os.File, error) {
+	if f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0); err == nil {
+		return f, nil
+	}
+	return os.Open(dev)
 }
 
 func apply(r io.Reader, dev string) error {
