@@ -56,7 +56,7 @@ test: deps build
 	$(GO) test -run '^$$' -fuzz='^FuzzParseLayout$$' -fuzztime=100000x ./flash/dfu
 	$(GO) test -run '^$$' -fuzz='^FuzzParseConfig$$' -fuzztime=100000x ./flash/dfu
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=100000x ./flash/stk500v2
-	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=100000x ./firmware/fetch
+	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=100000x ./internal/fetch
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=100000x ./recipes
 	$(GO) test -run '^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=100000x ./internal/station
 	@echo "make test: all packages passed"

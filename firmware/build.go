@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"kiln.dev/kiln/boards"
-	"kiln.dev/kiln/firmware/fetch"
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/internal/fetch"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

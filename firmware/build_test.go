@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"kiln.dev/kiln/firmware"
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

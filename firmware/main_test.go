@@ -12,9 +12,9 @@ import (
 	"testing"
 
 	"kiln.dev/kiln/firmware"
-	"kiln.dev/kiln/firmware/fetch"
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/internal/cli"
+	"kiln.dev/kiln/internal/fetch"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

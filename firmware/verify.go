@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/internal/store"
 )
 
 // verifiedDir, inside the store root, holds one stamp per store entry that

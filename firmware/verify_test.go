@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/internal/store"
 )
 
 // TestVerifyStamp: a verified entry gets a stamp that spares the next

@@ -8,7 +8,7 @@ import (
 	"sort"
 
 	"kiln.dev/kiln/boards"
-	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/internal/store"
 )
 
 // FormatVersion is the builder's derivation format. Changing what a build

@@ -11,9 +11,9 @@ import (
 	"sort"
 	"strings"
 
-	"kiln.dev/kiln/firmware/fetch"
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/internal/fetch"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

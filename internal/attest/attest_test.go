@@ -18,9 +18,9 @@ import (
 	"github.com/secure-systems-lab/go-securesystemslib/signerverifier"
 
 	"kiln.dev/kiln/firmware"
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest/attesttest"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/internal/trust"
 	"kiln.dev/kiln/recipes"
 )

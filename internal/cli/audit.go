@@ -14,7 +14,6 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/firmware"
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/device"
 	"kiln.dev/kiln/flash/ssh"
@@ -22,6 +21,7 @@ import (
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest"
 	"kiln.dev/kiln/internal/auditlog"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

@@ -7,8 +7,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"kiln.dev/kiln/firmware/fetch"
-	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/internal/fetch"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

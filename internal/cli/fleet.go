@@ -7,8 +7,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/internal/fleet"
+	"kiln.dev/kiln/internal/store"
 )
 
 func init() {

@@ -9,9 +9,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/internal/store"
 )
 
 func init() {

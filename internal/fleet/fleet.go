@@ -19,10 +19,10 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

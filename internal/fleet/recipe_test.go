@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/flash/ssh/sshtest"
+	"kiln.dev/kiln/internal/store"
 )
 
 // A group can name an image recipe instead of an image: the fleet builds it

@@ -10,8 +10,8 @@ import (
 	"runtime"
 	"strings"
 
-	"kiln.dev/kiln/firmware/store"
 	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/internal/store"
 )
 
 // KilnImage builds testdata/ab-appliance — a small A/B image recipe with no

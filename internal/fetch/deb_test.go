@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/internal/store"
 )
 
 // debs are real Debian packages, downloaded once per test run with the

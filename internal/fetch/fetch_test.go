@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

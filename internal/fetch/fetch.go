@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
 

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"kiln.dev/kiln/firmware/store"
+	"kiln.dev/kiln/internal/store"
 )
 
 // An entry is filled in a temporary directory, then appears whole and
