@@ -54,11 +54,15 @@ type Board struct {
 	Description string `toml:"description" json:"description"`
 	Arch        string `toml:"arch" json:"arch"` // avr | cortex-m | aarch64 | armv7
 	MCU         string `toml:"mcu,omitempty" json:"mcu,omitempty"`
-	CPU         string `toml:"cpu,omitempty" json:"cpu,omitempty"` // -mcpu for cortex-m
-	FPU         string `toml:"fpu,omitempty" json:"fpu,omitempty"`
-	SoC         string `toml:"soc,omitempty" json:"soc,omitempty"`
-	DTB         string `toml:"dtb,omitempty" json:"dtb,omitempty"`
-	CPUHz       int64  `toml:"cpu_hz,omitempty" json:"cpu_hz,omitempty"`
+	// AVRArch is the avr-gcc architecture of an AVR's MCU ("avr5" for the
+	// ATmega328P, "avr6" for the ATmega2560): an ELF's e_flags carry it,
+	// so firmware built for another AVR is refused before it is written.
+	AVRArch string `toml:"avr_arch,omitempty" json:"avr_arch,omitempty"`
+	CPU     string `toml:"cpu,omitempty" json:"cpu,omitempty"` // -mcpu for cortex-m
+	FPU     string `toml:"fpu,omitempty" json:"fpu,omitempty"`
+	SoC     string `toml:"soc,omitempty" json:"soc,omitempty"`
+	DTB     string `toml:"dtb,omitempty" json:"dtb,omitempty"`
+	CPUHz   int64  `toml:"cpu_hz,omitempty" json:"cpu_hz,omitempty"`
 
 	// Flash is the application area: the bootloader is excluded.
 	Flash      Memory  `toml:"flash" json:"flash"`
@@ -92,6 +96,18 @@ var (
 	protocols = map[string]bool{"stk500v1": true, "stk500v2": true, "stm32-uart": true, "dfuse": true, "ssh": true, "blockdev": true}
 )
 
+// KnownProtocols lists the protocol names a board file may use, sorted.
+// flash/device's back-end table must have an entry for each (its test
+// checks).
+func KnownProtocols() []string {
+	var ps []string
+	for p := range protocols {
+		ps = append(ps, p)
+	}
+	sort.Strings(ps)
+	return ps
+}
+
 // Supports reports whether the board can be flashed with protocol p.
 func (b *Board) Supports(p string) bool {
 	for _, q := range b.Protocols {
@@ -116,6 +132,16 @@ func (b *Board) AVRSignature() ([3]byte, error) {
 		sig[i] = byte(v)
 	}
 	return sig, nil
+}
+
+// AVRArchNumber returns the AVR architecture number avr-gcc writes into an
+// ELF's e_flags (EF_AVR_MACH): 5 for "avr5", 6 for "avr6".
+func (b *Board) AVRArchNumber() (uint32, error) {
+	n, err := strconv.ParseUint(strings.TrimPrefix(b.AVRArch, "avr"), 10, 8)
+	if !strings.HasPrefix(b.AVRArch, "avr") || err != nil || n == 0 {
+		return 0, fmt.Errorf("board %s: avr_arch %q: want avr-gcc's architecture of %s, such as avr5", b.Name, b.AVRArch, b.MCU)
+	}
+	return uint32(n), nil
 }
 
 // ProductID returns the STM32 product ID of a Cortex-M board ("0x433" → 0x433).
@@ -163,6 +189,11 @@ func (b *Board) Validate() error {
 	}
 	if !b.Supports(b.Protocol) {
 		return bad("protocol %q is not in protocols %v", b.Protocol, b.Protocols)
+	}
+	if b.Arch == "avr" {
+		if _, err := b.AVRArchNumber(); err != nil {
+			return err
+		}
 	}
 	if _, err := b.USBIDs(); err != nil {
 		return err

@@ -12,16 +12,10 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
-	"kiln.dev/kiln/flash/dfu"
-	"kiln.dev/kiln/flash/dfu/dfutest"
 	"kiln.dev/kiln/flash/serialport"
-	"kiln.dev/kiln/flash/stk500"
-	"kiln.dev/kiln/flash/stk500/stk500test"
-	"kiln.dev/kiln/flash/stk500v2"
-	"kiln.dev/kiln/flash/stk500v2/stk500v2test"
-	"kiln.dev/kiln/flash/stm32"
-	"kiln.dev/kiln/flash/stm32/stm32test"
 )
+
+var _ Session = (*session)(nil)
 
 // Session is an open device: write and read it, then close it.
 type Session interface {
@@ -53,55 +47,34 @@ type Options struct {
 // ErrUnsupported means kiln has no back end for the protocol here.
 var ErrUnsupported = errors.New("protocol not supported")
 
-// Open opens spec for board b with protocol (b.Protocol if empty).
+// Open opens spec for board b with protocol (chosen by Resolve when
+// empty: the port's own prefix, else the board's default).
 func Open(ctx context.Context, spec string, b *boards.Board, protocol string, opts Options) (Session, error) {
-	if protocol == "" {
-		protocol = b.Protocol
-	}
-	if !b.Supports(protocol) {
-		return nil, fmt.Errorf("device: %s does not speak %s (it speaks %s)", b.Name, protocol, strings.Join(b.Protocols, ", "))
+	be, err := Resolve(spec, b, protocol)
+	if err != nil {
+		return nil, err
 	}
 	if opts.Note == nil {
 		opts.Note = func(string) {}
 	}
-	switch protocol {
-	case "dfuse":
-		// USB DFU (DfuSe): dfu:[VID:PID][,serial=S] and auto open a USB
-		// device through libusb; emu:BOARD opens the DfuSe device model.
-		// Both are the same dfu.Target.
-		if name, ok := strings.CutPrefix(spec, "emu:"); ok {
-			eb, err := boards.Get(name)
-			if err != nil {
-				return nil, fmt.Errorf("device: emu:%s: %w", name, err)
-			}
-			t, dev, err := dfutest.Open(eb)
-			if err != nil {
-				return nil, err
-			}
-			if opts.Emulator.Pace {
-				dev.SetTiming(dfutest.Paced(eb))
-			}
-			if err := t.CheckBoard(b); err != nil {
-				return nil, err
-			}
-			return t, nil
-		}
-		t, err := dfu.OpenBoard(ctx, spec, b)
+	if name, ok := strings.CutPrefix(spec, "emu:"); ok && be.OpenEmulator != nil {
+		model, err := boards.Get(name)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("device: emu:%s: %w", name, err)
 		}
-		return t, nil
-	case "ssh", "blockdev":
-		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+		return be.OpenEmulator(model, b, opts)
 	}
-	if strings.HasPrefix(spec, "dfu:") {
-		return nil, fmt.Errorf("device: port %s is a USB DFU device, but %s speaks %s here (try --protocol dfuse)", spec, b.Name, protocol)
+	switch {
+	case be.Open != nil:
+		return be.Open(ctx, spec, b, opts)
+	case be.Connect == nil:
+		return nil, fmt.Errorf("device: %s: %w (kiln drives it through its operations layer)", be.Protocol, ErrUnsupported)
 	}
-	line, err := openLine(ctx, spec, b, protocol, opts)
+	line, err := openLine(ctx, spec, b, be.Protocol, opts)
 	if err != nil {
 		return nil, err
 	}
-	s, err := connect(ctx, protocol, line, b, opts)
+	s, err := be.Connect(ctx, line, b, opts)
 	if err != nil {
 		line.Close()
 		return nil, err
@@ -120,52 +93,6 @@ type Line struct {
 	// BootTime is how long the bootloader may take after Reset before it
 	// answers; zero leaves the back end's default (an emulator needs none).
 	BootTime time.Duration
-}
-
-// connect starts protocol on line. A serial back end adds its case here.
-func connect(ctx context.Context, protocol string, line *Line, b *boards.Board, opts Options) (Session, error) {
-	baud := opts.Baud
-	if baud <= 0 {
-		baud = b.Baud
-	}
-	switch protocol {
-	case "stk500v1":
-		sig, err := b.AVRSignature()
-		if err != nil {
-			return nil, err
-		}
-		c := stk500.New(line, stk500.Config{
-			Signature: sig, PageSize: int(b.Flash.Page), Baud: baud,
-			Reset: line.Reset, BootTime: line.BootTime, Tries: opts.Tries, Timeout: opts.Timeout,
-		})
-		if err := c.Connect(ctx); err != nil {
-			return nil, err
-		}
-		return NewSession(c, c, line), nil
-	case "stk500v2":
-		sig, err := b.AVRSignature()
-		if err != nil {
-			return nil, err
-		}
-		c := stk500v2.New(line, stk500v2.Config{
-			Signature: sig, PageSize: int(b.Flash.Page), FlashSize: flashSize(b), Baud: baud,
-			Reset: line.Reset, BootTime: line.BootTime, Tries: opts.Tries, Timeout: opts.Timeout,
-		})
-		if err := c.Connect(ctx); err != nil {
-			return nil, err
-		}
-		return NewSession(c, c, line), nil
-	case "stm32-uart":
-		t, err := stm32.Open(ctx, line, b, stm32.Options{
-			Baud: baud, Timeout: opts.Timeout, SyncTries: opts.Tries, Reset: line.Reset,
-			Note: func(format string, args ...any) { opts.Note(fmt.Sprintf(format, args...)) },
-		})
-		if err != nil {
-			return nil, err
-		}
-		return NewSession(t, t, line), nil
-	}
-	return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
 }
 
 // flashSize is the chip's whole flash: the application area and the
@@ -205,41 +132,23 @@ type Stateful interface {
 }
 
 // NewEmulator returns the device model of board b speaking protocol (b's
-// default if empty or if b does not speak it). A back end with an emulator
-// adds its case here.
+// default if empty or if b does not speak it), from the back-end table.
 func NewEmulator(b *boards.Board, protocol string, opts EmulatorOptions) (Emulator, string, error) {
 	if protocol == "" || !b.Supports(protocol) {
 		protocol = b.Protocol
 	}
-	switch protocol {
-	case "stk500v1":
-		cfg, err := stk500test.ForBoard(b)
-		if err != nil {
-			return nil, "", err
-		}
-		cfg.Pace = opts.Pace
-		return stk500test.New(cfg), protocol, nil
-	case "stk500v2":
-		cfg, err := stk500v2test.ForBoard(b)
-		if err != nil {
-			return nil, "", err
-		}
-		cfg.Pace = opts.Pace
-		return stk500v2test.New(cfg), protocol, nil
-	case "stm32-uart":
-		d, err := stm32test.New(b)
-		if err != nil {
-			return nil, "", err
-		}
-		if opts.Pace {
-			d.Timing = stm32test.Paced(b.Baud)
-		}
-		return d, protocol, nil
-	case "dfuse":
-		// dfu: a DFU emulator is not a byte stream; emu: specs for dfuse
-		// are resolved in Open's dfuse case.
+	be, err := Lookup(protocol)
+	if err != nil {
+		return nil, "", err
 	}
-	return nil, "", fmt.Errorf("device: no %s emulator for %s: %w", protocol, b.Name, ErrUnsupported)
+	if be.Emulate == nil {
+		return nil, "", fmt.Errorf("device: no %s byte-stream emulator for %s: %w", protocol, b.Name, ErrUnsupported)
+	}
+	emu, err := be.Emulate(b, opts)
+	if err != nil {
+		return nil, "", err
+	}
+	return emu, protocol, nil
 }
 
 // openLine opens the byte stream spec names.
@@ -322,8 +231,22 @@ func (c *emuConn) Close() error {
 // NewSession joins a target, its identity and what must be closed after it
 // (in order: the protocol client first, then the line) into a Session.
 // Closers may be nil.
+// A target that hashes on the device (flash.Hasher) stays one.
 func NewSession(t flash.Target, id flash.Identifier, closers ...io.Closer) Session {
-	return &session{Target: t, id: id, closers: closers}
+	s := &session{Target: t, id: id, closers: closers}
+	if h, ok := t.(flash.Hasher); ok {
+		return &hashingSession{session: s, h: h}
+	}
+	return s
+}
+
+type hashingSession struct {
+	*session
+	h flash.Hasher
+}
+
+func (s *hashingSession) HashRegions(ctx context.Context, rs []flash.Region) (string, error) {
+	return s.h.HashRegions(ctx, rs)
 }
 
 type session struct {

@@ -12,6 +12,11 @@ import (
 	"kiln.dev/kiln/flash"
 )
 
+var (
+	_ flash.Target     = (*Target)(nil)
+	_ flash.Identifier = (*Target)(nil)
+)
+
 // Descriptor is what the USB descriptors say about a DFU device.
 type Descriptor struct {
 	VID, PID uint16

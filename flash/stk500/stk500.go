@@ -11,6 +11,11 @@ import (
 	"kiln.dev/kiln/flash/internal/avrboot"
 )
 
+var (
+	_ flash.Target     = (*Client)(nil)
+	_ flash.Identifier = (*Client)(nil)
+)
+
 // Protocol bytes (Atmel AVR061, as Optiboot uses them).
 const (
 	CmdGetSync       = 0x30

@@ -11,6 +11,11 @@ import (
 	"kiln.dev/kiln/flash/internal/avrboot"
 )
 
+var (
+	_ flash.Target     = (*Client)(nil)
+	_ flash.Identifier = (*Client)(nil)
+)
+
 // ErrStatus means the device answered a command with a failure status.
 var ErrStatus = errors.New("stk500v2: command failed")
 

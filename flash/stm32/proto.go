@@ -33,7 +33,8 @@ var (
 	// ErrNACK means the bootloader refused a command or its arguments.
 	ErrNACK = errors.New("bootloader answered NACK")
 	// ErrWrongDevice means Get ID named another product than the board's.
-	ErrWrongDevice = errors.New("wrong device")
+	// It is flash.ErrWrongDevice, so callers need not know the back end.
+	ErrWrongDevice = flash.ErrWrongDevice
 	// ErrUnsupported means the bootloader does not list a command kiln needs.
 	ErrUnsupported = errors.New("command not supported by this bootloader")
 	// ErrGarbled means the device answered with a byte the protocol does

@@ -12,6 +12,11 @@ import (
 	"kiln.dev/kiln/flash"
 )
 
+var (
+	_ flash.Target     = (*Target)(nil)
+	_ flash.Identifier = (*Target)(nil)
+)
+
 // Options tune the client. The zero value is right for a board on a
 // USB-serial adapter.
 type Options struct {
@@ -53,18 +58,8 @@ type Target struct {
 	opts  Options
 	pages []boards.Memory
 	info  Info
+	fam   Family
 	erase byte
-}
-
-// uidAddr is where each family keeps its 96-bit unique ID.
-func uidAddr(pid uint16) (uint32, bool) {
-	switch pid {
-	case 0x410, 0x412, 0x414, 0x418, 0x420, 0x428, 0x430: // F1 (see halfWord)
-		return 0x1FFFF7E8, true
-	case 0x411, 0x413, 0x419, 0x421, 0x423, 0x431, 0x433, 0x434, 0x441, 0x458, 0x463: // F2, F4
-		return 0x1FFF7A10, true
-	}
-	return 0, false
 }
 
 // Open synchronises with the bootloader on rw, reads its version, command
@@ -78,6 +73,9 @@ func Open(ctx context.Context, rw io.ReadWriter, b *boards.Board, opts Options) 
 	want, err := b.ProductID()
 	if err != nil {
 		return nil, fmt.Errorf("stm32: %w", err)
+	}
+	if _, err := FamilyOf(want); err != nil {
+		return nil, fmt.Errorf("board %s: %w", b.Name, err)
 	}
 	pages, err := b.Flash.Pages()
 	if err != nil {
@@ -151,19 +149,20 @@ func Open(ctx context.Context, rw io.ReadWriter, b *boards.Board, opts Options) 
 	if t.info.PID != want {
 		return nil, fmt.Errorf("stm32: device is product 0x%03x, board %s is 0x%03x: %w", t.info.PID, b.Name, want, ErrWrongDevice)
 	}
-	if addr, ok := uidAddr(t.info.PID); ok {
-		err := t.retry(ctx, "read unique id", func() error {
-			var err error
-			t.info.UID, err = t.w.readMemory(ctx, addr, 12)
-			return err
-		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, err
-			}
-			t.info.UID = nil
-			t.note("unique id not readable: %v", err)
+	if t.fam, err = FamilyOf(t.info.PID); err != nil {
+		return nil, err
+	}
+	err = t.retry(ctx, "read unique id", func() error {
+		var err error
+		t.info.UID, err = t.w.readMemory(ctx, t.fam.UIDAddr(), 12)
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
 		}
+		t.info.UID = nil
+		t.note("unique id not readable: %v", err)
 	}
 	return t, nil
 }
@@ -523,13 +522,7 @@ func (t *Target) readStable(ctx context.Context, addr uint32, n int) ([]byte, er
 
 // halfWord reports whether the device is an STM32F1, whose flash refuses
 // to program a half-word that is not erased (PGERR) instead of clearing bits.
-func (t *Target) halfWord() bool {
-	switch t.info.PID {
-	case 0x410, 0x412, 0x414, 0x418, 0x420, 0x428, 0x430:
-		return true
-	}
-	return false
-}
+func (t *Target) halfWord() bool { return t.fam.HalfWord }
 
 // clearsOnly reports whether programming data over got only has to clear
 // bits (no bit of data is 1 where got has a 0).

@@ -13,7 +13,6 @@ import (
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/device"
-	"kiln.dev/kiln/flash/stk500"
 )
 
 // Flags flash and verify share.
@@ -170,20 +169,11 @@ func runFlashOrVerify(c *cli.Context, write bool) error {
 	return auditFlash(c, write, b, img, res, err)
 }
 
-// diagnose adds hints a user can act on to a device error.
+// diagnose adds hints a user can act on to a device error (from the
+// back-end table: the CLI knows no protocol).
 func diagnose(err error, port string) error {
-	switch {
-	case errors.Is(err, flash.ErrVerify):
-		return withHint(err, "the device does not hold the image: flash it again; if it persists, the flash may be worn or protected")
-	case errors.Is(err, flash.ErrWrongDevice):
-		return withHint(err, "is --board right, and is "+port+" the board you mean?")
-	case errors.Is(err, stk500.ErrNoSync), errors.Is(err, flash.ErrNoAnswer):
-		return withHint(err, "is the board in bootloader mode? (press reset just before flashing if the port cannot reset it)",
-			"is the baud rate right (--baud)?", "is "+port+" the board's port, and is no other program using it?")
-	case errors.Is(err, flash.ErrNoDevice):
-		return withHint(err, "is the board plugged in? kiln boards shows its USB ids; give a path with --port if it uses another adapter")
-	case errors.Is(err, device.ErrUnsupported):
-		return withHint(err, "kiln boards lists each board's protocols; pick another with --protocol")
+	if hs := device.Hints(err, port); len(hs) > 0 {
+		return withHint(err, hs...)
 	}
 	return err
 }

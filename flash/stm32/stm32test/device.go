@@ -13,6 +13,7 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash/internal/emuwire"
+	"kiln.dev/kiln/flash/stm32"
 )
 
 // Faults says which line faults to inject (see emuwire.Faults): counts are
@@ -57,30 +58,7 @@ type Timing struct {
 // Paced is the timing of a real board at baud.
 func Paced(baud int) Timing { return Timing{Baud: baud, Flash: true} }
 
-// family is what differs between bootloader generations.
-type family struct {
-	name     string
-	version  byte
-	erase    byte   // CmdErase or CmdExtErase
-	halfWord bool   // F1: PGERR on programming a half-word that is not erased
-	infoBase uint32 // start of the device-ID block (flash size register, unique ID)
-	uidOff   uint32 // unique ID offset in the block
-	sizeOff  uint32 // flash size register (KiB) offset in the block
-	ramUsed  uint32 // RAM the bootloader keeps for itself
-}
-
-var (
-	familyF1 = family{name: "STM32F1", version: 0x22, erase: CmdErase, halfWord: true,
-		infoBase: 0x1FFFF7E0, uidOff: 8, sizeOff: 0, ramUsed: 0x200}
-	familyF4 = family{name: "STM32F2/F4", version: 0x31, erase: CmdExtErase,
-		infoBase: 0x1FFF7A10, uidOff: 0, sizeOff: 0x12, ramUsed: 0x3000}
-)
-
 const infoSize = 0x14
-
-// f1IDs are the STM32F1 product IDs (low, medium, high, XL density,
-// connectivity line, value lines).
-var f1IDs = map[uint16]bool{0x410: true, 0x412: true, 0x414: true, 0x418: true, 0x420: true, 0x428: true, 0x430: true}
 
 // Device is one emulated STM32 in its system-memory bootloader. Set its
 // exported fields before the first Serve.
@@ -102,7 +80,7 @@ type Device struct {
 	// happens at random.
 	WeakBit int
 
-	fam   family
+	fam   stm32.Family
 	pages []boards.Memory
 
 	mu     sync.Mutex
@@ -139,11 +117,13 @@ func New(b *boards.Board) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stm32test: board %s: %w", b.Name, err)
 	}
-	fam := familyF4
-	if f1IDs[pid] {
-		fam = familyF1
+	// An unknown product ID is an error, as in the client: the model does
+	// not guess a family.
+	fam, err := stm32.FamilyOf(pid)
+	if err != nil {
+		return nil, fmt.Errorf("stm32test: board %s: %w", b.Name, err)
 	}
-	d := &Device{Board: b, PID: pid, Version: fam.version, fam: fam, pages: pages,
+	d := &Device{Board: b, PID: pid, Version: fam.Version, fam: fam, pages: pages,
 		flash: bytes.Repeat([]byte{0xFF}, int(b.Flash.Size))}
 	if b.RAM != nil {
 		d.ram = make([]byte, b.RAM.Size)
@@ -157,11 +137,11 @@ func New(b *boards.Board) (*Device, error) {
 }
 
 // Family names the bootloader generation the device models.
-func (d *Device) Family() string { return d.fam.name }
+func (d *Device) Family() string { return d.fam.Name }
 
 // Commands returns the command list Get answers.
 func (d *Device) Commands() []byte {
-	cmds := []byte{CmdGet, CmdGetVersion, CmdGetID, CmdReadMemory, CmdGo, CmdWriteMemory, d.fam.erase,
+	cmds := []byte{CmdGet, CmdGetVersion, CmdGetID, CmdReadMemory, CmdGo, CmdWriteMemory, d.eraseCmd(),
 		CmdWriteProt, CmdWriteUnprot, CmdReadProt, CmdReadUnprot}
 	if d.Checksum {
 		cmds = append(cmds, CmdChecksum)
@@ -217,7 +197,7 @@ func (d *Device) region(addr uint32, n int, write bool) ([]byte, int, bool) {
 		return d.flash, int(addr - d.Board.Flash.Base), true
 	}
 	if r := d.Board.RAM; r != nil && r.Contains(addr, n) {
-		if write && addr < r.Base+d.fam.ramUsed {
+		if write && addr < r.Base+d.fam.RAMUsed {
 			return nil, 0, false
 		}
 		return d.ram, int(addr - r.Base), true
@@ -229,8 +209,8 @@ func (d *Device) region(addr uint32, n int, write bool) ([]byte, int, bool) {
 func (d *Device) info() []byte {
 	b := make([]byte, infoSize)
 	kib := d.Board.Flash.Size / 1024
-	b[d.fam.sizeOff], b[d.fam.sizeOff+1] = byte(kib), byte(kib>>8)
-	copy(b[d.fam.uidOff:], d.UID[:])
+	b[d.fam.SizeOff], b[d.fam.SizeOff+1] = byte(kib), byte(kib>>8)
+	copy(b[d.fam.UIDOff:], d.UID[:])
 	return b
 }
 
@@ -241,8 +221,8 @@ func (d *Device) read(addr uint32, n int) ([]byte, bool) {
 	if mem, off, ok := d.region(addr, n, false); ok {
 		return append([]byte(nil), mem[off:off+n]...), true
 	}
-	if addr >= d.fam.infoBase && uint64(addr)+uint64(n) <= uint64(d.fam.infoBase)+infoSize {
-		off := addr - d.fam.infoBase
+	if addr >= d.fam.InfoBase && uint64(addr)+uint64(n) <= uint64(d.fam.InfoBase)+infoSize {
+		off := addr - d.fam.InfoBase
 		return d.info()[off : off+uint32(n)], true
 	}
 	return nil, false
@@ -505,7 +485,7 @@ func (d *Device) writeMemory(ctx context.Context, w *emuwire.Wire) error {
 func (d *Device) program(cells, data []byte) (pgerr bool) {
 	d.writes++
 	d.dirty = true
-	if d.fam.halfWord {
+	if d.fam.HalfWord {
 		for i := 0; i+1 < len(data); i += 2 {
 			old := uint16(cells[i]) | uint16(cells[i+1])<<8
 			nw := uint16(data[i]) | uint16(data[i+1])<<8
@@ -538,14 +518,14 @@ func (d *Device) program(cells, data []byte) (pgerr bool) {
 }
 
 func (d *Device) programTime(n int) time.Duration {
-	if d.fam.halfWord {
+	if d.fam.HalfWord {
 		return time.Duration(n/2) * 52500 * time.Nanosecond
 	}
 	return time.Duration(n/4) * 16 * time.Microsecond
 }
 
 func (d *Device) eraseTime(size uint32) time.Duration {
-	if d.fam.halfWord {
+	if d.fam.HalfWord {
 		return time.Duration(size/1024) * 20 * time.Millisecond
 	}
 	switch {
@@ -808,11 +788,23 @@ func (d *Device) Load(r io.Reader) error {
 	if s.Board != d.Board.Name || len(s.Flash) != len(d.flash) || len(s.RAM) != len(d.ram) || len(s.UID) != len(d.UID) {
 		return fmt.Errorf("stm32test: load: state is for %s (%d bytes of flash), this device is %s (%d)", s.Board, len(s.Flash), d.Board.Name, len(d.flash))
 	}
+	fam, err := stm32.FamilyOf(s.PID)
+	if err != nil {
+		return fmt.Errorf("stm32test: load: %w", err)
+	}
 	d.mu.Lock()
-	d.PID = s.PID
+	d.PID, d.fam = s.PID, fam
 	copy(d.UID[:], s.UID)
 	copy(d.flash, s.Flash)
 	copy(d.ram, s.RAM)
 	d.mu.Unlock()
 	return nil
+}
+
+// eraseCmd is the erase command the family's ROM lists.
+func (d *Device) eraseCmd() byte {
+	if d.fam.ExtErase {
+		return CmdExtErase
+	}
+	return CmdErase
 }

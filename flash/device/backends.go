@@ -1,0 +1,286 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/dfu"
+	"kiln.dev/kiln/flash/dfu/dfutest"
+	"kiln.dev/kiln/flash/stk500"
+	"kiln.dev/kiln/flash/stk500/stk500test"
+	"kiln.dev/kiln/flash/stk500v2"
+	"kiln.dev/kiln/flash/stk500v2/stk500v2test"
+	"kiln.dev/kiln/flash/stm32"
+	"kiln.dev/kiln/flash/stm32/stm32test"
+)
+
+// Backend is one flashing protocol as kiln drives it: everything the rest
+// of kiln needs to know about a back end is in its entry of the table.
+// A protocol either speaks over a byte stream (Connect: serial ports,
+// pseudo-terminals, emu: pipes) or owns its own port specs (Open).
+type Backend struct {
+	// Protocol is the name board files use.
+	Protocol string
+	// Ports are the port-spec prefixes only this back end opens ("dfu:",
+	// "ssh://"); a port with one of them selects the back end.
+	Ports []string
+	// PortKind says what such a port is, for messages ("USB DFU device").
+	PortKind string
+	// Resets are the reset kinds a board file may name with this protocol.
+	Resets []string
+	// Connect starts the protocol on an open line (byte-stream back ends).
+	Connect func(ctx context.Context, line *Line, b *boards.Board, opts Options) (Session, error)
+	// Open opens port spec for board b (back ends that are not a byte
+	// stream). emu: specs go to OpenEmulator instead.
+	Open func(ctx context.Context, spec string, b *boards.Board, opts Options) (Session, error)
+	// Emulate returns the device model of board b serving the protocol on
+	// a byte stream (emu:BOARD and kiln emulate).
+	Emulate func(b *boards.Board, opts EmulatorOptions) (Emulator, error)
+	// OpenEmulator opens an in-process model of board model checked
+	// against board b, for back ends that are not a byte stream.
+	OpenEmulator func(model, b *boards.Board, opts Options) (Session, error)
+	// Disk marks a back end that writes whole disk images (ssh whole-disk,
+	// a local block device); internal/op drives it.
+	Disk bool
+	// Hints are lines a user can act on for an error of this back end.
+	Hints func(err error, port string) []string
+}
+
+// serialResets are the reset kinds a serial line can pulse
+// (flash/serialport).
+var serialResets = []string{"dtr", "rts", "1200bps", "gpio:", "none"}
+
+// table is every back end kiln has. A new back end adds its entry here
+// (and its package and board files): nothing else in kiln branches on
+// protocol names.
+var table = map[string]*Backend{
+	"stk500v1": {
+		Protocol: "stk500v1", Resets: serialResets,
+		Connect: func(ctx context.Context, line *Line, b *boards.Board, opts Options) (Session, error) {
+			sig, err := b.AVRSignature()
+			if err != nil {
+				return nil, err
+			}
+			c := stk500.New(line, stk500.Config{
+				Signature: sig, PageSize: int(b.Flash.Page), Baud: baudOf(b, opts),
+				Reset: line.Reset, BootTime: line.BootTime, Tries: opts.Tries, Timeout: opts.Timeout,
+			})
+			if err := c.Connect(ctx); err != nil {
+				return nil, err
+			}
+			return NewSession(c, c, line), nil
+		},
+		Emulate: func(b *boards.Board, opts EmulatorOptions) (Emulator, error) {
+			cfg, err := stk500test.ForBoard(b)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Pace = opts.Pace
+			return stk500test.New(cfg), nil
+		},
+		Hints: func(err error, port string) []string {
+			if errors.Is(err, stk500.ErrNoSync) {
+				return noAnswerHints(port)
+			}
+			return nil
+		},
+	},
+	"stk500v2": {
+		Protocol: "stk500v2", Resets: serialResets,
+		Connect: func(ctx context.Context, line *Line, b *boards.Board, opts Options) (Session, error) {
+			sig, err := b.AVRSignature()
+			if err != nil {
+				return nil, err
+			}
+			c := stk500v2.New(line, stk500v2.Config{
+				Signature: sig, PageSize: int(b.Flash.Page), FlashSize: flashSize(b), Baud: baudOf(b, opts),
+				Reset: line.Reset, BootTime: line.BootTime, Tries: opts.Tries, Timeout: opts.Timeout,
+			})
+			if err := c.Connect(ctx); err != nil {
+				return nil, err
+			}
+			return NewSession(c, c, line), nil
+		},
+		Emulate: func(b *boards.Board, opts EmulatorOptions) (Emulator, error) {
+			cfg, err := stk500v2test.ForBoard(b)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Pace = opts.Pace
+			return stk500v2test.New(cfg), nil
+		},
+		Hints: func(err error, port string) []string {
+			if errors.Is(err, stk500v2.ErrChecksum) || errors.Is(err, stk500v2.ErrShort) {
+				return []string{"is the baud rate right (--baud)? a Mega's bootloader runs at 115200"}
+			}
+			return nil
+		},
+	},
+	"stm32-uart": {
+		Protocol: "stm32-uart", Resets: serialResets,
+		Connect: func(ctx context.Context, line *Line, b *boards.Board, opts Options) (Session, error) {
+			t, err := stm32.Open(ctx, line, b, stm32.Options{
+				Baud: baudOf(b, opts), Timeout: opts.Timeout, SyncTries: opts.Tries, Reset: line.Reset,
+				Note: func(format string, args ...any) { opts.Note(fmt.Sprintf(format, args...)) },
+			})
+			if err != nil {
+				return nil, err
+			}
+			return NewSession(t, t, line), nil
+		},
+		Emulate: func(b *boards.Board, opts EmulatorOptions) (Emulator, error) {
+			d, err := stm32test.New(b)
+			if err != nil {
+				return nil, err
+			}
+			if opts.Pace {
+				d.Timing = stm32test.Paced(b.Baud)
+			}
+			return d, nil
+		},
+		Hints: func(err error, port string) []string {
+			switch {
+			case errors.Is(err, stm32.ErrUnknownChip):
+				return []string{"kiln knows the STM32 lines in flash/stm32's Families table; add the product ID there"}
+			case errors.Is(err, stm32.ErrNACK):
+				return []string{"is the chip read-protected? (stm32flash -k unprotects it, erasing the flash)"}
+			}
+			return nil
+		},
+	},
+	"dfuse": {
+		// USB DFU (DfuSe): dfu:[VID:PID][,serial=S] and auto open a USB
+		// device through libusb; emu:BOARD opens the DfuSe device model.
+		// Both are the same dfu.Target.
+		Protocol: "dfuse", Ports: []string{"dfu:"}, PortKind: "USB DFU device", Resets: []string{"none"},
+		Open: func(ctx context.Context, spec string, b *boards.Board, opts Options) (Session, error) {
+			return dfu.OpenBoard(ctx, spec, b)
+		},
+		OpenEmulator: func(model, b *boards.Board, opts Options) (Session, error) {
+			t, dev, err := dfutest.Open(model)
+			if err != nil {
+				return nil, err
+			}
+			if opts.Emulator.Pace {
+				dev.SetTiming(dfutest.Paced(model))
+			}
+			if err := t.CheckBoard(b); err != nil {
+				return nil, err
+			}
+			return t, nil
+		},
+		Hints: func(err error, port string) []string {
+			if errors.Is(err, flash.ErrNoDevice) {
+				return []string{"is the board in DFU mode (BOOT0 high, then reset)? lsusb shows 0483:df11 when it is"}
+			}
+			return nil
+		},
+	},
+	"ssh": {
+		// A Raspberry Pi (or any Linux device) over SSH: a whole-disk write
+		// (kiln flash --port ssh://host/dev/sdX) or an A/B update. Driven by
+		// internal/op over flash/ssh; its device model is flash/ssh/sshtest.
+		Protocol: "ssh", Ports: []string{"ssh://"}, PortKind: "device reached over SSH", Resets: []string{"none"}, Disk: true,
+	},
+}
+
+// Backends returns the table's entries, sorted by protocol.
+func Backends() []*Backend {
+	var bs []*Backend
+	for _, b := range table {
+		bs = append(bs, b)
+	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].Protocol < bs[j].Protocol })
+	return bs
+}
+
+// Lookup returns the back end of protocol; ErrUnsupported if kiln has none.
+func Lookup(protocol string) (*Backend, error) {
+	be := table[protocol]
+	if be == nil {
+		return nil, fmt.Errorf("device: %s: %w", protocol, ErrUnsupported)
+	}
+	return be, nil
+}
+
+// Resolve picks the protocol for port on board b: the one asked for, else
+// the one whose port prefix the spec carries, else the board's default.
+// The board must speak it.
+func Resolve(port string, b *boards.Board, protocol string) (*Backend, error) {
+	if protocol == "" {
+		protocol = b.Protocol
+		if be := byPort(port); be != nil && b.Supports(be.Protocol) {
+			protocol = be.Protocol
+		}
+	}
+	if !b.Supports(protocol) {
+		return nil, fmt.Errorf("device: %s does not speak %s (it speaks %s)", b.Name, protocol, strings.Join(b.Protocols, ", "))
+	}
+	be, err := Lookup(protocol)
+	if err != nil {
+		return nil, err
+	}
+	if owner := byPort(port); owner != nil && owner != be {
+		return nil, fmt.Errorf("device: port %s is a %s, but %s speaks %s here (try --protocol %s)", port, owner.PortKind, b.Name, protocol, owner.Protocol)
+	}
+	return be, nil
+}
+
+// IsDisk reports whether port names a whole-disk back end (ssh://...).
+func IsDisk(port string) bool {
+	be := byPort(port)
+	return be != nil && be.Disk
+}
+
+// byPort returns the back end that owns port's prefix, or nil.
+func byPort(port string) *Backend {
+	for _, be := range table {
+		for _, p := range be.Ports {
+			if strings.HasPrefix(strings.ToLower(port), p) {
+				return be
+			}
+		}
+	}
+	return nil
+}
+
+// Hints returns lines a user can act on for a device error at port: the
+// back end's own, then those every back end shares.
+func Hints(err error, port string) []string {
+	var hs []string
+	for _, be := range Backends() {
+		if be.Hints != nil {
+			hs = append(hs, be.Hints(err, port)...)
+		}
+	}
+	switch {
+	case errors.Is(err, flash.ErrVerify):
+		hs = append(hs, "the device does not hold the image: flash it again; if it persists, the flash may be worn or protected")
+	case errors.Is(err, flash.ErrWrongDevice):
+		hs = append(hs, "is --board right, and is "+port+" the board you mean?")
+	case errors.Is(err, flash.ErrNoAnswer) && len(hs) == 0:
+		hs = append(hs, noAnswerHints(port)...)
+	case errors.Is(err, flash.ErrNoDevice):
+		hs = append(hs, "is the board plugged in? kiln boards shows its USB ids; give a path with --port if it uses another adapter")
+	case errors.Is(err, ErrUnsupported):
+		hs = append(hs, "kiln boards lists each board's protocols; pick another with --protocol")
+	}
+	return hs
+}
+
+func noAnswerHints(port string) []string {
+	return []string{"is the board in bootloader mode? (press reset just before flashing if the port cannot reset it)",
+		"is the baud rate right (--baud)?", "is " + port + " the board's port, and is no other program using it?"}
+}
+
+func baudOf(b *boards.Board, opts Options) int {
+	if opts.Baud > 0 {
+		return opts.Baud
+	}
+	return b.Baud
+}
