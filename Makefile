@@ -13,7 +13,8 @@ DEB_PACKAGES := \
 	avrdude stm32flash dfu-util simavr libsimavr-dev libelf-dev gcc libc6-dev pkg-config \
 	libusb-1.0-0-dev openssh-server openssh-client iproute2 util-linux fdisk \
 	dosfstools mtools e2fsprogs squashfs-tools genimage bmap-tools minisign xz-utils cpio \
-	qemu-system-arm qemu-user-static busybox-static ca-certificates chromium
+	qemu-system-arm qemu-user-static busybox-static ca-certificates chromium \
+	mmdebstrap arch-test dpkg-dev
 
 KILN := bin/kiln
 STAMP := .deps-installed
@@ -59,6 +60,7 @@ test: deps build
 	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=100000x ./internal/fetch
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=100000x ./recipes
 	$(GO) test -run '^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=100000x ./internal/station
+	$(GO) test -run '^$$' -fuzz='^FuzzCompareVersions$$' -fuzztime=2000x ./internal/debian
 	@echo "make test: all packages passed"
 
 bench: deps build

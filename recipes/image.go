@@ -23,6 +23,8 @@ type ImageSpec struct {
 	Partitions      []ImagePartition `toml:"partitions" json:"partitions"`
 	Initramfs       *ImageInitramfs  `toml:"initramfs" json:"initramfs,omitempty"`
 	RPi             *ImageRPi        `toml:"rpi" json:"rpi,omitempty"`
+	// Rootfs is a root filesystem from Debian packages (see ImageRootfs).
+	Rootfs *ImageRootfs `toml:"rootfs" json:"rootfs,omitempty"`
 }
 
 // ImagePartition is one [[image.partitions]] entry.
@@ -144,6 +146,11 @@ func (s *ImageSpec) Validate(r *Recipe) error {
 	}
 	if err := s.Layout("validate").Resolve(); err != nil {
 		return err
+	}
+	if s.Rootfs != nil {
+		if err := s.Rootfs.Request().Validate(); err != nil {
+			return err
+		}
 	}
 	inputs := map[string]bool{}
 	for _, in := range r.Inputs {

@@ -83,6 +83,8 @@ func recipeHint(err error) error {
 		return withHint(err, "kiln boards lists the boards kiln knows")
 	case errors.Is(err, recipes.ErrUnknownToolchain):
 		return withHint(err, "toolchain closures are data: recipes/toolchains/<name>.toml in kiln's source")
+	case errors.Is(err, recipes.ErrNoLock):
+		return withHint(err, "run kiln lock RECIPE_DIR: it resolves [image.rootfs] into rootfs.lock")
 	case errors.Is(err, recipes.ErrNoMatch):
 		return withHint(err, "source globs are relative to the recipe directory")
 	}

@@ -1,0 +1,129 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/urfave/cli/v2"
+
+	"kiln.dev/kiln/internal/debian"
+	"kiln.dev/kiln/internal/store"
+	"kiln.dev/kiln/recipes"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:      "lock",
+		Usage:     "resolve an image recipe's Debian packages into rootfs.lock",
+		ArgsUsage: "RECIPE_DIR",
+		Description: "apt's own resolver, run for the root's architecture with apt state of its own (the host's\n" +
+			"dpkg and apt are untouched), resolves the closure of [image.rootfs] and kiln writes it to\n" +
+			"rootfs.lock beside recipe.toml: every package's name, version, architecture, sha256, size,\n" +
+			"source package and pool path, in apt's install order, with the resolution time (the\n" +
+			"snapshot archive's fallback copy of each .deb is derived from it). A lock that still matches\n" +
+			"the recipe is kept; --update resolves again against today's archive. Changes are printed\n" +
+			"(added, removed, upgraded, with versions). kiln build reads only the lock.",
+		Flags: []cli.Flag{jsonFlag, storeFlag,
+			&cli.BoolFlag{Name: "update", Usage: "resolve again even if the lock matches the recipe"}},
+		Action: runLock,
+	})
+}
+
+type lockReport struct {
+	Lock     string          `json:"lock"`
+	Written  bool            `json:"written"`
+	Resolved string          `json:"resolved"`
+	Packages int             `json:"packages"`
+	Changes  []debian.Change `json:"changes"`
+}
+
+func runLock(c *cli.Context) error {
+	if err := argN(c, 1, "RECIPE_DIR"); err != nil {
+		return err
+	}
+	e := envOf(c)
+	r, err := recipes.Load(c.Args().First())
+	if err != nil {
+		return recipeHint(err)
+	}
+	spec, ok := r.KindData.(*recipes.ImageSpec)
+	if !ok || spec.Rootfs == nil {
+		return withHint(fmt.Errorf("lock: %s: no [image.rootfs] table: nothing to lock", r.File),
+			"an image recipe declares Debian packages in [image.rootfs] (arch, suites, components, packages)")
+	}
+	req := spec.Rootfs.Request()
+	old, err := spec.Rootfs.Lock(r.Dir)
+	switch {
+	case err == nil && !c.Bool("update"):
+		return printLock(e, c.Bool("json"), lockReport{Lock: recipes.LockPath(r.Dir), Resolved: old.Resolved.Format("2006-01-02T15:04:05Z"),
+			Packages: len(old.Packages), Changes: []debian.Change{}})
+	case err != nil && !errors.Is(err, recipes.ErrNoLock) && !errors.Is(err, debian.ErrLock):
+		return err
+	case err != nil && errors.Is(err, debian.ErrLock) && !c.Bool("update"):
+		return withHint(err, "fix or delete rootfs.lock, or run kiln lock --update to resolve it again")
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		old = nil
+	} else if old == nil {
+		// A stale lock: still the base of the change list.
+		if data, rerr := os.ReadFile(recipes.LockPath(r.Dir)); rerr == nil {
+			old, _ = debian.ParseLock(data)
+		}
+	}
+	st, err := store.Open(c.String("store"))
+	if err != nil {
+		return err
+	}
+	res := &debian.Resolver{Dir: filepath.Join(st.Root, ".apt-lock"),
+		Log: func(s string) { fmt.Fprintf(e.stderr, "kiln: %s\n", s) }}
+	l, err := res.Resolve(c.Context, req)
+	if err != nil {
+		return lockHint(err, req)
+	}
+	changes := debian.Diff(old, l)
+	if old != nil && len(changes) == 0 && old.RequestHash == l.RequestHash {
+		// Nothing moved: keep the old resolution time, so the file and
+		// its snapshot fallbacks stay as they were.
+		l.Resolved = old.Resolved
+	}
+	if err := debian.WriteLock(r.Dir, l); err != nil {
+		return err
+	}
+	if changes == nil {
+		changes = []debian.Change{}
+	}
+	return printLock(e, c.Bool("json"), lockReport{Lock: recipes.LockPath(r.Dir), Written: true,
+		Resolved: l.Resolved.Format("2006-01-02T15:04:05Z"), Packages: len(l.Packages), Changes: changes})
+}
+
+func printLock(e *env, asJSON bool, rep lockReport) error {
+	if asJSON {
+		return e.printJSON(rep)
+	}
+	for _, ch := range rep.Changes {
+		fmt.Fprintln(e.stdout, ch.String())
+	}
+	verb := "up to date"
+	if rep.Written {
+		verb = "written"
+	}
+	_, err := fmt.Fprintf(e.stdout, "%s %s: %d packages, resolved %s\n", rep.Lock, verb, rep.Packages, rep.Resolved)
+	return err
+}
+
+func lockHint(err error, req debian.Request) error {
+	switch {
+	case errors.Is(err, debian.ErrNoPackage):
+		return withHint(err, fmt.Sprintf("check the name in [image.rootfs] packages: is it in %v %v for %s?", req.Suites, req.Components, req.Arch))
+	case errors.Is(err, debian.ErrUnsatisfiable):
+		return withHint(err, "apt's explanation is above: drop or replace the package, or add the suite that has what it needs")
+	case errors.Is(err, debian.ErrNoSuite):
+		return withHint(err, "kiln takes each suite's mirror from the host's apt sources unless [image.rootfs] sets mirror")
+	case errors.Is(err, debian.ErrAPT):
+		return withHint(err, "check the network and the mirror; apt's own messages are above")
+	}
+	return err
+}
