@@ -81,6 +81,29 @@ type Board struct {
 	// Provision is where kiln station writes each device's provisioning
 	// record; nil when the board declares none.
 	Provision *Provision `toml:"provision,omitempty" json:"provision,omitempty"`
+
+	// Sim says how `kiln run` simulates the board; nil: it cannot.
+	Sim *Sim `toml:"sim,omitempty" json:"sim,omitempty"`
+}
+
+// Sim is how a board is simulated: by simavr (the board's MCU, at its
+// cpu_hz) or by a QEMU machine whose chip is close enough to the board's.
+// A QEMU model differs from the board in documented ways (Limits); where
+// its memories are smaller than the board's, RAM and Flash give the
+// model's, and images that need more are refused.
+type Sim struct {
+	Engine string `toml:"engine" json:"engine"` // simavr | qemu
+	// Machine is the qemu-system-arm machine (-M).
+	Machine string `toml:"machine,omitempty" json:"machine,omitempty"`
+	// UART is the index of the board's console USART among the machine's
+	// serial ports (QEMU) or the UART number (simavr, "0").
+	UART int `toml:"uart,omitempty" json:"uart,omitempty"`
+	// RAM and Flash are the model's memories where they are smaller than
+	// the board's.
+	RAM   *Memory `toml:"ram,omitempty" json:"ram,omitempty"`
+	Flash *Memory `toml:"flash,omitempty" json:"flash,omitempty"`
+	// Limits say where the model differs from the board, for users.
+	Limits []string `toml:"limits,omitempty" json:"limits,omitempty"`
 }
 
 // Provision is the region that holds a device's provisioning record: whole
@@ -250,6 +273,18 @@ func (b *Board) Validate() error {
 			return bad("provision 0x%x+%d is outside the EEPROM", p.Base, p.Size)
 		case p.Region != "flash" && p.Region != "eeprom":
 			return bad("provision region %q (want flash or eeprom)", p.Region)
+		}
+	}
+	if sm := b.Sim; sm != nil {
+		switch {
+		case sm.Engine == "simavr" && b.Arch != "avr":
+			return bad("sim engine simavr runs AVR boards only")
+		case sm.Engine == "qemu" && b.Arch != "cortex-m":
+			return bad("sim engine qemu runs Cortex-M boards only")
+		case sm.Engine == "qemu" && sm.Machine == "":
+			return bad("sim engine qemu needs a machine")
+		case sm.Engine != "simavr" && sm.Engine != "qemu":
+			return bad("unknown sim engine %q (want simavr or qemu)", sm.Engine)
 		}
 	}
 	switch {

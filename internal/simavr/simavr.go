@@ -28,8 +28,14 @@ var ErrExited = errors.New("simavr: harness exited")
 // Build compiles the harness into dir with the system C compiler ($CC or
 // cc) against libsimavr and libsimavrparts, and returns its path.
 func Build(ctx context.Context, dir string) (string, error) {
-	src := filepath.Join(dir, HarnessName+".c")
-	if err := os.WriteFile(src, harnessSource, 0o644); err != nil {
+	return compile(ctx, dir, HarnessName, harnessSource)
+}
+
+// compile writes src to dir/name.c and compiles it into dir/name against
+// libsimavr and libsimavrparts.
+func compile(ctx context.Context, dir, name string, source []byte) (string, error) {
+	src := filepath.Join(dir, name+".c")
+	if err := os.WriteFile(src, source, 0o644); err != nil {
 		return "", fmt.Errorf("simavr: build: %w", err)
 	}
 	cc := os.Getenv("CC")
@@ -40,7 +46,7 @@ func Build(ctx context.Context, dir string) (string, error) {
 	if out, err := exec.CommandContext(ctx, "pkg-config", "--cflags", "--libs", "simavr", "simavrparts").Output(); err == nil {
 		flags = strings.Fields(string(out))
 	}
-	bin := filepath.Join(dir, HarnessName)
+	bin := filepath.Join(dir, name)
 	args := append([]string{"-O2", "-Wall", "-o", bin, src}, flags...)
 	args = append(args, "-lpthread", "-lutil")
 	cmd := exec.CommandContext(ctx, cc, args...)
