@@ -49,10 +49,10 @@ func init() {
 // runOpts is what kiln run was asked.
 type runOpts struct {
 	target, board, input, vcd, bootloader, store string
-	forDur, inputAt                                time.Duration
-	pins                                           []string
-	address                                        *uint32
-	realtime, json                                 bool
+	forDur, inputAt                              time.Duration
+	pins                                         []string
+	address                                      *uint32
+	realtime, json                               bool
 }
 
 func runRun(c *cli.Context) error {

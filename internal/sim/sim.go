@@ -71,8 +71,8 @@ type PinChange struct {
 
 // Result is what a run saw.
 type Result struct {
-	Engine  string // "simavr atmega328p" or "qemu netduinoplus2"
-	Board   string
+	Engine      string // "simavr atmega328p" or "qemu netduinoplus2"
+	Board       string
 	ImageSHA256 string
 	// Simulated is the simulated time covered; Wall the wall-clock time.
 	Simulated, Wall time.Duration
