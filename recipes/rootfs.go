@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
 	"path/filepath"
+	"strings"
 
 	"kiln.dev/kiln/internal/debian"
 )
@@ -88,4 +90,35 @@ func (s *ImageSpec) DeriveKind(r *Recipe) (any, error) {
 		d.RootfsLock = append(d.RootfsLock, lockedPin{p.Name, p.Version, p.Arch, p.SHA256})
 	}
 	return d, nil
+}
+
+// LockInputs turns a lock's packages into fixed-output inputs, in the
+// lock's order, each with its sources in the order they are tried: the
+// recipe's mirror (or, for the host's Debian mirror, apt-get download of
+// the exact version through kiln's private apt state), then the snapshot
+// archive's copy as of the lock's resolution time (snapshotBase is
+// debian.SnapshotBase unless a stand-in serves it). Each is named
+// "deb-NAME-ARCH" and checked against its locked sha256.
+func LockInputs(l *debian.Lock, snapshotBase string) ([]Input, error) {
+	var out []Input
+	for _, p := range l.Packages {
+		in := Input{Name: "deb-" + p.Name + "-" + p.Arch, SHA256: p.SHA256, File: path.Base(p.Filename)}
+		switch m := l.Request.Mirror; {
+		case m == "":
+			in.Sources = append(in.Sources, "deb:"+p.Name+":"+l.Request.Arch+"="+p.Version)
+		case strings.HasPrefix(m, "file:"):
+			in.Sources = append(in.Sources, "file:"+strings.TrimSuffix(strings.TrimPrefix(m, "file:"), "/")+"/"+strings.TrimPrefix(p.Filename, "./"))
+		default:
+			in.Sources = append(in.Sources, strings.TrimSuffix(m, "/")+"/"+strings.TrimPrefix(p.Filename, "./"))
+		}
+		if p.Archive != "" {
+			u, err := debian.SnapshotURL(snapshotBase, p.Archive, l.Resolved, p.Filename)
+			if err != nil {
+				return nil, fmt.Errorf("lock: %s: %w", p.Name, err)
+			}
+			in.Sources = append(in.Sources, u)
+		}
+		out = append(out, in)
+	}
+	return out, nil
 }

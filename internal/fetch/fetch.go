@@ -30,6 +30,16 @@ var ErrNoSource = errors.New("no source could be fetched")
 // fails for a deb: source; a stale package index is the usual cause.
 var ErrAPT = errors.New("apt-get download failed")
 
+// ErrGone is returned (wrapped) when every source of an input answered
+// that it does not have the pinned file (apt: version not found; HTTP 404
+// or 410; no such file): the pinned version has left the archive and no
+// fallback keeps it. The fix is a new pin (kiln lock --update, or moving a
+// deb: pin to the archive's current version), not a retry.
+var ErrGone = errors.New("pinned version is gone from every source")
+
+// errNotThere marks one source's "I do not have it" answer.
+var errNotThere = errors.New("the source does not have it")
+
 // Fetcher gets fixed-output inputs and toolchain closures into the store.
 // It is the only part of kiln that uses the network.
 type Fetcher struct {
@@ -234,7 +244,7 @@ func (e *sourceErrors) Unwrap() []error { return e.errs }
 // whose sha256 is in.SHA256.
 func (f *Fetcher) download(ctx context.Context, in recipes.Input) (string, error) {
 	se := &sourceErrors{name: in.Name}
-	hasMismatch := false
+	hasMismatch, allGone := false, len(in.Sources) > 0
 	for _, src := range in.Sources {
 		if err := ctx.Err(); err != nil {
 			return "", fmt.Errorf("fetch: %s: %w", in.Name, err)
@@ -254,10 +264,16 @@ func (f *Fetcher) download(ctx context.Context, in recipes.Input) (string, error
 		}
 		os.RemoveAll(tmp)
 		f.logf("fetch %s: %v", in.Name, err)
+		if !errors.Is(err, errNotThere) {
+			allGone = false
+		}
 		se.errs = append(se.errs, err)
 	}
 	if !hasMismatch {
 		se.errs = append(se.errs, ErrNoSource)
+	}
+	if allGone && !hasMismatch {
+		se.errs = append(se.errs, ErrGone)
 	}
 	return "", se
 }
@@ -279,6 +295,9 @@ func (f *Fetcher) get(ctx context.Context, in recipes.Input, src, dir string) (s
 			p = filepath.Join(base, p)
 		}
 		fh, err := os.Open(p)
+		if errors.Is(err, os.ErrNotExist) {
+			return "", "", fmt.Errorf("%s: %w (%w)", src, err, errNotThere)
+		}
 		if err != nil {
 			return "", "", fmt.Errorf("%s: %w", src, err)
 		}
@@ -322,6 +341,9 @@ func (f *Fetcher) getHTTPSWatched(ctx context.Context, src, dir string, progress
 		return "", "", fmt.Errorf("%s: %w", src, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone {
+		return "", "", fmt.Errorf("%s: http status %s (%w)", src, resp.Status, errNotThere)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return "", "", fmt.Errorf("%s: http status %s", src, resp.Status)
 	}
@@ -355,6 +377,9 @@ func (f *Fetcher) getDeb(ctx context.Context, src, dir string) (string, string, 
 			return "", "", fmt.Errorf("%s: %w", src, ctx.Err())
 		}
 		last := lastLine(out.String())
+		if strings.Contains(last, "was not found") || strings.Contains(last, "Unable to locate package") {
+			return "", "", fmt.Errorf("%s: %w (%v): %s (%w)", src, ErrAPT, err, last, errNotThere)
+		}
 		return "", "", fmt.Errorf("%s: %w (%v): %s", src, ErrAPT, err, last)
 	}
 	ents, err := os.ReadDir(dir)
