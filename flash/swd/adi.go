@@ -59,7 +59,7 @@ const (
 // adi is the debug port and MEM-AP 0 of one target behind a DAP. It caches
 // SELECT and CSW so that bursts cost only the transfers they need.
 type adi struct {
-	dap   *DAP
+	dap    *DAP
 	sel    uint32
 	csw    uint32
 	selOK  bool // sel is what the DP holds

@@ -285,7 +285,7 @@ func (c *controller) programChunk(ctx context.Context, at uint32, want []byte, s
 			if equal(got[i:i+u], want[i:i+u]) {
 				continue
 			}
-			if !erased(got[i:i+u]) {
+			if !erased(got[i : i+u]) {
 				return fmt.Errorf("swd: program 0x%08x: 0x%x reads % x after an interrupted write, want % x: %w", at, at+uint32(i), got[i:i+u], want[i:i+u], ErrFlash)
 			}
 			n += u
