@@ -1,13 +1,18 @@
 /*
  * libusb-shim: a stand-in for libusb-1.0, loaded with LD_PRELOAD, that
- * presents one USB device whose requests are answered by a kiln DfuSe
- * device model over a Unix socket ($KILN_USB_SHIM). It lets unmodified
- * libusb programs (dfu-util, kiln's gousb adapter) talk to the model.
+ * presents one USB device whose requests are answered by a kiln device
+ * model over a Unix socket ($KILN_USB_SHIM). It lets unmodified libusb
+ * programs (dfu-util, OpenOCD, kiln's gousb adapter) talk to the model:
+ * control transfers, and bulk transfers both synchronous and asynchronous
+ * (libusb_submit_transfer completed from libusb_handle_events*).
  *
  * Wire protocol (little-endian):
  *   'C' bmRequestType bRequest wValue(2) wIndex(2) wLength(2) [OUT data]
  *       -> rc(4, signed: bytes or a negative libusb error) [IN data]
  *   'A' interface alt -> rc(4)
+ *   'B' endpoint length(4) [OUT data]
+ *       -> rc(4: bytes, or LIBUSB_ERROR_TIMEOUT when an IN endpoint has
+ *          nothing yet) [IN data]
  */
 #include <libusb-1.0/libusb.h>
 #include <pthread.h>
@@ -26,6 +31,7 @@ static unsigned char devdesc[18];
 static unsigned char cfgraw[4096];
 static int cfglen;
 static int thedev, thectx, thehandle;
+static pthread_mutex_t pendmu = PTHREAD_MUTEX_INITIALIZER;
 
 static int io(int w, void *b, int n) {
 	unsigned char *p = b;
@@ -46,6 +52,18 @@ static int xfer(uint8_t rt, uint8_t req, uint16_t val, uint16_t idx, unsigned ch
 	if (sock < 0 || io(1, h, 9) || (!(rt & 0x80) && len && io(1, data, len)) || io(0, &rc, 4))
 		rc = LIBUSB_ERROR_NO_DEVICE;
 	else if ((rt & 0x80) && rc > 0 && io(0, data, rc))
+		rc = LIBUSB_ERROR_IO;
+	pthread_mutex_unlock(&mu);
+	return rc;
+}
+
+static int32_t bulk(unsigned char ep, unsigned char *data, int len) {
+	unsigned char h[6] = {'B', ep, len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff, (len >> 24) & 0xff};
+	int32_t rc = LIBUSB_ERROR_IO;
+	pthread_mutex_lock(&mu);
+	if (sock < 0 || io(1, h, 6) || (!(ep & 0x80) && len && io(1, data, len)) || io(0, &rc, 4))
+		rc = LIBUSB_ERROR_NO_DEVICE;
+	else if ((ep & 0x80) && rc > 0 && (rc > len || io(0, data, rc)))
 		rc = LIBUSB_ERROR_IO;
 	pthread_mutex_unlock(&mu);
 	return rc;
@@ -122,7 +140,7 @@ int LIBUSB_CALL libusb_get_device_descriptor(libusb_device *dev, struct libusb_d
 
 /* Parses the raw configuration descriptor as libusb does: descriptors
  * that follow an interface descriptor and are not endpoints become its
- * "extra" bytes. Endpoints are not supported (a DFU interface has none). */
+ * "extra" bytes; endpoint descriptors become the interface's endpoints. */
 int LIBUSB_CALL libusb_get_config_descriptor(libusb_device *dev, uint8_t index, struct libusb_config_descriptor **out) {
 	(void)dev;
 	if (index != 0)
@@ -165,6 +183,18 @@ int LIBUSB_CALL libusb_get_config_descriptor(libusb_device *dev, uint8_t index, 
 			cur->bInterfaceSubClass = d[6];
 			cur->bInterfaceProtocol = d[7];
 			cur->iInterface = d[8];
+		} else if (cur && d[1] == LIBUSB_DT_ENDPOINT && d[0] >= 7) {
+			struct libusb_endpoint_descriptor *eps = realloc((void *)cur->endpoint, (cur->bNumEndpoints + 1) * sizeof *eps);
+			struct libusb_endpoint_descriptor *ep = &eps[cur->bNumEndpoints];
+			memset(ep, 0, sizeof *ep);
+			ep->bLength = d[0];
+			ep->bDescriptorType = d[1];
+			ep->bEndpointAddress = d[2];
+			ep->bmAttributes = d[3];
+			ep->wMaxPacketSize = d[4] | d[5] << 8;
+			ep->bInterval = d[6];
+			cur->endpoint = eps;
+			cur->bNumEndpoints++;
 		} else if (cur) {
 			unsigned char *e = realloc((void *)cur->extra, cur->extra_length + d[0]);
 			memcpy(e + cur->extra_length, d, d[0]);
@@ -181,8 +211,10 @@ void LIBUSB_CALL libusb_free_config_descriptor(struct libusb_config_descriptor *
 	if (!c)
 		return;
 	for (int i = 0; i < c->bNumInterfaces; i++) {
-		for (int a = 0; a < c->interface[i].num_altsetting; a++)
+		for (int a = 0; a < c->interface[i].num_altsetting; a++) {
 			free((void *)c->interface[i].altsetting[a].extra);
+			free((void *)c->interface[i].altsetting[a].endpoint);
+		}
 		free((void *)c->interface[i].altsetting);
 	}
 	free((void *)c->interface);
@@ -239,10 +271,166 @@ int LIBUSB_CALL libusb_get_string_descriptor_ascii(libusb_device_handle *h, uint
 	return k;
 }
 
+int LIBUSB_CALL libusb_clear_halt(libusb_device_handle *h, unsigned char ep) { (void)h; (void)ep; return 0; }
+libusb_device *LIBUSB_CALL libusb_get_device(libusb_device_handle *h) { (void)h; return (libusb_device *)&thedev; }
+const char *LIBUSB_CALL libusb_error_name(int code) {
+	switch (code) {
+	case LIBUSB_ERROR_IO: return "LIBUSB_ERROR_IO";
+	case LIBUSB_ERROR_NO_DEVICE: return "LIBUSB_ERROR_NO_DEVICE";
+	case LIBUSB_ERROR_TIMEOUT: return "LIBUSB_ERROR_TIMEOUT";
+	case LIBUSB_ERROR_PIPE: return "LIBUSB_ERROR_PIPE";
+	}
+	return code < 0 ? "LIBUSB_ERROR_OTHER" : "LIBUSB_SUCCESS";
+}
+const char *LIBUSB_CALL libusb_strerror(int code) { return libusb_error_name(code); }
+
+/* A synchronous bulk transfer; an IN endpoint with nothing yet is polled
+ * until the timeout (0: forever). */
+int LIBUSB_CALL libusb_bulk_transfer(libusb_device_handle *h, unsigned char ep, unsigned char *data, int len, int *done,
+				     unsigned int timeout) {
+	(void)h;
+	int32_t rc;
+	for (unsigned int waited = 0;; waited++) {
+		rc = bulk(ep, data, len);
+		if (rc != LIBUSB_ERROR_TIMEOUT || (timeout && waited >= timeout))
+			break;
+		usleep(1000);
+	}
+	if (done)
+		*done = rc < 0 ? 0 : rc;
+	return rc < 0 ? rc : 0;
+}
+
+/* Asynchronous transfers wait in submission order and are carried out by
+ * the event functions: OUT transfers first (a command must reach the model
+ * before its answer is read), then IN transfers while the model has data. */
+#define MAXPEND 256
+static struct libusb_transfer *pend[MAXPEND];
+static int cancelled[MAXPEND];
+static int npend;
+
+struct libusb_transfer *LIBUSB_CALL libusb_alloc_transfer(int iso) {
+	return calloc(1, sizeof(struct libusb_transfer) + (size_t)iso * sizeof(struct libusb_iso_packet_descriptor));
+}
+
+void LIBUSB_CALL libusb_free_transfer(struct libusb_transfer *t) {
+	if (t && (t->flags & LIBUSB_TRANSFER_FREE_BUFFER))
+		free(t->buffer);
+	free(t);
+}
+
+int LIBUSB_CALL libusb_submit_transfer(struct libusb_transfer *t) {
+	if (t->type != LIBUSB_TRANSFER_TYPE_BULK)
+		return LIBUSB_ERROR_NOT_SUPPORTED;
+	pthread_mutex_lock(&pendmu);
+	int rc = LIBUSB_ERROR_BUSY;
+	if (npend < MAXPEND) {
+		cancelled[npend] = 0;
+		pend[npend++] = t;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&pendmu);
+	return rc;
+}
+
+int LIBUSB_CALL libusb_cancel_transfer(struct libusb_transfer *t) {
+	int rc = LIBUSB_ERROR_NOT_FOUND;
+	pthread_mutex_lock(&pendmu);
+	for (int i = 0; i < npend; i++)
+		if (pend[i] == t) {
+			cancelled[i] = 1;
+			rc = 0;
+		}
+	pthread_mutex_unlock(&pendmu);
+	return rc;
+}
+
+/* take removes and returns the next transfer to carry out: a cancelled one,
+ * else the first OUT, else the first IN (skip INs at or before *skip). */
+static struct libusb_transfer *take(int *wascancelled, int skipin) {
+	struct libusb_transfer *t = NULL;
+	int at = -1;
+	pthread_mutex_lock(&pendmu);
+	for (int i = 0; i < npend && at < 0; i++)
+		if (cancelled[i])
+			at = i;
+	for (int i = 0; i < npend && at < 0; i++)
+		if (!(pend[i]->endpoint & 0x80))
+			at = i;
+	for (int i = 0, in = 0; i < npend && at < 0; i++)
+		if (pend[i]->endpoint & 0x80 && in++ >= skipin)
+			at = i;
+	if (at >= 0) {
+		t = pend[at];
+		*wascancelled = cancelled[at];
+		for (int i = at; i + 1 < npend; i++) {
+			pend[i] = pend[i + 1];
+			cancelled[i] = cancelled[i + 1];
+		}
+		npend--;
+	}
+	pthread_mutex_unlock(&pendmu);
+	return t;
+}
+
+static void putback(struct libusb_transfer *t) {
+	pthread_mutex_lock(&pendmu);
+	for (int i = npend; i > 0; i--) {
+		pend[i] = pend[i - 1];
+		cancelled[i] = cancelled[i - 1];
+	}
+	pend[0] = t;
+	cancelled[0] = 0;
+	npend++;
+	pthread_mutex_unlock(&pendmu);
+}
+
+static void finish(struct libusb_transfer *t, enum libusb_transfer_status st, int n) {
+	t->status = st;
+	t->actual_length = n;
+	int freeit = t->flags & LIBUSB_TRANSFER_FREE_TRANSFER;
+	if (t->callback)
+		t->callback(t);
+	if (freeit)
+		libusb_free_transfer(t);
+}
+
+/* run carries out what it can and returns how many transfers completed. */
+static int run(void) {
+	int done = 0, skipin = 0, c;
+	struct libusb_transfer *t;
+	while ((t = take(&c, skipin)) != NULL) {
+		if (c) {
+			finish(t, LIBUSB_TRANSFER_CANCELLED, 0);
+			done++;
+			continue;
+		}
+		int32_t rc = bulk(t->endpoint, t->buffer, t->length);
+		if (rc == LIBUSB_ERROR_TIMEOUT) {
+			putback(t); /* nothing for this IN transfer yet */
+			break;
+		}
+		if (rc < 0)
+			finish(t, rc == LIBUSB_ERROR_NO_DEVICE ? LIBUSB_TRANSFER_NO_DEVICE : LIBUSB_TRANSFER_ERROR, 0);
+		else
+			finish(t, LIBUSB_TRANSFER_COMPLETED, rc);
+		done++;
+	}
+	(void)skipin;
+	return done;
+}
+
 int LIBUSB_CALL libusb_handle_events_timeout_completed(libusb_context *ctx, struct timeval *tv, int *completed) {
 	(void)ctx;
-	(void)tv;
-	(void)completed;
-	usleep(20000);
+	if (run() > 0 || (completed && *completed))
+		return 0;
+	long us = tv ? tv->tv_sec * 1000000L + tv->tv_usec : 1000;
+	usleep(us > 1000 ? 1000 : (us > 0 ? us : 1));
+	run();
 	return 0;
+}
+
+int LIBUSB_CALL libusb_handle_events_completed(libusb_context *ctx, int *completed) {
+	struct timeval tv = {0, 1000};
+	return libusb_handle_events_timeout_completed(ctx, &tv, completed);
 }
