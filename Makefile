@@ -14,7 +14,8 @@ DEB_PACKAGES := \
 	libusb-1.0-0-dev openssh-server openssh-client iproute2 util-linux fdisk \
 	dosfstools mtools e2fsprogs squashfs-tools genimage bmap-tools minisign xz-utils cpio \
 	qemu-system-arm qemu-user-static busybox-static ca-certificates chromium \
-	mmdebstrap arch-test dpkg-dev
+	mmdebstrap arch-test dpkg-dev \
+	openocd
 
 KILN := bin/kiln
 STAMP := .deps-installed

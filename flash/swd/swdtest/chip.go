@@ -74,6 +74,8 @@ type Chip struct {
 	optRDP             byte // the option byte as stored (loaded into RDP at reset)
 	busyUntil          time.Duration
 	erases, programs   int
+	resetSeen          bool              // DHCSR.S_RESET_ST: a reset since DHCSR was last read
+	periph             map[uint32]uint32 // peripheral registers other than flash (RCC, GPIO, ...)
 	// Ops counts erases of each page or sector index.
 	Erased map[int]int
 }
@@ -163,6 +165,7 @@ func (c *Chip) reset(por bool) {
 		c.dhcsr, c.demcr = 0, 0
 	}
 	c.halted = c.dhcsr&1 != 0 && c.demcr&1 != 0
+	c.resetSeen, c.periph = true, map[uint32]uint32{}
 	c.locked, c.hardLocked, c.optUnlocked, c.keyStage, c.optKeyStage = true, false, false, 0, 0
 	c.cr, c.sr, c.ar, c.busyUntil = 0, 0, 0, 0
 	c.RDP = c.optRDP
@@ -280,12 +283,34 @@ func (c *Chip) AP(read bool, addr uint8, v uint32) (uint32, int) {
 
 func (c *Chip) drw(read bool, v uint32) (uint32, int) {
 	size := c.csw & 7
-	r, ack := c.access(read, c.tar, size, v)
-	if ack == AckOK && c.csw&(3<<4) == 1<<4 {
-		// TAR increments only within a 1 KiB block (ADIv5 C2.2.2).
-		c.tar = c.tar&^0x3FF | (c.tar+1<<size)&0x3FF
+	inc := (c.csw >> 4) & 3
+	n := 1
+	if inc == 2 && size < 2 {
+		n = 4 >> size // a packed transfer: one DRW access, several bus accesses
 	}
-	return r, ack
+	var word uint32
+	for i := 0; i < n; i++ {
+		r, ack := c.access(read, c.tar, size, v)
+		if ack != AckOK {
+			return 0, ack
+		}
+		if n > 1 {
+			lane := 8 * (c.tar & 3)
+			word |= r & ((uint32(1)<<(8<<size) - 1) << lane)
+		} else {
+			word = r
+		}
+		if inc == 1 || inc == 2 {
+			// TAR auto-increments only within a block: ADIv5 guarantees
+			// 1 KiB; the AHB-AP of Cortex-M3 and M4 wraps at 4 KiB (OpenOCD's
+			// cortex_m.c relies on that). Past the block, TAR wraps around.
+			c.tar = c.tar&^0xFFF | (c.tar+1<<size)&0xFFF
+		}
+	}
+	if read {
+		c.rdbuff = word
+	}
+	return word, AckOK
 }
 
 // access reads or writes the bus at addr with size code (0: 8, 1: 16, 2: 32
@@ -360,6 +385,10 @@ func (c *Chip) read(word, addr, n uint32) (val uint32, ok, wait bool) {
 			v |= 1 << 17
 		}
 		v |= 1 << 16
+		if c.resetSeen {
+			v |= 1 << 25
+			c.resetSeen = false
+		}
 		return v, true, false
 	case addr == 0xE000EDFC:
 		return c.demcr, true, false
@@ -370,8 +399,14 @@ func (c *Chip) read(word, addr, n uint32) (val uint32, ok, wait bool) {
 		return 0x411FC231, true, false
 	case addr == 0xE000ED0C:
 		return 0xFA050000, true, false
+	case addr&^3 == 0xE0002000: // FP_CTRL: 6 code and 2 literal comparators
+		return 0x260 | c.periph[0xE0002000]&1, true, false
+	case addr&^3 == 0xE0001000: // DWT_CTRL: 4 comparators
+		return 0x40000000 | c.periph[0xE0001000]&0xfffffff, true, false
 	case addr >= 0xE0000000:
-		return 0, true, false // other system-space registers read as zero
+		return c.periph[word], true, false // other system registers hold what was written
+	case addr >= 0x40000000 && addr < 0x60000000:
+		return c.periph[word], true, false
 	}
 	return 0, false, false
 }
@@ -463,7 +498,19 @@ func (c *Chip) write(addr, n, v uint32) (ok, wait bool) {
 			c.reset(false)
 		}
 		return true, false
-	case addr >= 0xE0000000:
+	case addr&^3 == 0xE0002000:
+		if v&2 != 0 { // KEY
+			c.periph[0xE0002000] = v & 1
+		}
+		return true, false
+	case addr >= 0x40000000 && addr < 0x60000000, addr >= 0xE0000000:
+		w := addr &^ 3
+		lane := 8 * (addr & 3)
+		mask := uint32(1)<<(8*n) - 1
+		if n == 4 {
+			mask = 0xffffffff
+		}
+		c.periph[w] = c.periph[w]&^(mask<<lane) | (v&mask)<<lane
 		return true, false
 	}
 	return false, false
