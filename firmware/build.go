@@ -67,6 +67,10 @@ type Options struct {
 	Jobs int
 	// Log, if set, gets one line per step.
 	Log func(format string, a ...any)
+	// Substitute, if set, is asked for the derivation's entry when the
+	// store lacks it, before anything is fetched or built: a binary cache
+	// (internal/cache) that returns the entry's path and true.
+	Substitute func(ctx context.Context, key, name string) (string, bool)
 }
 
 // Timings are the wall-clock durations of a build's steps.
@@ -89,6 +93,9 @@ type Result struct {
 	// Hit is true when the store already held the derivation and no
 	// compiler ran.
 	Hit bool `json:"hit"`
+	// Substituted is true when the entry came from a binary cache (Hit is
+	// true as well: no compiler ran).
+	Substituted bool `json:"substituted,omitempty"`
 	// Checked is true when a second build confirmed every output.
 	Checked  bool      `json:"checked"`
 	Manifest *Manifest `json:"manifest"`
@@ -124,7 +131,13 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	res.Timings.Hash = time.Since(start)
 	s := opts.Store
 
-	if p, ok := s.Lookup(res.Derivation, r.Name); ok {
+	p, ok := s.Lookup(res.Derivation, r.Name)
+	if !ok && opts.Substitute != nil {
+		if p, ok = opts.Substitute(ctx, res.Derivation, r.Name); ok {
+			res.Substituted = true
+		}
+	}
+	if ok {
 		if err := s.Verify(p); err != nil {
 			return nil, fmt.Errorf("firmware: %s: %w", r.Name, err)
 		}

@@ -30,6 +30,9 @@ type Options struct {
 	Progress func(phase string, done, total int64) // may be nil
 	XZ       image.XZOptions
 	NoXZ     bool // skip image.img.xz (an update only needs image.img)
+	// Substitute, if set, is asked for inputs before they are fetched (a
+	// binary cache; see fetch.Fetcher.Substitute).
+	Substitute func(ctx context.Context, key, name string) (string, bool)
 }
 
 // Result is what Build made.
@@ -98,7 +101,7 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 		return nil, err
 	}
 	hash := d.Hash()
-	f := &fetch.Fetcher{Store: opts.Store, Log: opts.Log}
+	f := &fetch.Fetcher{Store: opts.Store, Log: opts.Log, Substitute: opts.Substitute}
 	roots := map[string]string{}
 	for _, in := range r.Inputs {
 		p, err := f.Input(ctx, in)

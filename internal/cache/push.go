@@ -90,17 +90,7 @@ func (p *Pusher) pushOne(ctx context.Context, dir string, m *meter) (Pushed, err
 		return res, fmt.Errorf("cache: push %s: %w", res.Entry, err)
 	}
 	res.Key, res.Name = man.Hash, man.Name
-	var present bool
-	err = retry(ctx, func() error {
-		_, err := p.Bucket.Stat(ctx, RecordObject(man.Hash))
-		if err == nil {
-			present = true
-		}
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		return err
-	})
+	present, err := p.present(ctx, man.Hash)
 	if err != nil {
 		return res, fmt.Errorf("cache: push %s: %w", res.Entry, err)
 	}
@@ -171,6 +161,39 @@ func (p *Pusher) pushOne(ctx context.Context, dir string, m *meter) (Pushed, err
 	res.Action = "pushed"
 	p.logf("pushed %s (%d bytes)", res.Entry, cw.n)
 	return res, nil
+}
+
+// present reports whether the cache holds a usable record of key: one that
+// opens (signed by the pusher's key, when it has one) and whose content
+// object is there with the recorded size. A record that is not is
+// replaced by the push.
+func (p *Pusher) present(ctx context.Context, key string) (bool, error) {
+	var keys []*trust.PublicKey
+	if p.Key != nil {
+		keys = []*trust.PublicKey{p.Key.Public()}
+	}
+	rec, _, err := FetchRecord(ctx, p.Bucket, key, keys)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return false, nil
+	case errors.Is(err, ErrUnsigned) && p.Key == nil: // a dry run cannot check signatures
+		return true, nil
+	case errors.Is(err, ErrUnsigned) || errors.Is(err, ErrBadRecord):
+		p.logf("replacing the record of %s: %v", key, err)
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	var size int64
+	err = retry(ctx, func() error {
+		var err error
+		size, err = p.Bucket.Stat(ctx, rec.Content.Object())
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil && size == rec.Content.Size, err
 }
 
 type countWriter struct {

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"kiln.dev/kiln/firmware"
+	"kiln.dev/kiln/internal/cache"
+	"kiln.dev/kiln/internal/fetch"
 	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
@@ -27,6 +30,7 @@ func init() {
 			&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
 			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "parallel compiles (default: one per CPU)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what each step did (on stderr)"},
+			substituterFlag, policyFlag,
 			jsonFlag,
 		},
 		Action: runBuild,
@@ -57,8 +61,13 @@ func runBuild(c *cli.Context) error {
 	if out == "" {
 		out = filepath.Join("out", filepath.Base(filepath.Clean(dir)))
 	}
+	sub, err := newSubstitution(c, s)
+	if err != nil {
+		return err
+	}
 	opts := firmware.Options{
 		Dir: dir, Store: s, Out: out, Check: c.Bool("check"), NoSandbox: c.Bool("no-sandbox"), Jobs: c.Int("jobs"),
+		Substitute: sub.hook(), Fetcher: &fetch.Fetcher{Store: s, HTTP: http.DefaultClient, Substitute: sub.hook()},
 	}
 	if c.Bool("verbose") {
 		opts.Log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
@@ -71,18 +80,25 @@ func runBuild(c *cli.Context) error {
 		return buildHints(err)
 	}
 	// Evidence beside manifest.json (sign.go): sbom.cdx.json, provenance.json.
-	if !(res.Hit && prev != nil && prev.Derivation == res.Derivation && evidenceIn(out)) {
-		if err := writeEvidence(c, dir, res); err != nil {
+	if !(res.Hit && !res.Substituted && prev != nil && prev.Derivation == res.Derivation && evidenceIn(out)) {
+		if err := writeEvidence(c, dir, res, sub.Origins()); err != nil {
 			return err
 		}
 	}
 	if c.Bool("json") {
-		return e.printJSON(buildJSON(res))
+		j := buildJSON(res)
+		if o := sub.Origins(); len(o) > 0 {
+			j["substituted_from"] = o
+		}
+		return e.printJSON(j)
 	}
 	m := res.Manifest
 	how := fmt.Sprintf("built in %s", res.Timings.Total.Round(time.Millisecond))
 	if res.Hit {
 		how = "store hit, no compiler ran"
+	}
+	if o := cache.OriginOf(s, res.StorePath); res.Substituted && o != nil {
+		how = fmt.Sprintf("substituted from %s, signed by %s; no compiler ran", o.Cache, o.Signer)
 	}
 	fmt.Fprintf(e.stdout, "%s %s for %s\n", m.Name, m.Version, m.Board)
 	fmt.Fprintf(e.stdout, "derivation   %s\n", res.Derivation)

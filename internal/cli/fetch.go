@@ -23,7 +23,7 @@ func init() {
 		Description: "Each input is fetched from its sources in order (deb: through apt-get download, https:,\n" +
 			"file:) and enters the store only if its sha256 matches the recipe. Progress goes to stderr;\n" +
 			"the store paths to stdout.",
-		Flags:  []cli.Flag{jsonFlag, storeFlag},
+		Flags:  []cli.Flag{jsonFlag, storeFlag, substituterFlag, policyFlag},
 		Action: runFetch,
 	})
 }
@@ -47,7 +47,11 @@ func runFetch(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	f := &fetch.Fetcher{Store: st, HTTP: http.DefaultClient,
+	sub, err := newSubstitution(c, st)
+	if err != nil {
+		return err
+	}
+	f := &fetch.Fetcher{Store: st, HTTP: http.DefaultClient, Substitute: sub.hook(),
 		Log: func(s string) { fmt.Fprintf(e.stderr, "kiln: %s\n", s) }}
 	// Inputs first: they are small, and a wrong pin fails before the
 	// toolchain's hundreds of megabytes are fetched.

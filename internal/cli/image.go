@@ -11,6 +11,7 @@ import (
 
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/internal/cache"
 	"kiln.dev/kiln/internal/store"
 )
 
@@ -27,6 +28,7 @@ func init() {
 					&cli.StringFlag{Name: "out", Usage: "write the outputs to `DIR` (default out/<name>)"},
 					&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
 					&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what each step did (on stderr)"},
+					substituterFlag, policyFlag,
 					jsonFlag,
 				},
 				Action: runImageBuild,
@@ -64,7 +66,11 @@ func imageBuild(c *cli.Context, dir, out string) error {
 		out = filepath.Join("out", filepath.Base(filepath.Clean(dir)))
 	}
 	bar := newProgress(e.stderr, c.Bool("json"))
-	opts := recipebuild.Options{Store: s, Progress: bar.Func()}
+	sub, err := newSubstitution(c, s)
+	if err != nil {
+		return err
+	}
+	opts := recipebuild.Options{Store: s, Progress: bar.Func(), Substitute: sub.hook()}
 	if c.Bool("verbose") {
 		opts.Log = func(s string) { fmt.Fprintln(e.stderr, s) }
 	}
@@ -74,10 +80,16 @@ func imageBuild(c *cli.Context, dir, out string) error {
 		return imageHints(err)
 	}
 	// Evidence beside image.img (sign.go): sbom.cdx.json, provenance.json.
-	if err := writeImageEvidence(c, dir, out, res); err != nil {
+	if err := writeImageEvidence(c, dir, out, res, sub.Origins()); err != nil {
 		return err
 	}
 	if c.Bool("json") {
+		if o := sub.Origins(); len(o) > 0 {
+			return e.printJSON(struct {
+				*recipebuild.Result
+				SubstitutedFrom []*cache.Origin `json:"substituted_from"`
+			}{res, o})
+		}
 		return e.printJSON(res)
 	}
 	fmt.Fprintf(e.stdout, "built %s %s (%s table, %s)\n", res.Name, res.Version, res.Image.Table, humanBytes(res.Image.Size))

@@ -18,6 +18,7 @@ import (
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest"
+	"kiln.dev/kiln/internal/cache"
 	"kiln.dev/kiln/internal/fleet"
 	"kiln.dev/kiln/internal/trust"
 	"kiln.dev/kiln/recipes"
@@ -404,7 +405,7 @@ func sameImage(c *cli.Context, file string, data []byte, img *flash.Image) error
 // manifest.json of a build's output directory. The provenance is signed
 // with the signing key ($KILN_KEY or kiln keygen's) when there is one; an
 // encrypted key or none leaves only the SBOM, with a note.
-func writeEvidence(c *cli.Context, recipeDir string, res *firmware.Result) error {
+func writeEvidence(c *cli.Context, recipeDir string, res *firmware.Result, origins []*cache.Origin) error {
 	if res.Out == "" {
 		return nil
 	}
@@ -418,7 +419,21 @@ func writeEvidence(c *cli.Context, recipeDir string, res *firmware.Result) error
 	if r, err := recipes.Load(recipeDir); err == nil {
 		recipe = r
 	}
-	return attest.Write(res.Out, res.Manifest, recipe, evidenceKey(note))
+	subj := attest.FromManifest(res.Manifest, recipe, nil)
+	withOrigins(subj, origins)
+	return attest.WriteFiles(res.Out, subj, evidenceKey(note))
+}
+
+// withOrigins records in the provenance which entries came from a binary
+// cache, and from which, signed by whom.
+func withOrigins(s *attest.Subject, origins []*cache.Origin) {
+	if len(origins) == 0 {
+		return
+	}
+	if s.Internal == nil {
+		s.Internal = map[string]any{}
+	}
+	s.Internal["substitutedFrom"] = origins
 }
 
 // evidenceKey is the key provenance is signed with: $KILN_KEY or kiln
@@ -440,7 +455,7 @@ func evidenceKey(note func(string, ...any)) *trust.SecretKey {
 
 // writeImageEvidence writes sbom.cdx.json and provenance.json beside an
 // image build's image.img.
-func writeImageEvidence(c *cli.Context, recipeDir, out string, res *recipebuild.Result) error {
+func writeImageEvidence(c *cli.Context, recipeDir, out string, res *recipebuild.Result, origins []*cache.Origin) error {
 	e := envOf(c)
 	note := func(format string, a ...any) {
 		if !c.Bool("json") {
@@ -451,7 +466,12 @@ func writeImageEvidence(c *cli.Context, recipeDir, out string, res *recipebuild.
 	if err != nil {
 		return err
 	}
-	return attest.WriteImage(out, res, r, evidenceKey(note))
+	subj, err := attest.FromImage(res, r, nil)
+	if err != nil {
+		return err
+	}
+	withOrigins(subj, origins)
+	return attest.WriteFiles(out, subj, evidenceKey(note))
 }
 
 // fleetImage is a group's image path as the fleet file resolves it

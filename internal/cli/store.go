@@ -28,9 +28,12 @@ func init() {
 				ArgsUsage: "[ENTRY...]",
 				Description: "Exits 1 and names every tampered entry: a changed, removed or added file, a changed\n" +
 					"mode or symlink target. ENTRY is an entry's directory name or path.",
-				Flags:  []cli.Flag{jsonFlag, storeFlag},
+				Flags: []cli.Flag{jsonFlag, storeFlag,
+					&cli.StringFlag{Name: "cache", Usage: "check every record and object of the binary cache at `URL` instead (cache.go)"},
+					policyFlag},
 				Action: runStoreVerify,
 			},
+			storePushCommand,
 			{
 				Name:  "gc",
 				Usage: "remove leftovers of interrupted writes, and entries no kept recipe uses",
@@ -81,6 +84,9 @@ type verifyResult struct {
 }
 
 func runStoreVerify(c *cli.Context) error {
+	if u := c.String("cache"); u != "" {
+		return runCacheVerify(c, u)
+	}
 	e := envOf(c)
 	st, err := store.Open(c.String("store"))
 	if err != nil {

@@ -32,8 +32,13 @@ var ErrUntrusted = errors.New("untrusted artifact")
 //	ports  = ["/dev/ttyUSB*", "emu:*"]
 //	require_signature = true
 //	keys = ["release"]            # accepted keys (default: every key)
+//
+//	[[cache]]                     # a binary cache builds substitute from
+//	url = "s3://bucket/kiln?endpoint=https://s3.example.org"
+//	keys = ["ci"]                 # keys whose records it accepts (default: every key)
 type Policy struct {
 	Keys    []PolicyKey `toml:"key"`
+	Caches  []Cache     `toml:"cache"`
 	Default struct {
 		RequireSignature bool `toml:"require_signature"`
 	} `toml:"default"`
@@ -49,6 +54,13 @@ type PolicyKey struct {
 	Name      string `toml:"name"`
 	PublicKey string `toml:"public_key"`
 	File      string `toml:"file"`
+}
+
+// Cache is a binary cache (internal/cache) and the keys whose signed
+// records are accepted from it, in the order builds ask them.
+type Cache struct {
+	URL  string   `toml:"url"`
+	Keys []string `toml:"keys"`
 }
 
 // Rule selects devices by board, group and port (globs: * is any run of
@@ -120,6 +132,16 @@ func ParsePolicy(data []byte, source string) (*Policy, error) {
 		for _, g := range append(append(append([]string(nil), r.Boards...), r.Groups...), r.Ports...) {
 			if g == "" {
 				return nil, fmt.Errorf("trust: policy %s: rule %d: empty pattern", source, i+1)
+			}
+		}
+	}
+	for i, c := range p.Caches {
+		if c.URL == "" {
+			return nil, fmt.Errorf("trust: policy %s: cache %d has no url", source, i+1)
+		}
+		for _, n := range c.Keys {
+			if p.keys[n] == nil {
+				return nil, fmt.Errorf("trust: policy %s: cache %s: unknown key %q", source, c.URL, n)
 			}
 		}
 	}
@@ -304,6 +326,24 @@ func (p *Policy) KeyNames() []string {
 		ns = append(ns, k.Name)
 	}
 	return ns
+}
+
+// CacheKeys returns the keys whose records the cache at url is trusted for:
+// the keys its [[cache]] entry names (every key when it names none, or
+// when url has no entry), with their names.
+func (p *Policy) CacheKeys(url string) ([]*PublicKey, []string) {
+	names := p.KeyNames()
+	for _, c := range p.Caches {
+		if c.URL == url && len(c.Keys) > 0 {
+			names = c.Keys
+			break
+		}
+	}
+	keys := make([]*PublicKey, len(names))
+	for i, n := range names {
+		keys[i] = p.keys[n]
+	}
+	return keys, names
 }
 
 // Key returns the trusted key with the given name.
