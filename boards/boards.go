@@ -82,8 +82,10 @@ type Board struct {
 	// record; nil when the board declares none.
 	Provision *Provision `toml:"provision,omitempty" json:"provision,omitempty"`
 
-	// Sim says how `kiln run` simulates the board; nil: it cannot.
-	Sim *Sim `toml:"sim,omitempty" json:"sim,omitempty"`
+	// Sim says how `kiln run` simulates the board; nil: it cannot. It is
+	// not part of the board's JSON, which derivations hash: how a board is
+	// simulated does not change what is built for it.
+	Sim *Sim `toml:"sim,omitempty" json:"-"`
 }
 
 // Sim is how a board is simulated: by simavr (the board's MCU, at its

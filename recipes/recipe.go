@@ -59,6 +59,10 @@ type Recipe struct {
 	Inputs []Input  `json:"inputs,omitempty"`
 	Build  Build    `json:"build"`
 
+	// Tests are the recipe's [[test]] sections (kiln test). They say how
+	// to check a build, not what to build: not part of the derivation.
+	Tests []Test `json:"-"`
+
 	// Ext holds the top-level tables a non-firmware kind reads (for
 	// example an image recipe's tables), undecoded. See RegisterKind.
 	Ext map[string]toml.Primitive `json:"-"`
@@ -138,7 +142,7 @@ type Build struct {
 // fileKeys are the top-level keys a recipe of any kind may have.
 var fileKeys = map[string]bool{
 	"name": true, "version": true, "board": true, "toolchain": true, "kind": true,
-	"sources": true, "files": true, "inputs": true, "build": true,
+	"sources": true, "files": true, "inputs": true, "build": true, "test": true,
 }
 
 // KindHandler decodes and validates the extra top-level tables of one kind
@@ -222,10 +226,12 @@ func Parse(file string, data []byte) (*Recipe, error) {
 		Files     []string `toml:"files"`
 		Inputs    []Input  `toml:"inputs"`
 		Build     Build    `toml:"build"`
+		Tests     []Test   `toml:"test"`
 	}
 	fields := map[string]any{
 		"name": &f.Name, "version": &f.Version, "board": &f.Board, "toolchain": &f.Toolchain,
 		"kind": &f.Kind, "sources": &f.Sources, "files": &f.Files, "inputs": &f.Inputs, "build": &f.Build,
+		"test": &f.Tests,
 	}
 	keys := make([]string, 0, len(raw))
 	for k := range raw {
@@ -246,6 +252,7 @@ func Parse(file string, data []byte) (*Recipe, error) {
 	}
 	r.Name, r.Version, r.Board, r.Toolchain, r.Kind = f.Name, f.Version, f.Board, f.Toolchain, f.Kind
 	r.Sources, r.Files, r.Inputs, r.Build = f.Sources, f.Files, f.Inputs, f.Build
+	r.Tests = f.Tests
 	if r.Kind == "" {
 		r.Kind = KindFirmware
 	}
@@ -273,6 +280,9 @@ func Parse(file string, data []byte) (*Recipe, error) {
 		return nil, fmt.Errorf("%s:%s: %w: unknown key %q", file, keyPos(src, k[len(k)-1]), ErrInvalid, k.String())
 	}
 	if err := r.validate(src); err != nil {
+		return nil, err
+	}
+	if err := r.validateTests(src); err != nil {
 		return nil, err
 	}
 	return r, nil

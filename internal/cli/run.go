@@ -223,6 +223,9 @@ func writeVCD(path string, res *sim.Result, pins []string) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("run: --vcd: %w", err)
 	}
+	if err := os.Chmod(f.Name(), 0o644); err != nil {
+		return fmt.Errorf("run: --vcd: %w", err)
+	}
 	return os.Rename(f.Name(), path)
 }
 

@@ -1,11 +1,19 @@
 package cli
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/xml"
+	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"kiln.dev/kiln/recipes"
 )
 
 // pinChanges parses kiln run's --pins lines ("   1000.022687 ms  PB5 0").
@@ -51,5 +59,147 @@ func TestRunBlinkUnoPins(t *testing.T) {
 	}
 	if res.stdout != "" {
 		t.Errorf("blink prints nothing on its UART, got %q", res.stdout)
+	}
+}
+
+// copyRecipe copies a recipe directory (recipe.toml and src/) to a
+// temporary one whose recipe.toml ends with extra instead of its tests.
+func copyRecipe(t *testing.T, dir, extra string) string {
+	t.Helper()
+	dst := t.TempDir()
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if fi.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if rel == recipes.FileName {
+			s := string(data)
+			if i := strings.Index(s, "[[test]]"); i >= 0 {
+				s = s[:i]
+			}
+			data = []byte(s + extra)
+		}
+		return os.WriteFile(filepath.Join(dst, rel), data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// TestRunCortexMGreeting (must show 3): the NUCLEO-F401RE recipe prints its
+// greeting under QEMU; its kiln test passes; a wrong expected string fails
+// with exit 1 and a diff.
+func TestRunCortexMGreeting(t *testing.T) {
+	t.Parallel()
+	needTool(t, "qemu-system-arm")
+	dir := "../../recipes/hello-nucleo-f401re"
+	res := runKiln(t, nil, "run", dir, "--for", "100ms")
+	if res.code != 0 || !strings.HasPrefix(res.stdout, "hello from nucleo-f401re\r\ntick 1\r\n") {
+		t.Fatalf("kiln run: exit %d, stdout %q\n%s", res.code, res.stdout, res.stderr)
+	}
+	if !strings.Contains(res.stderr, "qemu netduinoplus2") || !strings.Contains(res.stderr, "x real time") {
+		t.Errorf("summary does not name the machine and the ratio:\n%s", res.stderr)
+	}
+
+	res = runKiln(t, nil, "test", dir)
+	if res.code != 0 || !strings.Contains(res.stdout, "PASS greets and ticks") || !strings.Contains(res.stdout, "1 passed, 0 failed") {
+		t.Fatalf("kiln test: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	sha := regexp.MustCompile(`\(sha256 ([0-9a-f]{64})\)`).FindStringSubmatch(res.stdout)
+	if sha == nil {
+		t.Fatalf("kiln test does not name the artifact's sha256:\n%s", res.stdout)
+	}
+	m := regexp.MustCompile(`: (\S+/firmware\.elf) \(sha256`).FindStringSubmatch(res.stdout)
+	if m == nil {
+		t.Fatalf("kiln test does not name the store artifact:\n%s", res.stdout)
+	}
+	data, err := os.ReadFile(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprintf("%x", sha256.Sum256(data)); got != sha[1] {
+		t.Fatalf("reported sha256 %s, the store's firmware.elf has %s", sha[1], got)
+	}
+
+	wrong := copyRecipe(t, dir, `[[test]]
+name = "wrong greeting"
+for = "10ms"
+output = "hello from nucleo-f401rf\r\n"
+`)
+	res = runKiln(t, nil, "test", wrong)
+	want := "    - hello from nucleo-f401rf\\r\n    + hello from nucleo-f401re\\r\n"
+	if res.code != 1 || !strings.Contains(res.stdout, "FAIL wrong greeting") || !strings.Contains(res.stdout, want) ||
+		!strings.Contains(res.stdout, "0 passed, 1 failed") {
+		t.Fatalf("wrong expected string: exit %d, want 1 and the diff\n%s\n%s", res.code, want, res.stdout)
+	}
+}
+
+// TestJUnitThreeRecipes (must show 4): kiln test on three recipes in one
+// CI-style run writes JUnit XML that a parser reads back with every suite,
+// case and the artifacts' hashes.
+func TestJUnitThreeRecipes(t *testing.T) {
+	t.Parallel()
+	needTool(t, "qemu-system-arm")
+	out := filepath.Join(t.TempDir(), "junit.xml")
+	dirs := []string{"../../recipes/blink-uno", "../../recipes/hello-nucleo-f401re", "../../recipes/hello-bluepill"}
+	res := runKiln(t, nil, append([]string{"test", "--junit", out}, dirs...)...)
+	if res.code != 0 {
+		t.Fatalf("exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		XMLName xml.Name `xml:"testsuites"`
+		Tests   int      `xml:"tests,attr"`
+		Fail    int      `xml:"failures,attr"`
+		Suites  []struct {
+			Name  string `xml:"name,attr"`
+			Tests int    `xml:"tests,attr"`
+			Props []struct {
+				Name  string `xml:"name,attr"`
+				Value string `xml:"value,attr"`
+			} `xml:"properties>property"`
+			Cases []struct {
+				Name    string    `xml:"name,attr"`
+				Time    float64   `xml:"time,attr"`
+				Failure *struct{} `xml:"failure"`
+				Out     string    `xml:"system-out"`
+			} `xml:"testcase"`
+		} `xml:"testsuite"`
+	}
+	dec := xml.NewDecoder(bytes.NewReader(data))
+	dec.Strict = true
+	if err := dec.Decode(&doc); err != nil {
+		t.Fatalf("JUnit XML does not parse: %v\n%s", err, data)
+	}
+	if doc.Tests != 3 || doc.Fail != 0 || len(doc.Suites) != 3 {
+		t.Fatalf("testsuites: %d tests, %d failures, %d suites; want 3, 0, 3\n%s", doc.Tests, doc.Fail, len(doc.Suites), data)
+	}
+	for i, want := range []string{"blink-uno", "hello-nucleo-f401re", "hello-bluepill"} {
+		s := doc.Suites[i]
+		if s.Name != want || s.Tests != 1 || len(s.Cases) != 1 || s.Cases[0].Failure != nil || s.Cases[0].Time <= 0 {
+			t.Errorf("suite %d: %+v", i, s)
+		}
+		props := map[string]string{}
+		for _, p := range s.Props {
+			props[p.Name] = p.Value
+		}
+		art, err := os.ReadFile(props["artifact"])
+		if err != nil || fmt.Sprintf("%x", sha256.Sum256(art)) != props["sha256"] {
+			t.Errorf("suite %s: artifact %q sha256 %q does not match the file (%v)", want, props["artifact"], props["sha256"], err)
+		}
+	}
+	if !strings.HasPrefix(doc.Suites[2].Cases[0].Out, "hello from bluepill\r\n") {
+		t.Errorf("bluepill system-out: %q", doc.Suites[2].Cases[0].Out)
 	}
 }

@@ -129,16 +129,19 @@ func runQEMU(ctx context.Context, opts Options) (*Result, error) {
 	if err := q.do("cont", nil); err != nil {
 		return nil, fmt.Errorf("sim: %s: start: %w", QEMU, err)
 	}
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
+	// Poll the instruction count, more often as the end comes near: the
+	// next poll is due when about half the remaining simulated time will
+	// have passed at the rate seen so far (100 us to 20 ms apart).
 	var icount uint64
+	wait := time.NewTimer(100 * time.Microsecond)
+	defer wait.Stop()
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			done = true
 		case <-exited:
 			return nil, fmt.Errorf("sim: %s exited: %v %s", QEMU, waitErr, strings.TrimSpace(stderr.String()))
-		case <-tick.C:
+		case <-wait.C:
 		}
 		var rep struct {
 			ICount uint64 `json:"icount"`
@@ -153,6 +156,14 @@ func runQEMU(ctx context.Context, opts Options) (*Result, error) {
 		if opts.For > 0 && now >= opts.For {
 			done = true
 		}
+		next := 20 * time.Millisecond
+		if opts.For > 0 && now == 0 {
+			next = 0 // not started yet: no rate to go by
+		} else if elapsed := time.Since(start); opts.For > 0 {
+			rate := float64(now) / float64(elapsed) // simulated per wall
+			next = min(next, time.Duration(float64(opts.For-now)/rate/2))
+		}
+		wait.Reset(max(next, 100*time.Microsecond))
 	}
 	q.do("stop", nil)
 	res.Wall = time.Since(start)
