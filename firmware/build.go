@@ -131,34 +131,21 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	res.Timings.Hash = time.Since(start)
 	s := opts.Store
 
-	p, ok := s.Lookup(res.Derivation, r.Name)
-	if !ok && opts.Substitute != nil {
-		if p, ok = opts.Substitute(ctx, res.Derivation, r.Name); ok {
-			res.Substituted = true
-		}
-	}
-	if ok {
-		if err := s.Verify(p); err != nil {
-			return nil, fmt.Errorf("firmware: %s: %w", r.Name, err)
-		}
-		m, err := ReadManifest(p)
-		if err != nil {
-			return nil, err
-		}
-		res.Hit, res.StorePath, res.Manifest = true, p, m
-		logf("store hit %s", p)
-	} else {
-		b, err := prepare(ctx, opts, d, logf)
-		if err != nil {
-			return nil, err
-		}
-		res.Timings.Fetch = time.Since(start) - res.Timings.Hash
-		t := time.Now()
-		files, m, err := b.run(ctx)
-		if err != nil {
-			return nil, err
-		}
-		p, err := s.Add(res.Derivation, r.Name, func(dir string) error {
+	var m *Manifest
+	rz, err := s.Realise(ctx, store.Request{
+		Hash: StoreKey(res.Derivation, !opts.NoSandbox), Name: r.Name,
+		Build: func(ctx context.Context, dir string) error {
+			b, err := prepare(ctx, opts, d, logf)
+			if err != nil {
+				return err
+			}
+			res.Timings.Fetch = time.Since(start) - res.Timings.Hash
+			t := time.Now()
+			var files map[string][]byte
+			if files, m, err = b.run(ctx); err != nil {
+				return err
+			}
+			res.Timings.Build = time.Since(t)
 			for _, name := range outputNames {
 				if _, ok := files[name]; !ok {
 					continue
@@ -168,14 +155,20 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 				}
 			}
 			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("firmware: store %s: %w", r.Name, err)
-		}
-		res.Timings.Build = time.Since(t)
-		res.StorePath, res.Manifest = p, m
-		logf("built %s", p)
+		},
+		Check: func(dir string, entry *store.Manifest) error {
+			var err error
+			m, err = checkEntry(dir, entry, res.Derivation, !opts.NoSandbox)
+			return err
+		},
+		Substitute: opts.Substitute,
+		Log:        logf,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("firmware: %s: %w", r.Name, err)
 	}
+	res.Hit, res.StorePath, res.Manifest = rz.How != store.Built, rz.Path, m
+	res.Substituted = rz.How == store.Substituted
 
 	if opts.Check {
 		t := time.Now()
@@ -236,27 +229,19 @@ func short(h string) string {
 	return h
 }
 
-// copyOutputs copies a store entry's files to out (replacing what is there).
+// copyOutputs copies a store entry's files to out (store.Publish: never
+// writing through a name already in out).
 func copyOutputs(from, out string) error {
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return fmt.Errorf("firmware: output directory: %w", err)
-	}
+	var files []store.File
 	for _, name := range outputNames {
-		data, err := os.ReadFile(filepath.Join(from, name))
-		if name == DFUName && errors.Is(err, fs.ErrNotExist) {
+		src := filepath.Join(from, name)
+		if _, err := os.Lstat(src); name == DFUName && errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
-		if err != nil {
-			return fmt.Errorf("firmware: %w", err)
-		}
-		dst := filepath.Join(out, name)
-		tmp := dst + ".tmp"
-		if err := os.WriteFile(tmp, data, 0o644); err != nil {
-			return fmt.Errorf("firmware: %w", err)
-		}
-		if err := os.Rename(tmp, dst); err != nil {
-			return fmt.Errorf("firmware: %w", err)
-		}
+		files = append(files, store.File{Name: name, From: src})
+	}
+	if err := store.Publish(out, files); err != nil {
+		return fmt.Errorf("firmware: %w", err)
 	}
 	return nil
 }

@@ -80,3 +80,38 @@ func statSnapshot(root string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// StoreKey is the store key of a firmware derivation: the derivation hash
+// for a sandboxed build, and another key for a --no-sandbox build, so that
+// one never satisfies a lookup of the other.
+func StoreKey(derivation string, sandboxed bool) string {
+	if sandboxed {
+		return derivation
+	}
+	sum := sha256.Sum256([]byte("kiln-firmware-no-sandbox\x00" + derivation))
+	return hex.EncodeToString(sum[:])
+}
+
+// checkEntry checks a verified store entry's outputs against its
+// manifest.json: the derivation and sandbox it names, and every output's
+// hash against the entry's (store.CheckOutputs). It returns the manifest.
+func checkEntry(dir string, entry *store.Manifest, derivation string, sandboxed bool) (*Manifest, error) {
+	m, err := ReadManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	if m.Derivation != derivation {
+		return nil, fmt.Errorf("%s names derivation %s", ManifestName, m.Derivation)
+	}
+	if m.Sandbox != sandboxed {
+		return nil, fmt.Errorf("%s says sandbox %v, want %v", ManifestName, m.Sandbox, sandboxed)
+	}
+	outs := map[string]string{}
+	for name, o := range m.Outputs {
+		outs[name] = o.SHA256
+	}
+	if err := store.CheckOutputs(entry, outs, ManifestName); err != nil {
+		return nil, err
+	}
+	return m, nil
+}

@@ -7,11 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/internal/trust"
 )
 
@@ -196,42 +195,22 @@ func ProvenanceEnvelope(s *Subject, key *trust.SecretKey) ([]byte, error) {
 }
 
 // WriteFiles writes sbom.cdx.json and, when key is not nil,
-// provenance.json into dir, each atomically.
+// provenance.json into dir, through store.Publish (never writing through a
+// name already in dir).
 func WriteFiles(dir string, s *Subject, key *trust.SecretKey) error {
 	sbom, err := SBOM(s)
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(filepath.Join(dir, SBOMName), sbom); err != nil {
-		return err
+	files := []store.File{{Name: SBOMName, Data: sbom}}
+	if key != nil {
+		prov, err := ProvenanceEnvelope(s, key)
+		if err != nil {
+			return err
+		}
+		files = append(files, store.File{Name: ProvenanceName, Data: prov})
 	}
-	if key == nil {
-		return nil
-	}
-	prov, err := ProvenanceEnvelope(s, key)
-	if err != nil {
-		return err
-	}
-	return writeAtomic(filepath.Join(dir, ProvenanceName), prov)
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".attest-*")
-	if err != nil {
-		return fmt.Errorf("attest: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("attest: write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("attest: write %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("attest: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := store.Publish(dir, files); err != nil {
 		return fmt.Errorf("attest: %w", err)
 	}
 	return nil

@@ -295,6 +295,36 @@ func plural(n int, one, many string) string {
 	return fmt.Sprintf("%d %s", n, many)
 }
 
+// rebuildImage realises an image recipe through the store; when the store
+// already held it, it builds it once more in a temporary directory (an
+// audit is a rebuild) and fails unless the rebuild matches the store's
+// image. It returns the rebuilt image.img.
+func rebuildImage(c *cli.Context, dir string, opts recipebuild.Options) (*recipebuild.Result, string, func(), error) {
+	res, rz, err := recipebuild.Realise(c.Context, dir, opts)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	img := filepath.Join(rz.Path, image.ImageFile)
+	if rz.How != store.Hit {
+		return res, img, func() {}, nil
+	}
+	tmp, err := os.MkdirTemp("", "kiln-audit-")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	cleanup := func() { os.RemoveAll(tmp) }
+	fresh, err := recipebuild.Build(c.Context, dir, tmp, opts)
+	if err != nil {
+		cleanup()
+		return nil, "", nil, err
+	}
+	if got, want := fresh.Outputs[image.ImageFile].SHA256, res.Outputs[image.ImageFile].SHA256; got != want {
+		cleanup()
+		return nil, "", nil, fmt.Errorf("%w: %s rebuilt as %s, the store holds %s", firmware.ErrNotReproducible, image.ImageFile, short12(got), short12(want))
+	}
+	return fresh, filepath.Join(tmp, image.ImageFile), cleanup, nil
+}
+
 // auditImage rebuilds an image recipe and compares the shipped .img (or
 // .img.xz) with it partition by partition.
 func auditImage(c *cli.Context, dir string, s *store.Store, against, port string) error {
@@ -302,22 +332,18 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 	if port != "" && !strings.HasPrefix(port, "ssh://") {
 		return usagef("audit --port %s: an image recipe is audited on a device over SSH (ssh://user@host[/dev/mmcblk0])", port)
 	}
-	tmp, err := os.MkdirTemp("", "kiln-audit-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
 	opts := recipebuild.Options{Store: s, NoXZ: true}
 	if !c.Bool("json") {
 		opts.Log = func(line string) { fmt.Fprintln(e.stderr, line) }
 	}
-	res, err := recipebuild.Build(c.Context, dir, tmp, opts)
+	res, rebuilt, cleanup, err := rebuildImage(c, dir, opts)
 	if err != nil {
 		err = withHint(fmt.Errorf("audit: rebuild: %w", err), "an audit needs a rebuild: see kiln image build")
 		return appendResult(c, auditlog.Entry{Kind: auditlog.KindAudit, Artifact: against, Port: port}, err)
 	}
+	defer cleanup()
 	if port != "" {
-		return auditImageDevice(c, e, port, filepath.Join(tmp, image.ImageFile), res)
+		return auditImageDevice(c, e, port, rebuilt, res)
 	}
 	if st, err := os.Stat(against); err == nil && st.IsDir() {
 		against = filepath.Join(against, image.ImageFile)
@@ -328,7 +354,7 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 		return appendResult(c, entry, err)
 	}
 	defer cleanup()
-	cmp, err := compareDisks(filepath.Join(tmp, image.ImageFile), plain, res)
+	cmp, err := compareDisks(rebuilt, plain, res)
 	if err != nil {
 		return appendResult(c, entry, err)
 	}

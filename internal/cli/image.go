@@ -74,7 +74,10 @@ func imageBuild(c *cli.Context, dir, out string) error {
 	if c.Bool("verbose") {
 		opts.Log = func(s string) { fmt.Fprintln(e.stderr, s) }
 	}
-	res, err := recipebuild.Build(c.Context, dir, out, opts)
+	res, rz, err := recipebuild.Realise(c.Context, dir, opts)
+	if err == nil {
+		res, err = recipebuild.Export(c.Context, res, rz.Path, out, opts)
+	}
 	bar.Done()
 	if err != nil {
 		return imageHints(err)
@@ -94,6 +97,7 @@ func imageBuild(c *cli.Context, dir, out string) error {
 	}
 	fmt.Fprintf(e.stdout, "built %s %s (%s table, %s)\n", res.Name, res.Version, res.Image.Table, humanBytes(res.Image.Size))
 	fmt.Fprintf(e.stdout, "derivation %s\n", res.Derivation)
+	fmt.Fprintf(e.stdout, "store      %s (%s)\n", rz.Path, rz.How)
 	for _, name := range []string{image.ImageFile, image.XZFile, image.BmapFile} {
 		if o, ok := res.Outputs[name]; ok {
 			fmt.Fprintf(e.stdout, "%-13s %s  %s\n", name, o.SHA256, humanBytes(o.Size))

@@ -70,23 +70,15 @@ func StoreBuilder(s *store.Store, log func(string, ...any)) Builder {
 		if r.Kind != recipes.KindImage {
 			return "", fmt.Errorf("%s is a %s recipe; a fleet group needs an image recipe", r.File, r.Kind)
 		}
-		d, err := r.Derive()
+		logf := func(string) {}
+		if log != nil {
+			logf = func(line string) { log("%s", line) }
+		}
+		_, rz, err := recipebuild.Realise(ctx, dir, recipebuild.Options{Store: s, NoXZ: true, Log: logf})
 		if err != nil {
 			return "", err
 		}
-		p, ok := s.Lookup(d.Hash(), r.Name)
-		if !ok {
-			if log != nil {
-				log("building %s (derivation %s)", r.File, d.Hash())
-			}
-			p, err = s.Add(d.Hash(), r.Name, func(out string) error {
-				_, err := recipebuild.Build(ctx, dir, out, recipebuild.Options{Store: s, NoXZ: true})
-				return err
-			})
-			if err != nil {
-				return "", err
-			}
-		}
+		p := rz.Path
 		return filepath.Join(p, image.ImageFile), nil
 	}
 }

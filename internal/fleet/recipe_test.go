@@ -24,7 +24,11 @@ func TestGroupFromRecipe(t *testing.T) {
 		t.Fatal(err)
 	}
 	var builds []string
-	build := StoreBuilder(st, func(format string, a ...any) { builds = append(builds, fmt.Sprintf(format, a...)) })
+	build := StoreBuilder(st, func(format string, a ...any) {
+		if line := fmt.Sprintf(format, a...); strings.HasPrefix(line, "building ") {
+			builds = append(builds, line)
+		}
+	})
 	recipe := filepath.Join(f.Dir, "appliance")
 	if out, err := exec.Command("cp", "-r", "../../testdata/ab-appliance", recipe).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)

@@ -38,6 +38,9 @@ var (
 // Store is a content-addressed directory of read-only entries.
 type Store struct {
 	Root string
+	// Substituters are asked, in order, for a derivation Realise does not
+	// find in the store, before it builds (a binary cache plugs in here).
+	Substituters []Substituter
 }
 
 // Entry is one complete store entry.
