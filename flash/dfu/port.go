@@ -3,109 +3,29 @@ package dfu
 import (
 	"encoding/binary"
 	"fmt"
-	"sort"
-	"strconv"
 	"strings"
 
-	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/usbport"
 )
 
 // Port selects a USB DFU device: "dfu:" (the only DFU device present),
-// "dfu:VID:PID", and either followed by ",serial=S".
-type Port struct {
-	VID, PID uint16
-	HasID    bool // VID and PID were given
-	Serial   string
-}
-
-// ParsePort reads a dfu: port.
-func ParsePort(s string) (Port, error) {
-	var p Port
-	rest, ok := strings.CutPrefix(s, "dfu:")
-	if !ok {
-		return p, fmt.Errorf("dfu: port %q does not start with \"dfu:\"", s)
-	}
-	id, opts, _ := strings.Cut(rest, ",")
-	if id != "" {
-		v, q, ok := strings.Cut(id, ":")
-		vid, err1 := strconv.ParseUint(strings.TrimPrefix(v, "0x"), 16, 16)
-		pid, err2 := strconv.ParseUint(strings.TrimPrefix(q, "0x"), 16, 16)
-		if !ok || err1 != nil || err2 != nil {
-			return p, fmt.Errorf("dfu: port %q: want dfu:VID:PID in hex, like dfu:0483:df11", s)
-		}
-		p.VID, p.PID, p.HasID = uint16(vid), uint16(pid), true
-	}
-	if opts != "" {
-		for _, o := range strings.Split(opts, ",") {
-			k, v, _ := strings.Cut(o, "=")
-			if k != "serial" || v == "" {
-				return p, fmt.Errorf("dfu: port %q: unknown option %q (want serial=S)", s, o)
-			}
-			p.Serial = v
-		}
-	}
-	return p, nil
-}
-
-// String spells the port as ParsePort reads it.
-func (p Port) String() string {
-	s := "dfu:"
-	if p.HasID {
-		s += fmt.Sprintf("%04x:%04x", p.VID, p.PID)
-	}
-	if p.Serial != "" {
-		s += ",serial=" + p.Serial
-	}
-	return s
-}
-
-// Match reports whether a device with these IDs and serial number is one
-// the port selects.
-func (p Port) Match(vid, pid uint16, serial string) bool {
-	return (!p.HasID || (p.VID == vid && p.PID == pid)) && (p.Serial == "" || p.Serial == serial)
-}
+// "dfu:VID:PID", and either followed by ",serial=S" (package usbport).
+type Port = usbport.Port
 
 // Candidate is a USB device in DFU mode found on the bus.
-type Candidate struct {
-	VID, PID     uint16
-	Serial       string
-	Bus, Address int
-}
+type Candidate = usbport.Candidate
 
-func (c Candidate) String() string {
-	return fmt.Sprintf("dfu:%04x:%04x,serial=%s (bus %d address %d)", c.VID, c.PID, c.Serial, c.Bus, c.Address)
-}
+// ParsePort reads a dfu: port.
+func ParsePort(s string) (Port, error) { return usbport.Parse("dfu", s) }
 
-// Choose picks the one candidate the port selects. None is an error
-// wrapping flash.ErrNoDevice (runtime names devices seen in DFU run-time
-// mode, for the message); several are an error listing them.
-func (p Port) Choose(found []Candidate, runtime []string) (int, error) {
-	var idx []int
-	for i, c := range found {
-		if p.Match(c.VID, c.PID, c.Serial) {
-			idx = append(idx, i)
-		}
+// choose picks the one DFU device the port selects; runtime names devices
+// seen in DFU run-time mode, for the message when none is in DFU mode.
+func choose(p Port, found []Candidate, runtime []string) (int, error) {
+	why := ""
+	if len(runtime) > 0 {
+		why = strings.Join(runtime, ", ") + " in run-time mode: start the bootloader, e.g. with BOOT0 high"
 	}
-	switch len(idx) {
-	case 1:
-		return idx[0], nil
-	case 0:
-		why := ""
-		if len(runtime) > 0 {
-			why = fmt.Sprintf(" (%s in run-time mode: start the bootloader, e.g. with BOOT0 high)", strings.Join(runtime, ", "))
-		}
-		where := "on USB"
-		if p != (Port{}) {
-			where = "matching " + strings.TrimPrefix(p.String(), "dfu:")
-		}
-		return -1, fmt.Errorf("dfu: no DFU device found %s%s: %w", where, why, flash.ErrNoDevice)
-	}
-	names := make([]string, len(idx))
-	for k, i := range idx {
-		names[k] = found[i].String()
-	}
-	sort.Strings(names)
-	return -1, fmt.Errorf("dfu: %d DFU devices match %s: %s; choose one with --port dfu:VID:PID,serial=S", len(idx), p, strings.Join(names, ", "))
+	return p.Choose(found, "DFU device", why)
 }
 
 // dfuInterface is one DFU-mode interface found in a configuration

@@ -14,10 +14,10 @@ func TestParsePort(t *testing.T) {
 		in   string
 		want Port
 	}{
-		{"dfu:", Port{}},
-		{"dfu:0483:df11", Port{VID: 0x0483, PID: 0xdf11, HasID: true}},
-		{"dfu:0x0483:0xDF11,serial=3276365D3032", Port{VID: 0x0483, PID: 0xdf11, HasID: true, Serial: "3276365D3032"}},
-		{"dfu:,serial=ABC", Port{Serial: "ABC"}},
+		{"dfu:", Port{Scheme: "dfu"}},
+		{"dfu:0483:df11", Port{Scheme: "dfu", VID: 0x0483, PID: 0xdf11, HasID: true}},
+		{"dfu:0x0483:0xDF11,serial=3276365D3032", Port{Scheme: "dfu", VID: 0x0483, PID: 0xdf11, HasID: true, Serial: "3276365D3032"}},
+		{"dfu:,serial=ABC", Port{Scheme: "dfu", Serial: "ABC"}},
 	} {
 		got, err := ParsePort(tc.in)
 		if err != nil || got != tc.want {

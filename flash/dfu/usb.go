@@ -9,6 +9,7 @@ import (
 	"github.com/google/gousb"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/usbport"
 )
 
 // usbConn is the gousb adapter: a Controller and AltSetter on a claimed DFU
@@ -83,16 +84,6 @@ func (c *usbConn) Close() error {
 	return err
 }
 
-// newContext starts libusb; a libusb that cannot start means no device.
-func newContext() (c *gousb.Context, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("dfu: no DFU device found: libusb: %v: %w", r, flash.ErrNoDevice)
-		}
-	}()
-	return gousb.NewContext(), nil
-}
-
 // isDFU reports whether a device descriptor has a DFU interface in
 // DFU mode (protocol 2) or in run-time mode (protocol 1).
 func isDFU(desc *gousb.DeviceDesc, protocol gousb.Protocol) bool {
@@ -117,7 +108,7 @@ func Open(ctx context.Context, port string) (*Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	uctx, err := newContext()
+	uctx, err := usbport.NewContext("dfu", "DFU device")
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +139,7 @@ func Open(ctx context.Context, port string) (*Target, error) {
 		serial, _ := d.SerialNumber()
 		found = append(found, Candidate{VID: uint16(d.Desc.Vendor), PID: uint16(d.Desc.Product), Serial: serial, Bus: d.Desc.Bus, Address: d.Desc.Address})
 	}
-	i, err := p.Choose(found, runtime)
+	i, err := choose(p, found, runtime)
 	if err != nil {
 		closeAll(devs)
 		uctx.Close()
