@@ -17,6 +17,8 @@ import (
 	"kiln.dev/kiln/flash/stk500v2/stk500v2test"
 	"kiln.dev/kiln/flash/stm32"
 	"kiln.dev/kiln/flash/stm32/stm32test"
+	"kiln.dev/kiln/flash/swd"
+	"kiln.dev/kiln/flash/swd/swdtest"
 )
 
 // Backend is one flashing protocol as kiln drives it: everything the rest
@@ -177,6 +179,39 @@ var table = map[string]*Backend{
 		Hints: func(err error, port string) []string {
 			if errors.Is(err, flash.ErrNoDevice) {
 				return []string{"is the board in DFU mode (BOOT0 high, then reset)? lsusb shows 0483:df11 when it is"}
+			}
+			return nil
+		},
+	},
+	"swd": {
+		// Serial Wire Debug through a CMSIS-DAP v2 probe:
+		// swd:[VID:PID][,serial=S] opens a probe through libusb; emu:BOARD
+		// puts the probe and chip models of flash/swd/swdtest in process.
+		// Both are the same swd.Target.
+		Protocol: "swd", Ports: []string{"swd:"}, PortKind: "SWD debug probe", Resets: []string{"none"},
+		Open: func(ctx context.Context, spec string, b *boards.Board, opts Options) (Session, error) {
+			return swd.OpenUSB(ctx, spec, b, swd.Options{Unprotect: opts.Unprotect, Note: opts.Note})
+		},
+		OpenEmulator: func(model, b *boards.Board, opts Options) (Session, error) {
+			chip, err := swdtest.NewChip(model)
+			if err != nil {
+				return nil, err
+			}
+			if opts.Emulator.Pace {
+				chip.TimeScale = 1
+			}
+			return swd.Open(context.Background(), swdtest.NewProbe(chip, "EMU-"+model.Name), b, swd.Options{Unprotect: opts.Unprotect, Note: opts.Note})
+		},
+		Hints: func(err error, port string) []string {
+			switch {
+			case errors.Is(err, swd.ErrProtected):
+				return []string{"--unprotect removes read-out protection; the chip erases its whole flash as it does"}
+			case errors.Is(err, swd.ErrUnknownChip):
+				return []string{"kiln knows the STM32 lines in flash/swd's Families table; add the DEV_ID there"}
+			case errors.Is(err, swd.ErrNoAck):
+				return []string{"is the target powered, and SWDIO, SWCLK and GND connected? a chip in a low-power mode may need reset held"}
+			case errors.Is(err, flash.ErrNoDevice) && strings.HasPrefix(port, "swd:"):
+				return []string{"is the probe plugged in? kiln speaks CMSIS-DAP v2 (DAPLink, Pico probes); several probes: pick one with --port swd:VID:PID,serial=S"}
 			}
 			return nil
 		},

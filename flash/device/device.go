@@ -42,6 +42,9 @@ type Options struct {
 	Tries   int
 	// Emulator configures emu: devices.
 	Emulator EmulatorOptions
+	// Unprotect lets a back end remove a chip's read-out protection, which
+	// erases it (swd: RDP level 1).
+	Unprotect bool
 }
 
 // ErrUnsupported means kiln has no back end for the protocol here.

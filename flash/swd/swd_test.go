@@ -13,9 +13,11 @@ import (
 	"kiln.dev/kiln/flash/swd/swdtest"
 )
 
+func boardByName(name string) (*boards.Board, error) { return boards.Get(name) }
+
 func board(t *testing.T, name string) *boards.Board {
 	t.Helper()
-	b, err := boards.Get(name)
+	b, err := boardByName(name)
 	if err != nil {
 		t.Fatal(err)
 	}
