@@ -89,7 +89,7 @@ type controller struct {
 	busyTimeout time.Duration
 }
 
-func (c *controller) reg(off uint32) uint32 { return c.fam.Flash + off }
+func (c *controller) reg(off uint32) uint32 { return c.fam.FlashRegs + off }
 
 // unlock writes the key sequence if the controller is locked. Writing the
 // keys to an unlocked F4 controller faults it, so the lock bit is read first.

@@ -90,11 +90,11 @@ func Open(ctx context.Context, t Transport, b *boards.Board, opts Options) (*Tar
 		return nil, fmt.Errorf("swd: the chip's DEV_ID 0x%03x is not the board's (%s wants 0x%03x): %w: %w", tg.dev, b.Name, want, err, flash.ErrWrongDevice)
 	}
 	if tg.dev != want {
-		return nil, fmt.Errorf("swd: the chip is a %s (DEV_ID 0x%03x), not the board's %s (0x%03x): %w", fam.Devices[tg.dev], tg.dev, b.Name, want, flash.ErrWrongDevice)
+		return nil, fmt.Errorf("swd: the chip is an %s (DEV_ID 0x%03x), not the board's %s (0x%03x): %w", fam.Name, tg.dev, b.Name, want, flash.ErrWrongDevice)
 	}
 	tg.fam = fam
 	tg.ctl = &controller{a: tg.a, fam: fam}
-	uid, err := readMem(ctx, tg.a, fam.UID, 12, nil)
+	uid, err := readMem(ctx, tg.a, fam.UIDAddr(), 12, nil)
 	if err != nil {
 		return nil, fmt.Errorf("swd: read unique ID: %w", err)
 	}
@@ -206,7 +206,7 @@ func (t *Target) ReadBack(ctx context.Context, r flash.Region, p flash.Progress)
 // Identity names the chip by its line, DEV_ID, revision and unique ID, and
 // the probe by its serial.
 func (t *Target) Identity() string {
-	return fmt.Sprintf("%s (DEV_ID 0x%03x rev 0x%04x) UID %s via %s", t.fam.Devices[t.dev], t.dev, t.rev, t.uid, t.probe)
+	return fmt.Sprintf("%s (DEV_ID 0x%03x rev 0x%04x) UID %s via %s", t.fam.Name, t.dev, t.rev, t.uid, t.probe)
 }
 
 // UID is the chip's 96-bit unique ID in hex.
@@ -214,7 +214,7 @@ func (t *Target) UID() string { return t.uid }
 
 // FlashSizeKiB reads the chip's flash size register.
 func (t *Target) FlashSizeKiB(ctx context.Context) (int, error) {
-	b, err := readMem(ctx, t.a, t.fam.SizeReg, 2, nil)
+	b, err := readMem(ctx, t.a, t.fam.SizeAddr(), 2, nil)
 	if err != nil {
 		return 0, err
 	}

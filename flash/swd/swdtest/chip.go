@@ -370,13 +370,13 @@ func (c *Chip) read(word, addr, n uint32) (val uint32, ok, wait bool) {
 		return binary.LittleEndian.Uint32(c.SRAM[word-0x20000000:]), true, false
 	case addr == swd.DBGMCUIDCode:
 		return uint32(c.Rev)<<16 | uint32(c.DevID), true, false
-	case addr >= c.Family.UID && addr < c.Family.UID+12:
-		return binary.LittleEndian.Uint32(c.UID[word-c.Family.UID:]), true, false
-	case addr&^3 == c.Family.SizeReg&^3:
-		v := uint32(len(c.Flash)/1024) << (8 * (c.Family.SizeReg & 3))
+	case addr >= c.Family.UIDAddr() && addr < c.Family.UIDAddr()+12:
+		return binary.LittleEndian.Uint32(c.UID[word-c.Family.UIDAddr():]), true, false
+	case addr&^3 == c.Family.SizeAddr()&^3:
+		v := uint32(len(c.Flash)/1024) << (8 * (c.Family.SizeAddr() & 3))
 		return v, true, false
-	case addr >= c.Family.Flash && addr < c.Family.Flash+0x400:
-		return c.flashReg(word - c.Family.Flash), true, false
+	case addr >= c.Family.FlashRegs && addr < c.Family.FlashRegs+0x400:
+		return c.flashReg(word - c.Family.FlashRegs), true, false
 	case addr == 0x1FFFF800 && c.Family.Controller == "f1":
 		return uint32(c.optRDP) | uint32(^c.optRDP)<<8 | 0xffff0000, true, false
 	case addr == 0xE000EDF0:
@@ -463,11 +463,11 @@ func (c *Chip) write(addr, n, v uint32) (ok, wait bool) {
 			c.SRAM[off+i] = byte(v >> (8 * i))
 		}
 		return true, false
-	case addr >= c.Family.Flash && addr < c.Family.Flash+0x400:
+	case addr >= c.Family.FlashRegs && addr < c.Family.FlashRegs+0x400:
 		if n != 4 {
 			return false, false
 		}
-		return c.writeFlashReg(addr-c.Family.Flash, v), false
+		return c.writeFlashReg(addr-c.Family.FlashRegs, v), false
 	case addr == 0x1FFFF800 && c.Family.Controller == "f1":
 		if c.cr&(1<<4) == 0 || !c.optUnlocked || n != 2 {
 			return false, false
