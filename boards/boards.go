@@ -86,6 +86,12 @@ type Board struct {
 	// not part of the board's JSON, which derivations hash: how a board is
 	// simulated does not change what is built for it.
 	Sim *Sim `toml:"sim,omitempty" json:"-"`
+
+	// Arduino maps the board to its definition in an Arduino core's
+	// boards.txt, for recipes of kind "arduino"; nil when it has none. Not
+	// in the board's JSON either: an arduino recipe's derivation holds the
+	// board ID and options it resolved.
+	Arduino *ArduinoBoard `toml:"arduino,omitempty" json:"-"`
 }
 
 // Sim is how a board is simulated: by simavr (the board's MCU, at its
@@ -106,6 +112,13 @@ type Sim struct {
 	Flash *Memory `toml:"flash,omitempty" json:"flash,omitempty"`
 	// Limits say where the model differs from the board, for users.
 	Limits []string `toml:"limits,omitempty" json:"limits,omitempty"`
+}
+
+// ArduinoBoard is a board ID in an Arduino core's boards.txt ("uno") with
+// the menu options that select this hardware ({cpu = "atmega328old"}).
+type ArduinoBoard struct {
+	Board   string            `toml:"board" json:"board"`
+	Options map[string]string `toml:"options,omitempty" json:"options,omitempty"`
 }
 
 // Provision is the region that holds a device's provisioning record: whole
@@ -277,6 +290,9 @@ func (b *Board) Validate() error {
 			return bad("provision region %q (want flash or eeprom)", p.Region)
 		}
 	}
+	if a := b.Arduino; a != nil && a.Board == "" {
+		return bad("arduino needs board (the board ID in the core's boards.txt)")
+	}
 	if sm := b.Sim; sm != nil {
 		switch {
 		case sm.Engine == "simavr" && b.Arch != "avr":
@@ -305,6 +321,13 @@ func Parse(name string, data []byte, parent *Board) (*Board, error) {
 		b = *parent
 		b.Protocols = nil
 		b.USB = append([]string(nil), parent.USB...)
+		if parent.Arduino != nil {
+			a := ArduinoBoard{Board: parent.Arduino.Board, Options: map[string]string{}}
+			for k, v := range parent.Arduino.Options {
+				a.Options[k] = v
+			}
+			b.Arduino = &a
+		}
 	}
 	md, err := toml.Decode(string(data), &b)
 	if err != nil {

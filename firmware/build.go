@@ -104,7 +104,7 @@ type Result struct {
 
 // outputNames are the files a firmware store entry may hold, manifest
 // last; firmware.dfu only for DfuSe boards.
-var outputNames = []string{ELFName, HEXName, BINName, DFUName, ManifestName}
+var outputNames = []string{ELFName, HEXName, BINName, DFUName, BuildLogName, ManifestName}
 
 // Build builds the recipe in opts.Dir, or finds it in the store.
 func Build(ctx context.Context, opts Options) (*Result, error) {
@@ -120,7 +120,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.Kind != recipes.KindFirmware {
+	if r.Kind != recipes.KindFirmware && r.Kind != recipes.KindArduino {
 		return nil, fmt.Errorf("%s: kind %q is not firmware", r.File, r.Kind)
 	}
 	d, err := r.Derive()
@@ -235,7 +235,7 @@ func copyOutputs(from, out string) error {
 	var files []store.File
 	for _, name := range outputNames {
 		src := filepath.Join(from, name)
-		if _, err := os.Lstat(src); name == DFUName && errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Lstat(src); (name == DFUName || name == BuildLogName) && errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		files = append(files, store.File{Name: name, From: src})
@@ -257,6 +257,8 @@ type builder struct {
 	inputs    map[string]string // input name → its root in the store
 	impure    []Impurity
 	sandboxed bool
+	// arduinoMap maps an arduino build's sandbox paths back to the host's.
+	arduinoMap *strings.Replacer
 }
 
 // prepare fetches (or finds) the toolchain and inputs, verifies their store
@@ -390,6 +392,9 @@ func (b *builder) run(ctx context.Context) (map[string][]byte, *Manifest, error)
 		return nil, nil, err
 	}
 	files := map[string][]byte{ELFName: elfData, HEXName: imgs.HEX, BINName: imgs.BIN}
+	if log, err := os.ReadFile(filepath.Join(hostBuild, outDir, BuildLogName)); err == nil {
+		files[BuildLogName] = log
+	}
 	if b.board.Supports("dfuse") {
 		vid, pid := dfuIDs(b.board)
 		files[DFUName] = flash.EncodeDfuSe(imgs.Image, vid, pid)
@@ -427,6 +432,10 @@ func (b *builder) wrapErr(err error) error {
 	var ce *CommandError
 	if !errors.As(err, &ce) {
 		return err
+	}
+	if b.arduinoMap != nil {
+		ce.Output = b.arduinoMap.Replace(ce.Output)
+		ce.Err = b.arduinoMap.Replace(ce.Err)
 	}
 	if m := ldOverflow.FindStringSubmatch(ce.Output); m != nil && strings.HasPrefix(ce.What, "link") {
 		region, by := m[1]+m[3], ""
@@ -513,6 +522,13 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 		env = append(env, "LD_LIBRARY_PATH="+strings.Join(libPath, ":"))
 	}
 
+	if b.r.Kind == recipes.KindArduino {
+		cmds, err := b.planArduino(hostBuild, p)
+		if err != nil {
+			return nil, err
+		}
+		return &plan{Mounts: mounts, Env: env, Dir: p.build, Jobs: 1, Stages: [][]command{cmds}}, nil
+	}
 	common := b.archFlags()
 	var defs []string
 	keys := make([]string, 0, len(bld.Defines))
@@ -660,11 +676,7 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 	}
 	stages = append(stages, []command{{Argv: link, What: "link " + ELFName}})
 
-	jobs := b.opts.Jobs
-	if jobs <= 0 {
-		jobs = runtime.NumCPU()
-	}
-	return &plan{Mounts: mounts, Env: env, Dir: p.build, Jobs: jobs, Stages: stages}, nil
+	return &plan{Mounts: mounts, Env: env, Dir: p.build, Jobs: b.jobs(), Stages: stages}, nil
 }
 
 // manifest describes this build's outputs.
@@ -703,6 +715,8 @@ func (b *builder) manifest(files map[string][]byte, imgs *Images) *Manifest {
 	}
 	return m
 }
+
+func numCPU() int { return runtime.NumCPU() }
 
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)

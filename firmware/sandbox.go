@@ -46,12 +46,28 @@ type mount struct {
 	RW     bool   `json:"rw,omitempty"`
 }
 
-// command is one process the build runs.
+// command is one process the build runs, or a step: Go code of kiln's
+// own (registered with registerStep) that runs in the sandbox like a
+// command, for work that decides what to run as it goes (an Arduino
+// sketch's library discovery).
 type command struct {
-	Argv []string `json:"argv"`
+	Argv []string `json:"argv,omitempty"`
 	// What names the command in errors ("compile src/blink.cpp").
-	What string `json:"what"`
+	What string          `json:"what"`
+	Step string          `json:"step,omitempty"`
+	Args json.RawMessage `json:"args,omitempty"`
 }
+
+// stepFunc runs a step with the plan's environment (in its Dir) and
+// returns the output to report if it fails.
+type stepFunc func(ctx context.Context, p *plan, args json.RawMessage) (string, error)
+
+var steps = map[string]stepFunc{}
+
+// registerStep makes a step available to plans; call it from init.
+func registerStep(name string, f stepFunc) { steps[name] = f }
+
+func asErr[T error](err error, target *T) bool { return errors.As(err, target) }
 
 // plan is everything the sandbox's first process needs, sent as JSON on its
 // stdin. Stages run one after another; the commands of a stage run in
@@ -338,6 +354,16 @@ func runStage(ctx context.Context, p *plan, stage []command, jobs int) report {
 }
 
 func runCommand(ctx context.Context, p *plan, c command) report {
+	if c.Step != "" {
+		f := steps[c.Step]
+		if f == nil {
+			return report{Error: "unknown step " + c.Step}
+		}
+		if out, err := f(ctx, p, c.Args); err != nil {
+			return report{Error: err.Error(), Output: out}
+		}
+		return report{OK: true}
+	}
 	if len(c.Argv) == 0 {
 		return report{Error: "empty command"}
 	}

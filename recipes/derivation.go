@@ -33,11 +33,13 @@ type InputPin struct {
 	File   string `json:"file,omitempty"`
 	// Executable: see Input.Executable.
 	Executable bool `json:"executable,omitempty"`
+	// Unpack: see Input.Unpack.
+	Unpack bool `json:"unpack,omitempty"`
 }
 
 // StoreKey is the hash of the input's store entry (see Input.StoreKey).
 func (p InputPin) StoreKey() string {
-	return Input{Name: p.Name, SHA256: p.SHA256, File: p.File, Executable: p.Executable}.StoreKey()
+	return Input{Name: p.Name, SHA256: p.SHA256, File: p.File, Executable: p.Executable, Unpack: p.Unpack}.StoreKey()
 }
 
 // Derivation is the canonical description of a build: everything that
@@ -156,7 +158,7 @@ func (r *Recipe) Derive() (*Derivation, error) {
 		}
 	}
 	for _, in := range r.Inputs {
-		d.Inputs = append(d.Inputs, InputPin{Name: in.Name, SHA256: in.SHA256, Subdir: in.Subdir, File: in.File, Executable: in.Executable})
+		d.Inputs = append(d.Inputs, InputPin{Name: in.Name, SHA256: in.SHA256, Subdir: in.Subdir, File: in.File, Executable: in.Executable, Unpack: in.Unpack})
 	}
 	sort.Slice(d.Inputs, func(i, j int) bool { return d.Inputs[i].Name < d.Inputs[j].Name })
 	return d, nil

@@ -89,6 +89,10 @@ type Input struct {
 	// program a pre command runs. It is part of the derivation and of the
 	// store key.
 	Executable bool `toml:"executable,omitempty" json:"executable,omitempty"`
+	// Unpack stores a .zip, .tar, .tar.gz or .tar.xz archive (found by its
+	// content) unpacked, with the path rules of a .deb: no "..", no
+	// absolute paths, no links leaving the tree. Library archives are.
+	Unpack bool `toml:"unpack,omitempty" json:"unpack,omitempty"`
 	// Dir is the base of relative file: sources (the recipe directory);
 	// Load sets it. It is not part of the derivation.
 	Dir string `toml:"-" json:"-"`
@@ -97,15 +101,18 @@ type Input struct {
 // StoreKey is the hash naming the input's unpacked content in the store
 // (with the input's name): it depends on the pinned sha256 and on the file
 // name a non-archive is stored under, not on the sources.
-func (in Input) StoreKey() string { return inputKey(in.SHA256, in.StoredName(), in.Executable) }
+func (in Input) StoreKey() string {
+	return inputKey(in.SHA256, in.StoredName(), in.Executable, in.Unpack)
+}
 
-func inputKey(sha, stored string, exec bool) string {
+func inputKey(sha, stored string, exec, unpack bool) string {
 	return hashJSON(struct {
 		Format int    `json:"format"`
 		SHA256 string `json:"sha256"`
 		File   string `json:"file"`
 		Exec   bool   `json:"exec,omitempty"`
-	}{FormatVersion, sha, stored, exec})
+		Unpack bool   `json:"unpack,omitempty"`
+	}{FormatVersion, sha, stored, exec, unpack})
 }
 
 // StoredName is the file name a non-archive input has in its store entry.
@@ -493,6 +500,9 @@ func (in Input) validate() error {
 		if err := checkRelGlob(in.Subdir); err != nil {
 			return fmt.Errorf("%s: subdir: %v", in.Name, err)
 		}
+	}
+	if in.Unpack && (in.Executable || in.File != "") {
+		return fmt.Errorf("%s: unpack stores an archive's content: it takes neither file nor executable", in.Name)
 	}
 	if in.File != "" && (strings.ContainsAny(in.File, "/\\") || in.File == "." || in.File == "..") {
 		return fmt.Errorf("%s: file %q must be a plain file name", in.Name, in.File)

@@ -10,7 +10,7 @@ import (
 // TestEveryShippedToolchain loads and validates every toolchain file kiln embeds.
 func TestEveryShippedToolchain(t *testing.T) {
 	names := ToolchainNames()
-	if strings.Join(names, " ") != "arm-none-eabi-12.2 avr-gcc-5.4" {
+	if strings.Join(names, " ") != "arm-none-eabi-12.2 avr-gcc-5.4 avr-gcc-5.4-arduino" {
 		t.Errorf("toolchains %v", names)
 	}
 	debRE := regexp.MustCompile(`^deb:([a-z0-9][a-z0-9.+-]*)=[0-9]`)

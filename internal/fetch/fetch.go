@@ -104,6 +104,10 @@ func (f *Fetcher) Input(ctx context.Context, in recipes.Input) (string, error) {
 	}
 	defer os.RemoveAll(filepath.Dir(dl))
 	p, err := f.Store.Add(in.StoreKey(), in.Name, func(dir string) error {
+		if in.Unpack {
+			f.logf("unpack %s", in.Name)
+			return UnpackArchive(dl, dir)
+		}
 		if IsDeb(dl) {
 			f.logf("unpack %s", in.Name)
 			return unpackDebFile(dl, dir)
