@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/internal/sim"
 	"kiln.dev/kiln/recipes"
 )
 
@@ -201,5 +203,109 @@ func TestJUnitThreeRecipes(t *testing.T) {
 	}
 	if !strings.HasPrefix(doc.Suites[2].Cases[0].Out, "hello from bluepill\r\n") {
 		t.Errorf("bluepill system-out: %q", doc.Suites[2].Cases[0].Out)
+	}
+}
+
+// asciiTable is what ASCIITable.ino's loop prints, computed here from the
+// sketch's own definition (Serial.println: "\r\n"; HEX upper case).
+func asciiTable() string {
+	var b strings.Builder
+	b.WriteString("ASCII Table ~ Character Map\r\n")
+	for c := 33; c <= 126; c++ {
+		fmt.Fprintf(&b, "%c, dec: %d, hex: %X, oct: %o, bin: %b\r\n", c, c, c, c, c)
+	}
+	return b.String()
+}
+
+// TestRunASCIITable (must show 2): the ASCIITable example from Debian's
+// arduino package, built by kiln, prints exactly the table its code
+// defines, on the Uno and on the Mega 2560.
+func TestRunASCIITable(t *testing.T) {
+	t.Parallel()
+	want := asciiTable()
+	for _, dir := range []string{"asciitable-uno", "asciitable-mega2560"} {
+		t.Run(dir, func(t *testing.T) {
+			t.Parallel()
+			// 9600 baud: 4.4 s of simulated time for the 4.2 KB table.
+			res := runKiln(t, nil, "run", "../../testdata/sketches/"+dir, "--for", "6s")
+			if res.code != 0 {
+				t.Fatalf("exit %d: %s", res.code, res.stderr)
+			}
+			if res.stdout != want {
+				t.Fatalf("the table differs (- expected, + actual):\n%s", sim.Diff(want, res.stdout))
+			}
+		})
+	}
+}
+
+// TestRunSerialCallResponse (must show 2): SerialCallResponse sends 'A'
+// every 300 ms until a byte arrives on stdin, then answers each byte with
+// its three sensor readings (nothing drives them under kiln run: zeros).
+func TestRunSerialCallResponse(t *testing.T) {
+	t.Parallel()
+	dir := "../../testdata/sketches/serialcallresponse-uno"
+	cmd := exec.Command(kilnBin, "run", dir, "--for", "2s", "--input", "-", "--input-at", "1s")
+	cmd.Stdin = strings.NewReader("xy")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v: %s", err, errb.String())
+	}
+	// 'A' at 0, 0.3, 0.6 and 0.9 s; the check at 1.2 s finds the byte.
+	if want := "AAAA\x00\x00\x00\x00\x00\x00"; out.String() != want {
+		t.Fatalf("stdout %q, want %q\n%s", out.String(), want, errb.String())
+	}
+	// Its [[test]] drives A0, A1 and pin 2, and expects their readings.
+	res := runKiln(t, nil, "test", dir)
+	if res.code != 0 || !strings.Contains(res.stdout, "PASS answers with the sensors") {
+		t.Fatalf("kiln test: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+}
+
+// TestRunWithOptiboot (must show 5): with the real Optiboot 8.3 in the
+// bootloader area, the Uno starts in Optiboot after an external reset
+// (Optiboot flashes the LED three times), Optiboot's watchdog times out to
+// the application, and blink runs.
+func TestRunWithOptiboot(t *testing.T) {
+	t.Parallel()
+	boot, err := filepath.Abs("../../../shared/peers/optiboot_atmega328_v8.3.hex")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(boot); err != nil {
+		t.Skipf("the Optiboot 8.3 peer image is not here: %v", err)
+	}
+	res := runKiln(t, nil, "run", "../../recipes/blink-uno", "--with-bootloader", boot, "--for", "4s", "--pins", "PB5")
+	if res.code != 0 {
+		t.Fatalf("exit %d: %s", res.code, res.stderr)
+	}
+	m := regexp.MustCompile(`the bootloader started the application at ([0-9.]+)s`).FindStringSubmatch(res.stderr)
+	if m == nil {
+		t.Fatalf("the application never started:\n%s", res.stderr)
+	}
+	appAt, _ := strconv.ParseFloat(m[1], 64)
+	// Optiboot 8.3: three LED flashes (about 0.4 s), then a 1 s watchdog.
+	if appAt < 1.2 || appAt > 1.6 {
+		t.Errorf("the application started at %.3f s, want about 1.4 s (flashes + Optiboot's 1 s timeout)", appAt)
+	}
+	at, _ := pinChanges(t, res.stderr, "PB5")
+	var boot6, app []time.Duration
+	for i, a := range at {
+		if a.Seconds() < appAt && i > 0 {
+			boot6 = append(boot6, a)
+		} else if a.Seconds() >= appAt {
+			app = append(app, a)
+		}
+	}
+	if len(boot6) != 6 {
+		t.Errorf("Optiboot's LED: %d changes before the application, want 6 (3 flashes)\n%s", len(boot6), res.stderr)
+	}
+	if len(app) != 3 {
+		t.Fatalf("blink after Optiboot: %d changes, want 3 (at start, +1 s, +2 s)\n%s", len(app), res.stderr)
+	}
+	for i := 1; i < len(app); i++ {
+		if d := app[i] - app[i-1]; d < 990*time.Millisecond || d > 1010*time.Millisecond {
+			t.Errorf("blink toggle %d after %v, want 1000 ms ± 1%%", i, d)
+		}
 	}
 }

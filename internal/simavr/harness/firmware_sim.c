@@ -208,6 +208,26 @@ static avr_irq_t *pin_irq(avr_t *avr, char port, int bit)
 	return avr_io_getirq(avr, AVR_IOCTL_IOPORT_GETIRQ(port), bit);
 }
 
+/*
+ * MCUSR's reset flags are cumulative on a real ATmega: only a power-on
+ * reset or the firmware clears them. simavr's reset zeroes the register
+ * and its watchdog then sets WDRF alone, so a bootloader started by an
+ * external reset (EXTRF) that times out through the watchdog would see
+ * WDRF without EXTRF. Optiboot 8.3 then cannot clear WDRF, so it cannot
+ * turn the watchdog off, and the application is reset every 16 ms. The
+ * core's reset hook is wrapped to keep the flags the register held.
+ */
+#define MCUSR_ADDR 0x54
+static void (*core_reset)(avr_t *avr);
+static uint8_t mcusr_shadow;
+
+static void keep_reset_flags(avr_t *avr)
+{
+	if (core_reset)
+		core_reset(avr);
+	avr->data[MCUSR_ADDR] |= mcusr_shadow & 0x0f;
+}
+
 static int load_bin(avr_t *avr, const char *path)
 {
 	FILE *f = fopen(path, "rb");
@@ -350,7 +370,10 @@ int main(int argc, char **argv)
 		avr->pc = (uint32_t)boot;
 	/* MCUSR sits at data address 0x54 on every part simavr runs for kiln
 	 * (ATmega328P, ATmega2560, ATmega32U4): EXTRF is bit 1, PORF bit 0. */
-	avr->data[0x54] = boot >= 0 ? 1 << 1 : 1 << 0;
+	avr->data[MCUSR_ADDR] = boot >= 0 ? 1 << 1 : 1 << 0;
+	mcusr_shadow = avr->data[MCUSR_ADDR];
+	core_reset = avr->reset;
+	avr->reset = keep_reset_flags;
 	avr->state = cpu_Running;
 
 	for (int i = 0; i < npins; i++) {
@@ -397,6 +420,7 @@ int main(int argc, char **argv)
 				halted = 1;
 				break;
 			}
+			mcusr_shadow = avr->data[MCUSR_ADDR];
 			if (wire.shift_full)
 				settle(&wire);
 			if (avr->cycle < before_reset) {
