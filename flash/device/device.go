@@ -61,6 +61,9 @@ func Open(ctx context.Context, spec string, b *boards.Board, protocol string, op
 		opts.Note = func(string) {}
 	}
 	if name, ok := strings.CutPrefix(spec, "emu:"); ok && be.OpenEmulator != nil {
+		// emu:BOARD#N is the Nth of several emulated boards of one kind
+		// (a station flashing two probes at once).
+		name, _, _ = strings.Cut(name, "#")
 		model, err := boards.Get(name)
 		if err != nil {
 			return nil, fmt.Errorf("device: emu:%s: %w", name, err)

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"kiln.dev/kiln/boards"
@@ -30,6 +31,9 @@ var (
 	f4Word      = 16 * time.Microsecond
 	f4Sector    = map[uint32]time.Duration{16 << 10: 400 * time.Millisecond, 64 << 10: 1200 * time.Millisecond, 128 << 10: 2000 * time.Millisecond}
 )
+
+// chips numbers the chips made, for their unique IDs.
+var chips atomic.Uint32
 
 // Chip is an STM32 as its debug port sees it.
 type Chip struct {
@@ -103,7 +107,8 @@ func NewChip(b *boards.Board) (*Chip, error) {
 	for i := range c.Flash {
 		c.Flash[i] = 0xff
 	}
-	copy(c.UID[:], fmt.Sprintf("KILN%08X", dev*2654435761))
+	// Every chip has its own unique ID, as real ones do.
+	copy(c.UID[:], fmt.Sprintf("KILN%04X%04X", dev, chips.Add(1)&0xffff))
 	c.RDP = c.rdpNone()
 	c.optRDP = c.RDP
 	c.optcr = uint32(c.RDP)<<8 | 0x0fff00ed&^0xff00 | 1
