@@ -309,3 +309,25 @@ func TestRunWithOptiboot(t *testing.T) {
 		}
 	}
 }
+
+// TestSketchesAreDebians: the sketches under testdata/sketches are the
+// examples Debian's arduino package installs, byte for byte.
+func TestSketchesAreDebians(t *testing.T) {
+	for ino, sum := range map[string]string{
+		"asciitable-uno/ASCIITable/ASCIITable.ino":                         "66ac7543a330ee80860c520496d962c63710ffc56e18352bc7ff93ce62ccbcf6",
+		"asciitable-mega2560/ASCIITable/ASCIITable.ino":                    "66ac7543a330ee80860c520496d962c63710ffc56e18352bc7ff93ce62ccbcf6",
+		"serialcallresponse-uno/SerialCallResponse/SerialCallResponse.ino": "0db1fb311b5fcec07696e30608dbd4077bee50b41eeca04b3d68c82548cf79de",
+	} {
+		data, err := os.ReadFile("../../testdata/sketches/" + ino)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprintf("%x", sha256.Sum256(data)); got != sum {
+			t.Errorf("%s: sha256 %s, Debian's is %s", ino, got, sum)
+		}
+		deb, err := os.ReadFile("/usr/share/arduino/examples/04.Communication/" + filepath.Base(filepath.Dir(ino)) + "/" + filepath.Base(ino))
+		if err == nil && !bytes.Equal(deb, data) {
+			t.Errorf("%s differs from the installed Debian example", ino)
+		}
+	}
+}

@@ -1,5 +1,0 @@
-// The sketch as the Arduino builder compiles it: Arduino.h, the
-// prototypes of functions used before their definition, the .ino.
-#include <Arduino.h>
-void establishContact();
-#include "SerialCallResponse.ino"
