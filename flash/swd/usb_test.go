@@ -34,7 +34,11 @@ func child() int {
 	if err == nil {
 		var tg *swd.Target
 		if tg, err = swd.OpenUSB(context.Background(), os.Getenv("KILN_SWD_PORT"), b, swd.Options{}); err == nil {
-			img, _ := flash.NewImage("usb", flash.Segment{Addr: b.Flash.Base, Data: payload()})
+			data := payload()
+			if f := os.Getenv("KILN_SWD_BIN"); f != "" {
+				data, _ = os.ReadFile(f)
+			}
+			img, _ := flash.NewImage("usb", flash.Segment{Addr: b.Flash.Base, Data: data})
 			var res flash.Result
 			if res, err = flash.Program(context.Background(), tg, img, nil); err == nil {
 				fmt.Println(res.DeviceSHA256, tg.Identity())

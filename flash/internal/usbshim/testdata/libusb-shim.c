@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 static int sock = -1;
@@ -32,6 +33,7 @@ static unsigned char cfgraw[4096];
 static int cfglen;
 static int thedev, thectx, thehandle;
 static pthread_mutex_t pendmu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pendcv = PTHREAD_COND_INITIALIZER; /* a transfer was submitted */
 
 static int io(int w, void *b, int n) {
 	unsigned char *p = b;
@@ -328,6 +330,7 @@ int LIBUSB_CALL libusb_submit_transfer(struct libusb_transfer *t) {
 		cancelled[npend] = 0;
 		pend[npend++] = t;
 		rc = 0;
+		pthread_cond_broadcast(&pendcv);
 	}
 	pthread_mutex_unlock(&pendmu);
 	return rc;
@@ -424,8 +427,26 @@ int LIBUSB_CALL libusb_handle_events_timeout_completed(libusb_context *ctx, stru
 	(void)ctx;
 	if (run() > 0 || (completed && *completed))
 		return 0;
+	/* Sleep until a transfer is submitted (as real libusb sleeps in poll
+	 * until an fd wakes it), at most 1 ms: an IN transfer may be waiting
+	 * for the model, which has no fd to wake us. */
 	long us = tv ? tv->tv_sec * 1000000L + tv->tv_usec : 1000;
-	usleep(us > 1000 ? 1000 : (us > 0 ? us : 1));
+	if (us > 1000)
+		us = 1000;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += us * 1000;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&pendmu);
+	int outs = 0;
+	for (int i = 0; i < npend; i++)
+		outs += !(pend[i]->endpoint & 0x80) || cancelled[i];
+	if (!outs)
+		pthread_cond_timedwait(&pendcv, &pendmu, &ts);
+	pthread_mutex_unlock(&pendmu);
 	run();
 	return 0;
 }
