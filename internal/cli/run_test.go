@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"os"
@@ -329,5 +330,145 @@ func TestSketchesAreDebians(t *testing.T) {
 		if err == nil && !bytes.Equal(deb, data) {
 			t.Errorf("%s differs from the installed Debian example", ino)
 		}
+	}
+}
+
+// TestRunVCDReadByGTKWave: --vcd writes a dump GTKWave's own reader takes
+// (vcd2fst, then fst2vcd back), and the UART line in it, decoded bit by
+// bit at 9600 baud, carries exactly the bytes kiln run printed.
+func TestRunVCDReadByGTKWave(t *testing.T) {
+	t.Parallel()
+	needTool(t, "vcd2fst")
+	dir := t.TempDir()
+	vcd, fst := filepath.Join(dir, "run.vcd"), filepath.Join(dir, "run.fst")
+	res := runKiln(t, nil, "run", "../../testdata/sketches/asciitable-uno", "--for", "100ms", "--pins", "PB5", "--vcd", vcd)
+	if res.code != 0 || len(res.stdout) < 50 {
+		t.Fatalf("exit %d, stdout %q: %s", res.code, res.stdout, res.stderr)
+	}
+	if out, err := exec.Command("vcd2fst", vcd, fst).CombinedOutput(); err != nil {
+		t.Fatalf("vcd2fst: %v\n%s", err, out)
+	}
+	back, err := exec.Command("fst2vcd", fst).Output()
+	if err != nil {
+		t.Fatalf("fst2vcd: %v", err)
+	}
+	m := regexp.MustCompile(`\$var wire 1 (\S+) uart_tx \$end`).FindSubmatch(back)
+	if m == nil {
+		t.Fatalf("no uart_tx in GTKWave's dump:\n%s", back)
+	}
+	id := string(m[1])
+	type edge struct {
+		at    int64
+		level byte
+	}
+	var edges []edge
+	var now int64
+	for _, line := range strings.Split(string(back), "\n") {
+		switch {
+		case strings.HasPrefix(line, "#"):
+			now, _ = strconv.ParseInt(line[1:], 10, 64)
+		case len(line) == 1+len(id) && line[1:] == id && (line[0] == '0' || line[0] == '1'):
+			edges = append(edges, edge{now, line[0] - '0'})
+		}
+	}
+	level := func(at int64) byte {
+		l := byte(1)
+		for _, e := range edges {
+			if e.at > at {
+				break
+			}
+			l = e.level
+		}
+		return l
+	}
+	// Decode 8N1 at 9600 baud, sampling mid-bit, as a receiver would.
+	const bit = int64(1e9) / 9600
+	var got []byte
+	for i := 0; i < len(edges); i++ {
+		e := edges[i]
+		if e.level != 0 {
+			continue
+		}
+		var b byte
+		for k := int64(0); k < 8; k++ {
+			b |= level(e.at+bit/2+(k+1)*bit) << k
+		}
+		if level(e.at+bit/2+9*bit) != 1 {
+			t.Fatalf("no stop bit after the start bit at %d ns", e.at)
+		}
+		got = append(got, b)
+		for i+1 < len(edges) && edges[i+1].at < e.at+bit*19/2 {
+			i++ // edges inside this frame
+		}
+	}
+	if string(got) != res.stdout {
+		t.Fatalf("the UART line in the VCD decodes to %q, kiln run printed %q", got, res.stdout)
+	}
+}
+
+// TestRunRefusals: bad inputs are refused with one clear error, a hint and
+// exit 1 (2 for a missing --board), before anything runs.
+func TestRunRefusals(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	// A relocatable object: an ELF with no loadable segment.
+	obj := filepath.Join(dir, "empty.o")
+	src := filepath.Join(dir, "empty.c")
+	if err := os.WriteFile(src, []byte("int x;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("avr-gcc", "-mmcu=atmega328p", "-c", "-o", obj, src).CombinedOutput(); err != nil {
+		t.Fatalf("avr-gcc: %v\n%s", err, out)
+	}
+	mega := runKiln(t, nil, "run", "../../recipes/blink-mega2560", "--for", "1ms", "--json")
+	var megaRun struct{ Artifact string }
+	if err := json.Unmarshal([]byte(mega.stdout), &megaRun); err != nil || mega.code != 0 {
+		t.Fatalf("blink-mega2560: exit %d, %v: %s", mega.code, err, mega.stderr)
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"firmware for another board", []string{"--board", "arduino-uno", megaRun.Artifact}, 1,
+			"firmware for another board: built for the atmega2560 (its ELF says so), but arduino-uno has the atmega328p"},
+		{"build dir for another board", []string{"--board", "nucleo-f401re", filepath.Dir(megaRun.Artifact)}, 1,
+			"firmware for another board: built for arduino-mega2560, not nucleo-f401re"},
+		{"unknown board", []string{"--board", "arduino-unoo", megaRun.Artifact}, 1, `unknown board "arduino-unoo"`},
+		{"no board", []string{strings.TrimSuffix(megaRun.Artifact, ".elf") + ".hex"}, 2, "does not say which board it is for: give --board"},
+		{"ELF without loadable segment", []string{"--board", "arduino-uno", obj}, 1, "ELF has no loadable segment"},
+		{"board without a simulator", []string{"--board", "rpi-4b", filepath.Dir(megaRun.Artifact)}, 1,
+			"no simulator model for the board: it is aarch64"},
+		{"stack past the QEMU model's RAM", []string{"../../recipes/blink-bluepill", "--for", "10ms"}, 1,
+			"the initial stack pointer 0x20005000 is outside the RAM of QEMU's stm32vldiscovery model"},
+		{"pins under QEMU", []string{"../../recipes/hello-nucleo-f401re", "--pins", "PA5", "--for", "10ms"}, 1,
+			"QEMU netduinoplus2 does not model GPIO"},
+	} {
+		res := runKiln(t, nil, append([]string{"run"}, c.args...)...)
+		if res.code != c.code || !strings.Contains(res.stderr, c.want) {
+			t.Errorf("%s: exit %d (want %d), stderr:\n%s\nwant %q", c.name, res.code, c.code, res.stderr, c.want)
+		}
+		if !strings.Contains(res.stderr, "hint: ") {
+			t.Errorf("%s: no hint:\n%s", c.name, res.stderr)
+		}
+	}
+}
+
+// TestTestTimeoutShowsOutput: a test whose expected output never comes
+// fails when its simulated time is up, with what the UART sent so far.
+func TestTestTimeoutShowsOutput(t *testing.T) {
+	t.Parallel()
+	needTool(t, "qemu-system-arm")
+	dir := copyRecipe(t, "../../recipes/hello-bluepill", `[[test]]
+name = "never says goodbye"
+for = "50ms"
+match = ['^hello from bluepill', '^goodbye']
+`)
+	res := runKiln(t, nil, "test", dir)
+	if res.code != 1 || !strings.Contains(res.stdout, "FAIL never says goodbye") ||
+		!strings.Contains(res.stdout, "match 2 of 2, /^goodbye/, not found in ") ||
+		!strings.Contains(res.stdout, "tick 1") {
+		t.Fatalf("exit %d, want 1 with the output seen:\n%s%s", res.code, res.stdout, res.stderr)
 	}
 }
