@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +33,9 @@ type Image struct {
 	// Machine is the ELF machine the image was built for, when known
 	// (elf.EM_NONE for HEX and BIN).
 	Machine elf.Machine
+	// Flags is the ELF header's e_flags (for AVR, avr-gcc's architecture
+	// number in its low 7 bits: 5 for avr5, 6 for avr6); 0 for HEX and BIN.
+	Flags uint32
 	// Source names where the image came from, for messages.
 	Source string
 }
@@ -190,6 +192,16 @@ func ParseELF(name string, r io.ReaderAt) (*Image, error) {
 		return nil, fmt.Errorf("%w: %s: not an ELF file: %v", ErrBadImage, name, err)
 	}
 	img := &Image{Source: name, Machine: f.Machine}
+	// debug/elf does not keep e_flags: read it from the header.
+	off := int64(36)
+	if f.Class == elf.ELFCLASS64 {
+		off = 48
+	}
+	var fl [4]byte
+	if _, err := r.ReadAt(fl[:], off); err != nil {
+		return nil, fmt.Errorf("%w: %s: ELF header: %v", ErrBadImage, name, err)
+	}
+	img.Flags = f.ByteOrder.Uint32(fl[:])
 	for _, p := range f.Progs {
 		if p.Type != elf.PT_LOAD || p.Filesz == 0 {
 			continue
@@ -220,67 +232,79 @@ type LoadOptions struct {
 	Address *uint32
 }
 
-// Load reads a .hex, .elf, .bin, .dfu or a build output directory (which
-// holds manifest.json and firmware.hex).
+// MaxFirmware is the largest firmware file kiln loads (far above any
+// microcontroller's flash; a disk image goes through internal/op's disk
+// path instead).
+const MaxFirmware = 64 << 20
+
+// Load reads a .hex, .elf, .bin, .dfu or a build output directory (its
+// FirmwareFile).
 func Load(path string, opts LoadOptions) (*Image, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
 	if st.IsDir() {
-		return loadDir(path)
+		if path, err = FirmwareFile(path); err != nil {
+			return nil, err
+		}
 	}
+	data, err := ReadFirmware(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data, opts)
+}
+
+// ReadFirmware reads a firmware file once, refusing one larger than
+// MaxFirmware.
+func ReadFirmware(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var magic [4]byte
-	n, _ := io.ReadFull(f, magic[:])
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
+	data, err := io.ReadAll(io.LimitReader(f, MaxFirmware+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	ext := strings.ToLower(filepath.Ext(path))
-	switch {
-	case n == 4 && string(magic[:]) == "\x7fELF":
-		return ParseELF(path, f)
-	case ext == ".dfu":
-		data, err := io.ReadAll(f)
-		if err != nil {
-			return nil, err
-		}
-		return ParseDfu(path, data, opts.Address)
-	case ext == ".hex" || ext == ".ihex" || (n > 0 && magic[0] == ':' && ext != ".bin"):
-		return ParseHex(path, f)
-	case ext == ".bin" || opts.Address != nil:
-		if opts.Address == nil {
-			return nil, fmt.Errorf("%s: a .bin has no address: give --address", path)
-		}
-		data, err := io.ReadAll(f)
-		if err != nil {
-			return nil, err
-		}
-		return ParseBin(path, data, *opts.Address)
+	if len(data) > MaxFirmware {
+		return nil, fmt.Errorf("%w: %s: more than %d MiB: not firmware", ErrBadImage, path, MaxFirmware>>20)
 	}
-	return nil, fmt.Errorf("%w: %s: not a .hex, .elf or .bin file", ErrBadImage, path)
+	return data, nil
 }
 
-// loadDir loads a build output directory: firmware.elf when the manifest
-// names it (it carries the machine), else firmware.hex.
-func loadDir(dir string) (*Image, error) {
-	var m struct {
-		Outputs map[string]json.RawMessage `json:"outputs"`
+// Parse reads an artifact's bytes: ELF (by its magic), .dfu, Intel HEX, or
+// raw binary at opts.Address. name is for messages and its extension.
+func Parse(name string, data []byte, opts LoadOptions) (*Image, error) {
+	ext := strings.ToLower(filepath.Ext(name))
+	switch {
+	case bytes.HasPrefix(data, []byte("\x7fELF")):
+		return ParseELF(name, bytes.NewReader(data))
+	case ext == ".dfu":
+		return ParseDfu(name, data, opts.Address)
+	case ext == ".hex" || ext == ".ihex" || (len(data) > 0 && data[0] == ':' && ext != ".bin"):
+		return ParseHex(name, bytes.NewReader(data))
+	case ext == ".bin" || opts.Address != nil:
+		if opts.Address == nil {
+			return nil, fmt.Errorf("%s: a .bin has no address: give --address", name)
+		}
+		return ParseBin(name, data, *opts.Address)
 	}
-	if data, err := os.ReadFile(filepath.Join(dir, "manifest.json")); err == nil {
-		_ = json.Unmarshal(data, &m)
-	}
+	return nil, fmt.Errorf("%w: %s: not a .hex, .elf or .bin file", ErrBadImage, name)
+}
+
+// FirmwareFile is the file of a build output directory a flasher writes:
+// firmware.elf (it carries the machine and architecture), else
+// firmware.hex.
+func FirmwareFile(dir string) (string, error) {
 	for _, name := range []string{"firmware.elf", "firmware.hex"} {
 		p := filepath.Join(dir, name)
-		if _, err := os.Stat(p); err == nil {
-			return Load(p, LoadOptions{})
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
 		}
 	}
-	return nil, fmt.Errorf("%s: no firmware.elf or firmware.hex in the directory", dir)
+	return "", fmt.Errorf("%s: no firmware.elf or firmware.hex in the directory", dir)
 }
 
 // archMachine is the ELF machine each board architecture runs.
@@ -291,6 +315,10 @@ var archMachine = map[string]elf.Machine{
 	"aarch64":  elf.EM_AARCH64,
 }
 
+// efAVRMach masks the architecture in an AVR ELF's e_flags (binutils'
+// EF_AVR_MACH).
+const efAVRMach = 0x7f
+
 // Check holds the image against the board before any I/O: not empty, built
 // for the board's CPU, inside the application area, clear of the bootloader.
 func (img *Image) Check(b *boards.Board) error {
@@ -299,6 +327,15 @@ func (img *Image) Check(b *boards.Board) error {
 	}
 	if img.Machine != elf.EM_NONE && archMachine[b.Arch] != img.Machine {
 		return fmt.Errorf("%w: %s: ELF for %v, but %s is %s (%v)", ErrBadImage, img.Source, img.Machine, b.Name, b.Arch, archMachine[b.Arch])
+	}
+	if img.Machine == elf.EM_AVR && b.AVRArch != "" {
+		want, err := b.AVRArchNumber()
+		if err != nil {
+			return err
+		}
+		if got := img.Flags & efAVRMach; got != want {
+			return fmt.Errorf("%w: %s: ELF for avr%d, but %s (%s) is %s", ErrBadImage, img.Source, got, b.Name, b.MCU, b.AVRArch)
+		}
 	}
 	for _, s := range img.Segments {
 		if b.Bootloader != nil && b.Bootloader.Overlaps(s.Addr, len(s.Data)) {

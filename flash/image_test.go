@@ -65,6 +65,9 @@ func TestCheckAgainstBoard(t *testing.T) {
 		{"bootloader", &Image{Source: "b", Segments: []Segment{{Addr: 0x7d00, Data: make([]byte, 0x200)}}}, "overlaps the bootloader"},
 		{"past flash", &Image{Source: "p", Segments: []Segment{{Addr: 0x8000, Data: make([]byte, 2)}}}, "outside"},
 		{"arm elf", &Image{Source: "a", Machine: elf.EM_ARM, Segments: []Segment{{Addr: 0, Data: []byte{1}}}}, "ELF for EM_ARM"},
+		// A Mega 2560 build (avr6, with binutils' link-relax bit) is not an Uno's.
+		{"avr6 elf", &Image{Source: "m", Machine: elf.EM_AVR, Flags: 0x86, Segments: []Segment{{Addr: 0, Data: []byte{1}}}}, "ELF for avr6, but arduino-uno (atmega328p) is avr5"},
+		{"avr elf without arch", &Image{Source: "z", Machine: elf.EM_AVR, Segments: []Segment{{Addr: 0, Data: []byte{1}}}}, "ELF for avr0"},
 	}
 	for _, c := range cases {
 		err := c.img.Check(uno)
@@ -72,7 +75,7 @@ func TestCheckAgainstBoard(t *testing.T) {
 			t.Errorf("%s: err = %v, want %q", c.name, err, c.want)
 		}
 	}
-	good := &Image{Source: "g", Machine: elf.EM_AVR, Segments: []Segment{{Addr: 0, Data: make([]byte, 32256)}}}
+	good := &Image{Source: "g", Machine: elf.EM_AVR, Flags: 0x85, Segments: []Segment{{Addr: 0, Data: make([]byte, 32256)}}}
 	if err := good.Check(uno); err != nil {
 		t.Errorf("full application area refused: %v", err)
 	}

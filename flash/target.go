@@ -90,32 +90,23 @@ func Verify(ctx context.Context, t Target, img *Image, p Progress) (Result, erro
 		res.Verified = true
 		return res, nil
 	}
+	dev, err := ReadImage(ctx, t, img.Regions(), p.phase("verify"))
+	if err != nil {
+		return res, err
+	}
 	h := sha256.New()
-	var firstDiff = -1
-	var diffAddr uint32
-	done := int64(0)
-	for _, s := range img.Segments {
-		base := done
-		got, err := t.ReadBack(ctx, Region{Addr: s.Addr, Size: len(s.Data)}, func(phase string, d, _ int64) {
-			p.Report("verify", base+d, int64(img.Size()))
-		})
-		if err != nil {
-			return res, fmt.Errorf("read back 0x%x+%d: %w", s.Addr, len(s.Data), err)
-		}
-		if len(got) != len(s.Data) {
-			return res, fmt.Errorf("read back 0x%x: got %d bytes, want %d: %w", s.Addr, len(got), len(s.Data), ErrVerify)
-		}
+	firstDiff, diffAddr := -1, uint32(0)
+	for i, s := range img.Segments {
+		got := dev.Segments[i].Data
 		h.Write(got)
 		if firstDiff < 0 && !bytes.Equal(got, s.Data) {
-			for i := range got {
-				if got[i] != s.Data[i] {
-					firstDiff, diffAddr = i, s.Addr+uint32(i)
+			for j := range got {
+				if got[j] != s.Data[j] {
+					firstDiff, diffAddr = j, s.Addr+uint32(j)
 					break
 				}
 			}
 		}
-		done += int64(len(s.Data))
-		p.Report("verify", done, int64(img.Size()))
 	}
 	res.DeviceSHA256 = hex.EncodeToString(h.Sum(nil))
 	res.VerifyTime = time.Since(start)
@@ -124,4 +115,40 @@ func Verify(ctx context.Context, t Target, img *Image, p Progress) (Result, erro
 	}
 	res.Verified = true
 	return res, nil
+}
+
+// ReadImage reads every region back from t, in order, into an image of
+// the device's bytes (one segment per region; regions may be adjacent).
+// Progress counts bytes over all regions under the phase "read".
+func ReadImage(ctx context.Context, t Target, rs []Region, p Progress) (*Image, error) {
+	total := int64(0)
+	for _, r := range rs {
+		total += int64(r.Size)
+	}
+	dev := &Image{Source: "device"}
+	done := int64(0)
+	for _, r := range rs {
+		base := done
+		got, err := t.ReadBack(ctx, r, func(_ string, d, _ int64) {
+			p.Report("read", base+d, total)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read back 0x%x+%d: %w", r.Addr, r.Size, err)
+		}
+		if len(got) != r.Size {
+			return nil, fmt.Errorf("read back 0x%x: got %d bytes, want %d: %w", r.Addr, len(got), r.Size, ErrVerify)
+		}
+		dev.Segments = append(dev.Segments, Segment{Addr: r.Addr, Data: got})
+		done += int64(r.Size)
+		p.Report("read", done, total)
+	}
+	return dev, nil
+}
+
+// phase returns a Progress that reports under phase instead.
+func (p Progress) phase(phase string) Progress {
+	if p == nil {
+		return nil
+	}
+	return func(_ string, done, total int64) { p(phase, done, total) }
 }

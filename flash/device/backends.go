@@ -11,6 +11,7 @@ import (
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/dfu"
 	"kiln.dev/kiln/flash/dfu/dfutest"
+	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/flash/stk500"
 	"kiln.dev/kiln/flash/stk500/stk500test"
 	"kiln.dev/kiln/flash/stk500v2"
@@ -221,6 +222,19 @@ var table = map[string]*Backend{
 		// (kiln flash --port ssh://host/dev/sdX) or an A/B update. Driven by
 		// internal/op over flash/ssh; its device model is flash/ssh/sshtest.
 		Protocol: "ssh", Ports: []string{"ssh://"}, PortKind: "device reached over SSH", Resets: []string{"none"}, Disk: true,
+		Hints: func(err error, port string) []string {
+			switch {
+			case errors.Is(err, ssh.ErrHostKey):
+				return []string{"kiln never skips host key checks: add the device's key to known_hosts (ssh-keyscan, checked out of band) or pass --known-hosts"}
+			case errors.Is(err, ssh.ErrBusy):
+				return []string{"wait for the other update to finish; if it is gone, remove the lock directory on the device or reboot it"}
+			case errors.Is(err, ssh.ErrCommitUnknown):
+				return []string{"the device runs the new slot if the commit landed, else the old one after its next restart; see which with kiln fleet status, or run kiln update again"}
+			case errors.Is(err, ssh.ErrNoKey):
+				return []string{"kiln never asks for a password: give --ssh-key or start an ssh agent"}
+			}
+			return nil
+		},
 	},
 }
 

@@ -21,6 +21,10 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
+// ErrNoKey means kiln has no private key to offer (no --ssh-key, no agent,
+// no ~/.ssh/id_*): kiln never asks for a password.
+var ErrNoKey = errors.New("no key")
+
 // ErrHostKey means the device's host key is unknown or differs from known_hosts.
 var ErrHostKey = errors.New("host key verification failed")
 
@@ -198,7 +202,7 @@ func clientConfig(a Addr, opts Options) (config, error) {
 		signers = append(signers, s)
 	}
 	if len(signers) == 0 {
-		return config{}, fmt.Errorf("ssh: no key: give --ssh-key or run an ssh agent")
+		return config{}, fmt.Errorf("ssh: %w: give --ssh-key or run an ssh agent", ErrNoKey)
 	}
 	timeout := opts.Timeout
 	if timeout == 0 {

@@ -805,8 +805,9 @@ type Status struct {
 	Device     string `json:"device"`
 	Running    string `json:"running_slot"`
 	Committed  string `json:"committed_slot"`
-	Derivation string `json:"derivation"` // from the running slot's boot partition
-	Trial      bool   `json:"trial"`      // running an uncommitted slot
+	Derivation string `json:"derivation"`      // from the running slot's boot partition
+	Board      string `json:"board,omitempty"` // the running slot's kiln.json board
+	Trial      bool   `json:"trial"`           // running an uncommitted slot
 }
 
 // Inspect reads which slot the device runs and which image that slot holds.
@@ -833,7 +834,7 @@ func Inspect(ctx context.Context, dial Dialer, name, disk string) (*Status, erro
 	if err := json.Unmarshal(kj.Data, &l); err != nil {
 		return nil, fmt.Errorf("%s: running slot's kiln.json: %w", name, err)
 	}
-	st.Derivation = l.Derivation
+	st.Derivation, st.Board = l.Derivation, l.Board
 	return st, nil
 }
 
@@ -845,4 +846,16 @@ func ImageDerivation(path string) (string, error) {
 	}
 	defer img.f.Close()
 	return img.layout.Derivation, nil
+}
+
+// ImageLayout returns an A/B image's kiln.json (its board, derivation and
+// slots).
+func ImageLayout(path string) (*Layout, error) {
+	img, err := openImage(path)
+	if err != nil {
+		return nil, err
+	}
+	defer img.f.Close()
+	l := img.layout
+	return &l, nil
 }

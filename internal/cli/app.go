@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/internal/trust"
 )
 
 // Exit codes (the CLI contract).
@@ -25,8 +26,9 @@ const (
 	ExitUntrusted = 4
 )
 
-// ErrUntrusted marks an artifact refused by the trust policy (exit 4).
-var ErrUntrusted = errors.New("untrusted artifact")
+// ErrUntrusted marks an artifact refused by the trust policy (exit 4): it
+// is trust.ErrUntrusted, which every trust check wraps.
+var ErrUntrusted = trust.ErrUntrusted
 
 // commands is filled by each command file's init.
 var commands []*cli.Command

@@ -2,8 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,11 +14,11 @@ import (
 	"kiln.dev/kiln/firmware"
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/device"
-	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest"
 	"kiln.dev/kiln/internal/auditlog"
+	"kiln.dev/kiln/internal/op"
 	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
@@ -59,7 +57,7 @@ type auditReport struct {
 	Device     string             `json:"device,omitempty"`
 	Identical  bool               `json:"identical"`
 	Comparison *attest.Comparison `json:"comparison,omitempty"`
-	Slot       *ssh.SlotCheck     `json:"slot,omitempty"` // an image audited on a device over SSH
+	Slot       *op.SlotCheck      `json:"slot,omitempty"` // an image audited on a device over SSH
 }
 
 func runAudit(c *cli.Context) error {
@@ -240,52 +238,25 @@ func compareDevice(c *cli.Context, port string, rebuilt []byte, m *firmware.Mani
 	if err != nil {
 		return nil, "", b.Name, err
 	}
-	ctx := c.Context
-	sess, err := openDevice(ctx, port, b, c.String("protocol"), device.Options{
-		Baud: c.Int("baud"),
-		Note: func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) },
-	})
-	if err != nil {
-		return nil, "", b.Name, diagnose(err, port)
-	}
 	want := img
 	if c.Bool("full") {
 		// Read the whole application area; keep what is not erased.
 		want = &flash.Image{Segments: []flash.Segment{{Addr: b.Flash.Base, Data: make([]byte, b.Flash.Size)}}}
 	}
-	dev, rerr := readImage(ctx, sess, want, newProgress(e.stderr, c.Bool("json")))
-	if rerr == nil && c.Bool("full") {
+	bar := newProgress(e.stderr, c.Bool("json"))
+	req := op.Request{Port: port, Protocol: c.String("protocol"), Progress: bar.Func(), Open: openDevice,
+		Device: device.Options{Baud: c.Int("baud"), Note: func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) }},
+		Note:   func(format string, a ...any) { fmt.Fprintf(e.stderr, "note: "+format+"\n", a...) }}
+	dev, id, err := op.Read(c.Context, req, b, want.Regions())
+	bar.Done()
+	if err != nil {
+		return nil, id, b.Name, diagnose(fmt.Errorf("audit: %w", err), port)
+	}
+	if c.Bool("full") {
 		dev = notErased(dev, img)
-	}
-	id := sess.Identity()
-	if cerr := sess.Close(); rerr == nil && cerr != nil && !errors.Is(cerr, context.Canceled) {
-		fmt.Fprintf(e.stderr, "note: closing %s: %v\n", port, cerr)
-	}
-	if rerr != nil {
-		return nil, id, b.Name, diagnose(rerr, port)
 	}
 	cmp, err := attest.CompareImage(rebuilt, dev)
 	return cmp, id, b.Name, err
-}
-
-// readImage reads every segment of img back from t.
-func readImage(ctx context.Context, t flash.Target, img *flash.Image, bar *progressBar) (*flash.Image, error) {
-	defer bar.Done()
-	p := bar.Func()
-	dev := &flash.Image{Source: "device"}
-	var done int64
-	for _, s := range img.Segments {
-		base := done
-		got, err := t.ReadBack(ctx, flash.Region{Addr: s.Addr, Size: len(s.Data)}, func(_ string, d, _ int64) {
-			p.Report("read", base+d, int64(img.Size()))
-		})
-		if err != nil {
-			return nil, fmt.Errorf("audit: read back 0x%x+%d: %w", s.Addr, len(s.Data), err)
-		}
-		dev.Segments = append(dev.Segments, flash.Segment{Addr: s.Addr, Data: got})
-		done += int64(len(s.Data))
-	}
-	return dev, nil
 }
 
 func plural(n int, one, many string) string {
@@ -349,12 +320,12 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 		against = filepath.Join(against, image.ImageFile)
 	}
 	entry := auditlog.Entry{Kind: auditlog.KindAudit, Artifact: against, Derivation: res.Derivation, Board: res.Board}
-	plain, cleanup, err := plainImage(against)
+	shipped, err := op.LoadDisk(against, op.LoadOptions{})
 	if err != nil {
 		return appendResult(c, entry, err)
 	}
-	defer cleanup()
-	cmp, err := compareDisks(rebuilt, plain, res)
+	defer shipped.Close()
+	cmp, err := compareDisks(rebuilt, shipped.DiskPath(), res)
 	if err != nil {
 		return appendResult(c, entry, err)
 	}
@@ -391,16 +362,12 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 // with the rebuild as an update would have written it.
 func auditImageDevice(c *cli.Context, e *env, port, rebuilt string, res *recipebuild.Result) error {
 	entry := auditlog.Entry{Kind: auditlog.KindAudit, Port: port, Derivation: res.Derivation, Board: res.Board}
-	a, err := ssh.ParseAddr(port)
+	chk, host, err := op.CheckSlot(c.Context, port, sshOptions(c), rebuilt)
 	if err != nil {
-		return usagef("%v", err)
+		return appendResult(c, entry, opError(err, port, rebuilt))
 	}
-	chk, err := ssh.Check(c.Context, ssh.DialerFor(a, sshOptions(c)), a.Host, a.Path, rebuilt)
-	if err != nil {
-		return appendResult(c, entry, sshHints(err))
-	}
-	entry.Device, entry.ReadbackSHA256 = a.Host, chk.RootSHA256
-	rep := auditReport{Recipe: res.Name, Derivation: res.Derivation, Against: port, Device: a.Host, Identical: chk.Match, Slot: chk}
+	entry.Device, entry.ReadbackSHA256 = host, chk.RootSHA256
+	rep := auditReport{Recipe: res.Name, Derivation: res.Derivation, Against: port, Device: host, Identical: chk.Match, Slot: chk}
 	var names []string
 	if chk.RootSHA256 != chk.WantRoot {
 		names = append(names, fmt.Sprintf("root partition %d", chk.Root))

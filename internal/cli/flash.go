@@ -1,24 +1,24 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/device"
+	"kiln.dev/kiln/internal/auditlog"
+	"kiln.dev/kiln/internal/op"
 )
 
 // Flags flash and verify share.
 var (
-	boardFlag    = &cli.StringFlag{Name: "board", Aliases: []string{"b"}, Usage: "board `NAME` (see kiln boards)"}
-	portFlag     = &cli.StringFlag{Name: "port", Aliases: []string{"p"}, Usage: "`PORT`: a device or pty path, auto, usb:SERIAL, emu:BOARD, dfu:[VID:PID][,serial=S]"}
+	boardFlag    = &cli.StringFlag{Name: "board", Aliases: []string{"b"}, Usage: "board `NAME` (see kiln boards; default: the artifact's own, from its manifest.json or kiln.json)"}
+	portFlag     = &cli.StringFlag{Name: "port", Aliases: []string{"p"}, Usage: "`PORT`: a device or pty path, auto, usb:SERIAL, emu:BOARD, dfu:[VID:PID][,serial=S], ssh://user@host/dev/sdX"}
 	protocolFlag = &cli.StringFlag{Name: "protocol", Usage: "flashing `PROTOCOL` (default: the board's)"}
 	addressFlag  = &cli.StringFlag{Name: "address", Usage: "load `ADDRESS` of a .bin (e.g. 0x08000000)"}
 	baudFlag     = &cli.IntFlag{Name: "baud", Usage: "serial line `RATE` (default: the board's)"}
@@ -35,138 +35,126 @@ func init() {
 		Flags: []cli.Flag{boardFlag, portFlag, protocolFlag, addressFlag, baudFlag, jsonFlag, policyFlag, sigFlag, groupFlag, logFlag,
 			sshKeyFlag, knownHostsFlag, &cli.StringFlag{Name: "bmap", Usage: "block map `FILE` for an image over ssh:// (default: beside the image)"}},
 		Action: func(c *cli.Context) error {
-			if strings.HasPrefix(c.String("port"), "ssh://") {
-				return runSSHFlash(c, true) // a whole-device write (update.go)
-			}
 			return runFlashOrVerify(c, true)
 		},
 	})
 }
 
-// flashReport is what flash and verify print with --json.
-type flashReport struct {
-	Board        string  `json:"board"`
-	Port         string  `json:"port"`
-	Protocol     string  `json:"protocol"`
-	Device       string  `json:"device,omitempty"`
-	Image        string  `json:"image"`
-	ImageSHA256  string  `json:"image_sha256"`
-	DeviceSHA256 string  `json:"device_sha256,omitempty"`
-	Bytes        int     `json:"bytes"`
-	Verified     bool    `json:"verified"`
-	WriteSec     float64 `json:"write_seconds,omitempty"`
-	VerifySec    float64 `json:"verify_seconds"`
-	TotalSec     float64 `json:"total_seconds"`
-	Error        string  `json:"error,omitempty"`
-}
-
-// loadChecked loads the artifact and holds it against the board: nothing
-// touches the port before this passes.
-func loadChecked(c *cli.Context) (*boards.Board, *flash.Image, error) {
+// flashRequest turns flash's and verify's flags into an op.Request.
+func flashRequest(c *cli.Context) (op.Request, error) {
 	args, err := trailingFlags(c)
 	if err != nil {
-		return nil, nil, err
+		return op.Request{}, err
 	}
 	if len(args) != 1 {
-		return nil, nil, usagef("%s: want one ARTIFACT (see kiln %s --help)", c.Command.Name, c.Command.Name)
+		return op.Request{}, usagef("%s: want one ARTIFACT (see kiln %s --help)", c.Command.Name, c.Command.Name)
 	}
-	if c.String("board") == "" || c.String("port") == "" {
-		return nil, nil, usagef("%s: --board and --port are required (see kiln %s --help)", c.Command.Name, c.Command.Name)
+	if c.String("port") == "" {
+		return op.Request{}, usagef("%s: --port is required (see kiln %s --help)", c.Command.Name, c.Command.Name)
 	}
-	b, err := boards.Get(c.String("board"))
-	if err != nil {
-		return nil, nil, withHint(err, "kiln boards lists the boards kiln knows")
+	e := envOf(c)
+	req := op.Request{
+		Artifact: args[0], Board: c.String("board"), Port: c.String("port"), Protocol: c.String("protocol"),
+		Group: c.String("group"),
+		Load:  op.LoadOptions{Sig: c.String("sig"), Bmap: c.String("bmap")},
+		Device: device.Options{
+			Baud: c.Int("baud"),
+			Note: func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) },
+		},
+		Disk:   sshOptions(c),
+		Record: func(en auditlog.Entry) error { return appendAudit(c, en) },
+		Open:   openDevice,
 	}
-	var lo flash.LoadOptions
 	if s := c.String("address"); s != "" {
 		a, err := strconv.ParseUint(s, 0, 32)
 		if err != nil {
-			return nil, nil, usagef("--address %q: want a number such as 0x08000000", s)
+			return req, usagef("--address %q: want a number such as 0x08000000", s)
 		}
 		a32 := uint32(a)
-		lo.Address = &a32
+		req.Load.Address = &a32
 	}
-	img, err := flash.Load(args[0], lo)
-	if err != nil {
-		return nil, nil, withHint(err, "nothing was written: kiln checks the artifact before it opens the port")
+	if req.Board != "" {
+		if _, err := boards.Get(req.Board); err != nil {
+			return req, withHint(err, "kiln boards lists the boards kiln knows")
+		}
 	}
-	if err := img.Check(b); err != nil {
-		return nil, nil, withHint(err, "nothing was written: kiln checks the artifact before it opens the port")
+	if req.Policy, err = loadPolicy(c); err != nil {
+		return req, err
 	}
-	return b, img, nil
+	return req, nil
 }
 
 func runFlashOrVerify(c *cli.Context, write bool) error {
 	e := envOf(c)
-	ctx := c.Context
-	b, img, err := loadChecked(c)
+	req, err := flashRequest(c)
 	if err != nil {
 		return err
 	}
-	// Trust policy and audit log (sign.go, log.go): the policy is checked
-	// before any device I/O; every outcome is logged.
-	if write {
-		if _, err := checkTrust(c, b, img); err != nil {
-			return auditFlash(c, write, b, img, flash.Result{}, err)
-		}
-	}
-	protocol := c.String("protocol")
-	if protocol == "" {
-		protocol = b.Protocol
-	}
-	port := c.String("port")
-	start := time.Now()
-	sess, err := openDevice(ctx, port, b, protocol, device.Options{
-		Baud: c.Int("baud"),
-		Note: func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) },
-	})
-	if err != nil {
-		return auditFlash(c, write, b, img, flash.Result{}, diagnose(err, port))
-	}
 	bar := newProgress(e.stderr, c.Bool("json"))
-	var res flash.Result
+	req.Progress = bar.Func()
+	var rep *op.Report
 	if write {
-		res, err = flash.Program(ctx, sess, img, bar.Func())
+		rep, err = op.Flash(c.Context, req)
 	} else {
-		res, err = flash.Verify(ctx, sess, img, bar.Func())
+		rep, err = op.Verify(c.Context, req)
 	}
 	bar.Done()
-	if cerr := sess.Close(); cerr != nil && err == nil && !errors.Is(cerr, context.Canceled) {
-		// The image is on the device and proven; a failed goodbye is a note.
-		fmt.Fprintf(e.stderr, "note: closing %s: %v\n", port, cerr)
-	}
-	rep := flashReport{
-		Board: b.Name, Port: port, Protocol: protocol, Device: res.Device, Image: img.Source,
-		ImageSHA256: img.SHA256(), DeviceSHA256: res.DeviceSHA256, Bytes: img.Size(), Verified: res.Verified && err == nil,
-		WriteSec: res.WriteTime.Seconds(), VerifySec: res.VerifyTime.Seconds(), TotalSec: time.Since(start).Seconds(),
-	}
-	if err != nil {
-		rep.Error = err.Error()
-	}
-	if c.Bool("json") {
+	if c.Bool("json") && rep != nil {
 		if perr := e.printJSON(rep); perr != nil && err == nil {
 			return perr
 		}
 	} else if err == nil {
-		what := "flashed"
-		if !write {
-			what = "verified"
-		}
-		dev := ""
-		if res.Device != "" {
-			dev = " (" + res.Device + ")"
-		}
-		fmt.Fprintf(e.stdout, "%s %d bytes of %s to %s at %s%s\n", what, img.Size(), img.Source, b.Name, port, dev)
-		if write {
-			fmt.Fprintf(e.stdout, "verified: sha256 %s read back from the device (write %.2fs, verify %.2fs)\n", res.DeviceSHA256, rep.WriteSec, rep.VerifySec)
-		} else {
-			fmt.Fprintf(e.stdout, "verified: sha256 %s read back from the device (%.2fs)\n", res.DeviceSHA256, rep.VerifySec)
-		}
+		printReport(e, rep)
 	}
-	if err != nil {
-		err = diagnose(err, port)
+	return opError(err, req.Port, req.Artifact)
+}
+
+// printReport prints what a device operation proved.
+func printReport(e *env, rep *op.Report) {
+	dev := ""
+	if rep.Device != "" {
+		dev = " (" + rep.Device + ")"
 	}
-	return auditFlash(c, write, b, img, res, err)
+	switch {
+	case rep.Update != nil:
+		u := rep.Update
+		fmt.Fprintf(e.stdout, "updated %s: slot %s → %s, derivation %s\n", u.Device, u.From, u.To, u.Derivation)
+		fmt.Fprintf(e.stdout, "verified on the device: root sha256 %s, boot sha256 %s; committed after the health check (%s sent of %s)\n",
+			u.RootSHA256, u.BootSHA256, humanBytes(u.BytesSent), humanBytes(u.BytesImage))
+	case rep.Disk != nil:
+		d := rep.Disk
+		fmt.Fprintf(e.stdout, "flashed %s to %s: %s in %d ranges (holes skipped)\n", rep.Image, rep.Port, humanBytes(d.BytesWritten), d.Ranges)
+		fmt.Fprintf(e.stdout, "verified: sha256 %s computed on the device (%.1fs)\n", d.DeviceSHA256, d.Seconds)
+	case rep.Op == "flash":
+		fmt.Fprintf(e.stdout, "flashed %d bytes of %s to %s at %s%s\n", rep.Bytes, rep.Image, rep.Board, rep.Port, dev)
+		fmt.Fprintf(e.stdout, "verified: sha256 %s read back from the device (write %.2fs, verify %.2fs)\n", rep.DeviceSHA256, rep.WriteSec, rep.VerifySec)
+	default:
+		fmt.Fprintf(e.stdout, "verified %d bytes of %s to %s at %s%s\n", rep.Bytes, rep.Image, rep.Board, rep.Port, dev)
+		fmt.Fprintf(e.stdout, "verified: sha256 %s read back from the device (%.2fs)\n", rep.DeviceSHA256, rep.VerifySec)
+	}
+}
+
+// opError classifies a device operation's error by sentinel and adds the
+// hints a user can act on.
+func opError(err error, port, artifact string) error {
+	var u usageError
+	switch {
+	case err == nil, errors.As(err, &u):
+		return err
+	case errors.Is(err, op.ErrUsage):
+		return usagef("%s", strings.TrimPrefix(err.Error(), op.ErrUsage.Error()+": "))
+	case errors.Is(err, op.ErrNoBoard):
+		return withHint(usagef("%v", err), "give --board (kiln boards lists them)")
+	case errors.Is(err, op.ErrUntrusted):
+		return withHint(err, "nothing was written: sign the artifact with a key the policy trusts (kiln sign "+artifact+")")
+	case errors.Is(err, op.ErrWrongBoard):
+		return withHint(err, "nothing was written: flash the build for this board, or name the board the device is with --board")
+	case errors.Is(err, flash.ErrBadImage):
+		return withHint(err, "nothing was written: kiln checks the artifact before it opens the port")
+	case errors.Is(err, boards.ErrUnknown):
+		return withHint(err, "kiln boards lists the boards kiln knows")
+	}
+	return diagnose(err, port)
 }
 
 // diagnose adds hints a user can act on to a device error (from the

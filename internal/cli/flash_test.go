@@ -23,6 +23,7 @@ import (
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash/device"
 	"kiln.dev/kiln/flash/serialport"
+	"kiln.dev/kiln/internal/op"
 )
 
 // writeHex writes data at addr as Intel HEX (with extended linear address
@@ -174,7 +175,7 @@ func TestAvrdudeArduinoThroughEmulatorPTY(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kiln flash: %v\n%s", err, stderr.String())
 	}
-	var rep flashReport
+	var rep op.Report
 	if err := json.Unmarshal(js, &rep); err != nil {
 		t.Fatalf("kiln flash --json: %v\n%s", err, js)
 	}
@@ -241,7 +242,7 @@ func TestFlashEmuEndToEnd(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("%s: exit %d: %s", c.board, code, stderr.String())
 		}
-		var rep flashReport
+		var rep op.Report
 		if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
 			t.Fatal(err)
 		}
@@ -370,7 +371,7 @@ func TestVerifyThroughPTYAgainstLoadedState(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kiln verify: %v\n%s", err, out)
 	}
-	var rep flashReport
+	var rep op.Report
 	if err := json.Unmarshal(out, &rep); err != nil || !rep.Verified || rep.WriteSec != 0 {
 		t.Fatalf("%v %+v", err, rep)
 	}
@@ -383,7 +384,7 @@ func TestVerifyThroughPTYAgainstLoadedState(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != ExitVerify {
 		t.Fatalf("verify of a different image: %v", err)
 	}
-	rep = flashReport{}
+	rep = op.Report{}
 	if err := json.Unmarshal(out, &rep); err != nil || rep.Verified || !strings.Contains(rep.Error, "first difference at 0x64") {
 		t.Fatalf("%v %+v", err, rep)
 	}

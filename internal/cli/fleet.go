@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"kiln.dev/kiln/internal/fleet"
+	"kiln.dev/kiln/internal/op"
 	"kiln.dev/kiln/internal/store"
 )
 
@@ -51,12 +52,23 @@ func runFleetDeploy(c *cli.Context) error {
 	if err := resolveFleet(c, f, log); err != nil {
 		return err
 	}
-	// Trust policy (sign.go): every device's image, before any device I/O.
-	if err := checkFleetTrust(c, c.Args().First(), f); err != nil {
+	images := map[string]string{}
+	for _, g := range f.Groups {
+		images[g.Name] = f.Path(g.Image)
+	}
+	// The trust gate (internal/op): every device's image, before any
+	// device I/O; the rollout then writes the checked private copies.
+	pol, err := loadPolicy(c)
+	if err != nil {
 		return err
 	}
+	release, err := op.PrepareFleet(pol, f)
+	if err != nil {
+		return opError(err, "", c.Args().First())
+	}
+	defer release()
 	rep, err := f.Deploy(c.Context, fleet.HelperDir(), log)
-	if lerr := logFleet(c, c.Args().First(), f, rep); err == nil && lerr != nil {
+	if lerr := logFleet(c, images, f, rep); err == nil && lerr != nil {
 		return lerr
 	}
 	if rep != nil {

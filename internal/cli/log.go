@@ -10,8 +10,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"kiln.dev/kiln/boards"
-	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/fleet"
 	"kiln.dev/kiln/internal/trust"
@@ -130,24 +128,6 @@ func appendAudit(c *cli.Context, e auditlog.Entry) error {
 		return err
 	}
 	return l.Close()
-}
-
-// auditFlash appends the record of a flash or verify of img on b, whatever
-// its outcome, and returns err (or, when the operation succeeded, the log's
-// error).
-func auditFlash(c *cli.Context, write bool, b *boards.Board, img *flash.Image, res flash.Result, err error) error {
-	kind := auditlog.KindVerify
-	if write {
-		kind = auditlog.KindFlash
-	}
-	e := auditlog.Entry{
-		Kind: kind, Board: b.Name, Port: c.String("port"), Device: res.Device,
-		Artifact: img.Source, ArtifactSHA256: img.SHA256(), ReadbackSHA256: res.DeviceSHA256,
-	}
-	if m, merr := readBuildManifest(filepath.Dir(img.Source)); merr == nil {
-		e.Derivation = m.Derivation
-	}
-	return appendResult(c, e, err)
 }
 
 // appendResult logs e with the outcome err and returns err (or, when the
@@ -289,24 +269,30 @@ func short12(h string) string {
 }
 
 // logFleet appends one update record per device a rollout touched.
-func logFleet(c *cli.Context, fleetFile string, f *fleet.File, rep *fleet.Report) error {
+func logFleet(c *cli.Context, images map[string]string, f *fleet.File, rep *fleet.Report) error {
 	if rep == nil {
 		return nil
-	}
-	images := map[string]string{}
-	for _, g := range f.Groups {
-		images[g.Name] = fleetImage(fleetFile, g.Image)
 	}
 	for i, r := range rep.Devices {
 		if r.Outcome == fleet.Skipped || i >= len(f.Devices) {
 			continue
 		}
 		d := f.Devices[i]
-		e := auditlog.Entry{Kind: auditlog.KindUpdate, Port: d.URL, Device: d.Name, Artifact: images[d.Group],
+		e := auditlog.Entry{Kind: auditlog.KindUpdate, Board: groupBoard(f, d.Group), Port: d.URL, Device: d.Name, Artifact: images[d.Group],
 			Result: r.Outcome, Detail: oneLine(r.Error)}
 		if err := appendAudit(c, e); err != nil {
 			return fmt.Errorf("audit log: %w", err)
 		}
 	}
 	return nil
+}
+
+// groupBoard is the board of a group's image (from its kiln.json).
+func groupBoard(f *fleet.File, name string) string {
+	for _, g := range f.Groups {
+		if g.Name == name {
+			return g.Board
+		}
+	}
+	return ""
 }

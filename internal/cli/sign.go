@@ -13,13 +13,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/firmware"
-	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/attest"
 	"kiln.dev/kiln/internal/cache"
-	"kiln.dev/kiln/internal/fleet"
 	"kiln.dev/kiln/internal/trust"
 	"kiln.dev/kiln/recipes"
 )
@@ -301,106 +298,6 @@ func loadPolicy(c *cli.Context) (*trust.Policy, error) {
 	return pol, nil
 }
 
-// checkTrust applies the trust policy to the artifact img was loaded from,
-// before any device I/O. It reads the file once, checks its signature, and
-// proves that the image about to be written is the one in the signed bytes.
-// Refusals wrap ErrUntrusted (exit 4).
-func checkTrust(c *cli.Context, b *boards.Board, img *flash.Image) (*trust.Decision, error) {
-	pol, err := loadPolicy(c)
-	if err != nil || pol == nil {
-		return nil, err
-	}
-	file := img.Source
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	sigPath := c.String("sig")
-	if sigPath == "" {
-		sigPath = trust.SigPath(file)
-	}
-	sig, err := trust.ReadSig(sigPath)
-	if err != nil {
-		return nil, err
-	}
-	t := trust.Target{Board: b.Name, Group: c.String("group"), Port: c.String("port")}
-	d, err := pol.Check(t, file, bytes.NewReader(data), sig)
-	if err != nil {
-		return nil, untrusted(err, file)
-	}
-	if d.Signed {
-		if err := sameImage(c, file, data, img); err != nil {
-			return nil, err
-		}
-	}
-	return d, nil
-}
-
-func untrusted(err error, file string) error {
-	hint := "nothing was written: sign the artifact with a key the policy trusts (kiln sign " + file + ")"
-	return withHint(fmt.Errorf("%w: %w", ErrUntrusted, err), hint)
-}
-
-// checkTrustFile applies the trust policy to an image file about to be
-// written to t (kiln update, kiln flash --port ssh://, kiln fleet deploy),
-// before any device I/O. The signature is --sig (when one file is
-// written) or FILE.minisig. The file is streamed, not loaded.
-func checkTrustFile(c *cli.Context, t trust.Target, file, sigPath string) (*trust.Decision, error) {
-	pol, err := loadPolicy(c)
-	if err != nil || pol == nil {
-		return nil, err
-	}
-	if sigPath == "" {
-		sigPath = trust.SigPath(file)
-	}
-	sig, err := trust.ReadSig(sigPath)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	d, err := pol.Check(t, file, f, sig)
-	if err != nil {
-		return nil, untrusted(err, file)
-	}
-	return d, nil
-}
-
-// sameImage loads the verified bytes the way the flasher loaded the file
-// and requires the same image: a file swapped between the check and the
-// load is refused.
-func sameImage(c *cli.Context, file string, data []byte, img *flash.Image) error {
-	tmp, err := os.MkdirTemp("", "kiln-verified-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	p := filepath.Join(tmp, filepath.Base(file))
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		return err
-	}
-	var lo flash.LoadOptions
-	if s := c.String("address"); s != "" {
-		a, err := strconv.ParseUint(s, 0, 32)
-		if err != nil {
-			return usagef("--address %q: want a number such as 0x08000000", s)
-		}
-		a32 := uint32(a)
-		lo.Address = &a32
-	}
-	signed, err := flash.Load(p, lo)
-	if err != nil {
-		return fmt.Errorf("%w: %s: %w", ErrUntrusted, file, err)
-	}
-	if signed.SHA256() != img.SHA256() || signed.Extent() != img.Extent() {
-		return fmt.Errorf("%w: %s changed while it was being checked", ErrUntrusted, file)
-	}
-	return nil
-}
-
 // writeEvidence writes sbom.cdx.json and provenance.json beside the
 // manifest.json of a build's output directory. The provenance is signed
 // with the signing key ($KILN_KEY or kiln keygen's) when there is one; an
@@ -472,29 +369,4 @@ func writeImageEvidence(c *cli.Context, recipeDir, out string, res *recipebuild.
 	}
 	withOrigins(subj, origins)
 	return attest.WriteFiles(out, subj, evidenceKey(note))
-}
-
-// fleetImage is a group's image path as the fleet file resolves it
-// (relative to the fleet file).
-func fleetImage(fleetFile, image string) string {
-	if image == "" || filepath.IsAbs(image) {
-		return image
-	}
-	return filepath.Join(filepath.Dir(fleetFile), image)
-}
-
-// checkFleetTrust checks every device's image against the trust policy
-// (board unknown: rules select fleet devices by group and port). One
-// untrusted device stops the whole rollout before it starts.
-func checkFleetTrust(c *cli.Context, fleetFile string, f *fleet.File) error {
-	images := map[string]string{}
-	for _, g := range f.Groups {
-		images[g.Name] = fleetImage(fleetFile, g.Image)
-	}
-	for _, d := range f.Devices {
-		if _, err := checkTrustFile(c, trust.Target{Group: d.Group, Port: d.URL}, images[d.Group], ""); err != nil {
-			return fmt.Errorf("fleet deploy: device %s: %w", d.Name, err)
-		}
-	}
-	return nil
 }

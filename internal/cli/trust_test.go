@@ -696,3 +696,32 @@ func TestSignWithEncryptedKey(t *testing.T) {
 		t.Fatalf("verify-sig: exit %d: %s %s", code, out, errOut)
 	}
 }
+
+// TestSSHPolicyWithoutBoard: a policy that requires signatures for rpi-*
+// boards cannot be side-stepped by leaving --board out: an image whose
+// board kiln cannot establish counts as an rpi-* image (fail closed), on
+// kiln update, kiln flash --port ssh:// and fleet deploy (exit 4, before
+// any connection).
+func TestSSHPolicyWithoutBoard(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "audit.jsonl")
+	trusted, _, _ := policyFixture(t, dir)
+	policy := filepath.Join(dir, "rpi-policy.toml")
+	os.WriteFile(policy, []byte("[[key]]\nname = \"release\"\npublic_key = \""+trusted.Public().String()+"\"\n\n"+
+		"[[rule]]\nboards = [\"rpi-*\"]\nrequire_signature = true\n"), 0o644)
+	img := filepath.Join(dir, "robot.img")
+	os.WriteFile(img, randomBytes(22, 64<<10), 0o644)
+	port := "ssh://root@127.0.0.1:1/dev/mmcblk0"
+	fleetFile := filepath.Join(dir, "fleet.toml")
+	os.WriteFile(fleetFile, []byte("[[group]]\nname = \"robots\"\nimage = \"robot.img\"\n\n[[device]]\nname = \"arm-1\"\nurl = \""+port+"\"\ngroup = \"robots\"\n"), 0o644)
+	for name, args := range map[string][]string{
+		"update":       {"update", "--port", port, "--policy", policy, "--log", log, img},
+		"flash ssh":    {"flash", "--port", "SSH://root@127.0.0.1:1/dev/sdb", "--policy", policy, "--log", log, img},
+		"fleet deploy": {"fleet", "deploy", "--policy", policy, "--log", log, fleetFile},
+	} {
+		code, _, errOut := kiln(t, args...)
+		if code != ExitUntrusted || !strings.Contains(errOut, "has no signature") {
+			t.Errorf("%s, unsigned, no --board: exit %d: %s", name, code, errOut)
+		}
+	}
+}

@@ -52,14 +52,14 @@ func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
 		t.Fatalf("kiln update: exit %d\n%s%s", code, out, errs)
 	}
 	var res struct {
-		Result struct {
+		Update struct {
 			Committed  bool   `json:"committed"`
 			To         string `json:"to_slot"`
 			RootSHA256 string `json:"root_sha256"`
 			UsedHelper bool   `json:"used_helper"`
 		}
 	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || !res.Result.Committed || res.Result.To != "b" || res.Result.UsedHelper {
+	if err := json.Unmarshal([]byte(out), &res); err != nil || !res.Update.Committed || res.Update.To != "b" || res.Update.UsedHelper {
 		t.Fatalf("update json: %v %s", err, out)
 	}
 	if dev.Root() != 5 {

@@ -52,6 +52,10 @@ type Group struct {
 	Image  string `toml:"image"`  // an .img with kiln's A/B layout, relative to the fleet file
 	Recipe string `toml:"recipe"` // or an image recipe directory, relative to the fleet file
 	Health string `toml:"health"`
+	// Board is the image's board (its kiln.json), when the caller read it
+	// (internal/op does): a device that runs an image for another board
+	// is refused, that device only.
+	Board string `toml:"-"`
 }
 
 // Builder builds an image recipe and returns the path of its image.img.
@@ -193,6 +197,9 @@ func (f *File) plan(n int) ([]int, error) {
 	}
 	return out, nil
 }
+
+// Path resolves p as the fleet file does (relative to its directory).
+func (f *File) Path(p string) string { return f.path(p) }
 
 func (f *File) path(p string) string {
 	if p == "" || filepath.IsAbs(p) {
@@ -399,6 +406,9 @@ func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log fu
 	st, err := ssh.Inspect(ctx, dial, d.Name, disk)
 	if err != nil {
 		return fail(err)
+	}
+	if g.Board != "" && st.Board != "" && st.Board != g.Board {
+		return fail(fmt.Errorf("%s runs an image for %s; group %s's image is for %s: refused before writing", d.Name, st.Board, g.Name, g.Board))
 	}
 	if st.Derivation == want && !st.Trial {
 		if !f.Verify {

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	"kiln.dev/kiln/flash/device"
 	"kiln.dev/kiln/flash/serialport"
 	"kiln.dev/kiln/internal/auditlog"
+	"kiln.dev/kiln/internal/op"
 	"kiln.dev/kiln/internal/trust"
 )
 
@@ -128,8 +128,7 @@ type Status struct {
 type target struct {
 	Target
 	board    *boards.Board
-	data     []byte
-	sig      []byte
+	artifact *op.Artifact
 	image    *flash.Image
 	decision *trust.Decision
 }
@@ -215,31 +214,20 @@ func (s *Station) prepare(t Target) (*target, error) {
 	if b.Provision.Region != "flash" {
 		return nil, fmt.Errorf("station: board %s keeps its record in %s; this station writes records to flash only", b.Name, b.Provision.Region)
 	}
-	data, err := os.ReadFile(t.Artifact)
+	// The one artifact loader kiln flash uses: the bytes are read once,
+	// and the policy sees the bytes the image was parsed from.
+	a, err := op.LoadFirmware(t.Artifact, op.LoadOptions{Address: t.Address, Sig: t.Sig})
 	if err != nil {
 		return nil, fmt.Errorf("station: artifact: %w", err)
 	}
-	sigPath := t.Sig
-	if sigPath == "" {
-		sigPath = trust.SigPath(t.Artifact)
-	}
-	sig, err := trust.ReadSig(sigPath)
-	if err != nil {
+	if err := op.CheckBoard(a, b); err != nil {
 		return nil, fmt.Errorf("station: %w", err)
 	}
-	tg := &target{Target: t, board: b, data: data, sig: sig}
-	// The policy sees the bytes the image is then parsed from: what was
-	// checked is what is written.
+	tg := &target{Target: t, board: b, artifact: a, image: a.Image}
 	if tg.decision, err = s.check(tg, ""); err != nil {
 		return nil, err
 	}
-	img, err := parseImage(t, data)
-	if err != nil {
-		return nil, err
-	}
-	if err := img.Check(b); err != nil {
-		return nil, fmt.Errorf("station: %w", err)
-	}
+	img := a.Image
 	pr := b.Provision
 	for _, seg := range img.Segments {
 		if uint64(seg.Addr) < uint64(pr.Base)+uint64(pr.Size) && seg.End() > uint64(pr.Base) {
@@ -251,43 +239,14 @@ func (s *Station) prepare(t Target) (*target, error) {
 	return tg, nil
 }
 
-// check applies the trust policy to tg's artifact going to port ("" for
+// check applies the trust gate to tg's artifact going to port ("" for
 // any of the target's ports).
 func (s *Station) check(tg *target, port string) (*trust.Decision, error) {
-	pol := s.policy
-	if pol == nil {
-		var err error
-		if pol, err = trust.ParsePolicy(nil, "no policy"); err != nil {
-			return nil, err
-		}
-	}
-	d, err := pol.Check(trust.Target{Board: tg.Board, Group: tg.Group, Port: port}, tg.Artifact, bytes.NewReader(tg.data), tg.sig)
+	d, err := op.Trust(s.policy, tg.artifact, trust.Target{Board: tg.Board, Group: tg.Group, Port: port})
 	if err != nil {
 		return nil, fmt.Errorf("station: %w", err)
 	}
 	return d, nil
-}
-
-func parseImage(t Target, data []byte) (*flash.Image, error) {
-	var img *flash.Image
-	var err error
-	switch strings.ToLower(filepath.Ext(t.Artifact)) {
-	case ".hex", ".ihex":
-		img, err = flash.ParseHex(t.Artifact, bytes.NewReader(data))
-	case ".elf":
-		img, err = flash.ParseELF(t.Artifact, bytes.NewReader(data))
-	case ".bin":
-		if t.Address == nil {
-			return nil, fmt.Errorf("station: %s: a .bin artifact needs address = …", t.Artifact)
-		}
-		img, err = flash.ParseBin(t.Artifact, data, *t.Address)
-	default:
-		return nil, fmt.Errorf("station: %s: want a .hex, .elf or .bin artifact", t.Artifact)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("station: %w", err)
-	}
-	return img, nil
 }
 
 // verifyLog checks the audit log (if there is one yet) and returns the

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/BurntSushi/toml"
 )
@@ -217,8 +218,85 @@ func glob(pat, s string) bool {
 	return px == len(pat)
 }
 
+// matches reports whether the rule selects t. A board that is not known
+// (empty: neither the artifact nor the caller could establish it) matches
+// every board pattern: where the policy cannot tell what is about to be
+// written, it assumes the strictest (fail closed). A group is the
+// operator's to state: without one, only rules that name no group apply.
+// Ports match in canonical form (see CanonicalPorts).
 func (r Rule) matches(t Target) bool {
-	return matchAny(r.Boards, t.Board) && matchAny(r.Groups, t.Group) && matchAny(r.Ports, t.Port)
+	return matchUnknown(r.Boards, t.Board) && matchAny(r.Groups, t.Group) && matchPort(r.Ports, t.Port)
+}
+
+func matchUnknown(pats []string, s string) bool {
+	return s == "" || matchAny(pats, s)
+}
+
+func matchPort(pats []string, port string) bool {
+	if len(pats) == 0 {
+		return true
+	}
+	for _, form := range CanonicalPorts(port) {
+		for _, p := range pats {
+			if glob(canonicalPort(p), form) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// CanonicalPorts returns the forms a port is matched in: URL-like specs
+// with scheme and host lower-cased (SSH://Pi@HOST/dev/x is
+// ssh://Pi@host/dev/x, user and path keep their case); a device path
+// cleaned, and also the file it links to (/dev/serial/by-id/... is its
+// /dev/ttyUSBn too). A rule selects the port if it matches any form.
+func CanonicalPorts(port string) []string {
+	c := canonicalPort(port)
+	forms := []string{c}
+	if strings.HasPrefix(c, "/") {
+		// Follow the links by hand: the node they end at need not exist
+		// (yet) for the name to count.
+		p := c
+		for range 40 {
+			t, err := os.Readlink(p)
+			if err != nil {
+				break
+			}
+			if !filepath.IsAbs(t) {
+				t = filepath.Join(filepath.Dir(p), t)
+			}
+			p = filepath.Clean(t)
+			forms = append(forms, p)
+		}
+	}
+	return forms
+}
+
+func canonicalPort(port string) string {
+	if scheme, rest, ok := strings.Cut(port, "://"); ok {
+		auth, path, _ := strings.Cut(rest, "/")
+		user, host, hasUser := strings.Cut(auth, "@")
+		if !hasUser {
+			user, host = "", auth
+		}
+		out := strings.ToLower(scheme) + "://"
+		if hasUser {
+			out += user + "@"
+		}
+		out += strings.ToLower(host)
+		if path != "" || strings.Contains(rest, "/") {
+			out += "/" + path
+		}
+		return out
+	}
+	if scheme, rest, ok := strings.Cut(port, ":"); ok && !strings.Contains(scheme, "/") && scheme != "" {
+		return strings.ToLower(scheme) + ":" + rest // emu:, dfu:, usb:
+	}
+	if strings.HasPrefix(port, "/") {
+		return filepath.Clean(port)
+	}
+	return port
 }
 
 // Requirement is what the policy asks of an artifact for a target.

@@ -1,0 +1,169 @@
+package op
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/internal/trust"
+)
+
+// DiskOptions tune writes of whole disk images over SSH.
+type DiskOptions struct {
+	// KnownHosts and KeyFiles: see ssh.Options (host keys are always
+	// checked; no passwords).
+	KnownHosts string
+	KeyFiles   []string
+	// Update tunes an A/B update (health check, timeouts, delta, helper).
+	Update ssh.UpdateOptions
+	// Dialer replaces the real SSH dialer (tests).
+	Dialer func(a ssh.Addr, opts ssh.Options) ssh.Dialer
+}
+
+func (o DiskOptions) dialer(a ssh.Addr) ssh.Dialer {
+	opts := ssh.Options{KnownHosts: o.KnownHosts, KeyFiles: o.KeyFiles, Timeout: 10 * time.Second}
+	if o.Dialer != nil {
+		return o.Dialer(a, opts)
+	}
+	return ssh.DialerFor(a, opts)
+}
+
+// UpdateOptions tune an A/B update (ssh.UpdateOptions).
+type UpdateOptions = ssh.UpdateOptions
+
+// SlotCheck is what CheckSlot found (ssh.SlotCheck).
+type SlotCheck = ssh.SlotCheck
+
+// CheckSlot hashes the slot the device at port runs, on the device, and
+// compares it with the image at rebuilt as an update would write it
+// (kiln audit IMAGE_RECIPE --port ssh://...).
+func CheckSlot(ctx context.Context, port string, o DiskOptions, rebuilt string) (*SlotCheck, string, error) {
+	a, err := ssh.ParseAddr(port)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	chk, err := ssh.Check(ctx, o.dialer(a), a.Host, a.Path, rebuilt)
+	return chk, a.Host, err
+}
+
+// diskBoard resolves the board of a disk write: the one named (which must
+// be the image's, when the image says), else the image's; "" when neither
+// says (the trust gate then fails closed).
+func diskBoard(name string, a *Artifact) (string, error) {
+	if name == "" {
+		return a.Board, nil
+	}
+	b, err := boards.Get(name)
+	if err != nil {
+		return "", err
+	}
+	if err := CheckBoard(a, b); err != nil {
+		return "", err
+	}
+	return b.Name, nil
+}
+
+// FlashDisk writes a whole disk image to the block device an ssh:// port
+// names, from the artifact's private copy, and proves it with the
+// device's own hash.
+func FlashDisk(ctx context.Context, req Request) (rep *Report, err error) {
+	start := time.Now()
+	rep = &Report{Op: "flash", Port: req.Port, Protocol: "ssh", Image: req.Artifact}
+	addr, err := ssh.ParseAddr(req.Port)
+	if err != nil {
+		return rep, fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if !strings.HasPrefix(addr.Path, "/dev/") {
+		return rep, fmt.Errorf("%w: flash --port %s: name the block device, e.g. ssh://root@host/dev/sdb (for A/B updates use kiln update)", ErrUsage, req.Port)
+	}
+	a, err := LoadDisk(req.Artifact, req.Load)
+	if err != nil {
+		return rep, err
+	}
+	defer a.Close()
+	rep.Image, rep.ArtifactSHA256, rep.ImageSHA256, rep.Bytes, rep.Derivation = a.Path, a.SHA256, a.DiskSHA256, a.DiskSize, a.Derivation
+	if rep.Board, err = diskBoard(req.Board, a); err != nil {
+		return rep, err
+	}
+	defer func() { err = record(req, rep, err) }()
+	if rep.Trust, err = Trust(req.Policy, a, trust.Target{Board: rep.Board, Group: req.Group, Port: req.Port}); err != nil {
+		return rep, err
+	}
+	c, err := req.Disk.dialer(addr)(ctx)
+	if err != nil {
+		return rep, err
+	}
+	defer c.Close()
+	var prog func(done, total int64)
+	if req.Progress != nil {
+		prog = func(d, t int64) { req.Progress("write", d, t) }
+	}
+	res, err := ssh.WriteDevice(ctx, c, addr.Path, a.DiskPath(), a.Bmap, prog)
+	if res != nil {
+		rep.Device, rep.DeviceSHA256, rep.Disk = res.Device, res.DeviceSHA256, res
+		if rep.Device == "" {
+			rep.Device = addr.Host
+		}
+		rep.Verified = res.Verified && err == nil
+		rep.WriteSec = res.Seconds
+	}
+	rep.TotalSec = time.Since(start).Seconds()
+	return rep, err
+}
+
+// Update is an A/B update over SSH: the image's board (kiln.json) must be
+// the one the device runs (and the one named, when one is), the trust
+// gate passes on the image's own bytes, and the update writes from the
+// private copy.
+func Update(ctx context.Context, req Request) (rep *Report, err error) {
+	start := time.Now()
+	rep = &Report{Op: "update", Port: req.Port, Protocol: "ssh", Image: req.Artifact}
+	addr, err := ssh.ParseAddr(req.Port)
+	if err != nil {
+		return rep, fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	a, err := LoadDisk(req.Artifact, req.Load)
+	if err != nil {
+		return rep, err
+	}
+	defer a.Close()
+	rep.Image, rep.ArtifactSHA256, rep.ImageSHA256, rep.Bytes, rep.Derivation = a.Path, a.SHA256, a.DiskSHA256, a.DiskSize, a.Derivation
+	if rep.Board, err = diskBoard(req.Board, a); err != nil {
+		return rep, err
+	}
+	defer func() { err = record(req, rep, err) }()
+	if rep.Trust, err = Trust(req.Policy, a, trust.Target{Board: rep.Board, Group: req.Group, Port: req.Port}); err != nil {
+		return rep, err
+	}
+	dial := req.Disk.dialer(addr)
+	opts := req.Disk.Update
+	opts.Disk = addr.Path
+	if opts.Progress == nil {
+		opts.Progress = req.Progress
+	}
+	if opts.Log == nil && req.Note != nil {
+		opts.Log = req.Note
+	}
+	// The device's board (its running slot's kiln.json) against the
+	// image's, before a byte goes out.
+	if rep.Board != "" {
+		st, err := ssh.Inspect(ctx, dial, addr.Host, opts.Disk)
+		if err != nil {
+			return rep, err
+		}
+		if st.Board != "" && st.Board != rep.Board {
+			return rep, fmt.Errorf("%w: %s is an image for %s, but %s runs an image for %s", ErrWrongBoard, a.Path, rep.Board, addr.Host, st.Board)
+		}
+	}
+	res, err := ssh.Update(ctx, dial, addr.Host, a.DiskPath(), opts)
+	if res != nil {
+		rep.Device, rep.Derivation, rep.DeviceSHA256, rep.Update = res.Device, res.Derivation, res.RootSHA256, res
+		rep.Verified = res.Committed && err == nil
+		rep.WriteSec = res.WriteSec
+	}
+	rep.TotalSec = time.Since(start).Seconds()
+	return rep, err
+}
