@@ -56,6 +56,8 @@ const (
 	tarBlock = 1 << 10 // TAR auto-increment is only guaranteed within 1 KiB
 )
 
+var _ link = (*adi)(nil)
+
 // adi is the debug port and MEM-AP 0 of one target behind a DAP. It caches
 // SELECT and CSW so that bursts cost only the transfers they need.
 type adi struct {
@@ -231,7 +233,7 @@ func (a *adi) write32(ctx context.Context, addr, v uint32) error {
 
 // readBlock reads n words from addr (word aligned), in bursts that stay
 // within 1 KiB and fit the probe's packets.
-func (a *adi) readBlock(ctx context.Context, addr uint32, n int, progress func(words int)) ([]uint32, error) {
+func (a *adi) readWords(ctx context.Context, addr uint32, n int, progress func(words int)) ([]uint32, error) {
 	out := make([]uint32, 0, n)
 	for len(out) < n {
 		at := addr + uint32(4*len(out))
@@ -258,19 +260,19 @@ func (a *adi) readBlock(ctx context.Context, addr uint32, n int, progress func(w
 	return out, nil
 }
 
-// writeBlock writes words to addr with the given access size (32 or 16
-// bits; for 16, each word carries one half-word in the lane of its address,
-// as a MEM-AP expects), in bursts within 1 KiB. It is not retried: writes to
-// flash cannot simply be repeated, so the caller decides.
-func (a *adi) writeBlock(ctx context.Context, addr uint32, size int, words []uint32) error {
-	step := uint32(size / 8)
+// writeMem writes data (little-endian, a whole number of size-bit units)
+// to addr with size-bit accesses, in bursts within 1 KiB. It is not
+// retried: writes to flash cannot simply be repeated, so the caller decides.
+func (a *adi) writeMem(ctx context.Context, addr uint32, size int, data []byte) error {
+	u := size / 8
+	words := lanes(addr, data, u)
 	csw := uint32(cswDefaults | cswIncr | cswSize32)
 	if size == 16 {
 		csw = cswDefaults | cswIncr | cswSize16
 	}
 	for i := 0; i < len(words); {
-		at := addr + uint32(i)*step
-		k := min(len(words)-i, a.dap.maxBlockWords(), int((tarBlock-at%tarBlock)/step))
+		at := addr + uint32(i*u)
+		k := min(len(words)-i, a.dap.maxBlockWords(), int((tarBlock-at%tarBlock)/uint32(u)))
 		if _, err := a.dap.transfer(ctx, append(a.setup(0, csw), op{ap: true, addr: apTAR, value: at})); err != nil {
 			a.selOK, a.cswOK = false, false
 			return fmt.Errorf("swd: write 0x%08x: %w", at, err)
@@ -278,11 +280,28 @@ func (a *adi) writeBlock(ctx context.Context, addr uint32, size int, words []uin
 		a.done(0, csw)
 		if _, err := a.dap.block(ctx, op{ap: true, addr: apDRW}, 0, words[i:i+k]); err != nil {
 			a.selOK, a.cswOK = false, false
-			return fmt.Errorf("swd: write 0x%08x+%d: %w", at, int(step)*k, err)
+			return fmt.Errorf("swd: write 0x%08x+%d: %w", at, u*k, err)
 		}
 		i += k
 	}
 	return nil
+}
+
+// lanes packs data into MEM-AP data words: one unit of u bytes per word, in
+// the byte lane its address selects.
+func lanes(addr uint32, data []byte, u int) []uint32 {
+	words := make([]uint32, 0, len(data)/u)
+	for i := 0; i+u <= len(data); i += u {
+		var v uint32
+		for k := 0; k < u; k++ {
+			v |= uint32(data[i+k]) << (8 * k)
+		}
+		if u == 2 {
+			v <<= 8 * ((addr + uint32(i)) & 2)
+		}
+		words = append(words, v)
+	}
+	return words
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -27,7 +27,7 @@ const (
 
 // resetHalt resets the chip and stops the core before its first
 // instruction: DEMCR.VC_CORERESET, then AIRCR.SYSRESETREQ.
-func (a *adi) resetHalt(ctx context.Context) error {
+func resetHalt(ctx context.Context, a link) error {
 	if err := a.write32(ctx, regDHCSR, dhcsrKey|dhcsrDebugEn|dhcsrHalt); err != nil {
 		return err
 	}
@@ -40,10 +40,10 @@ func (a *adi) resetHalt(ctx context.Context) error {
 			return fmt.Errorf("swd: reconnect after reset: %w", err)
 		}
 	}
-	return a.waitHalt(ctx)
+	return waitHalt(ctx, a)
 }
 
-func (a *adi) waitHalt(ctx context.Context) error {
+func waitHalt(ctx context.Context, a link) error {
 	deadline := time.Now().Add(time.Second)
 	for {
 		v, err := a.read32(ctx, regDHCSR)
@@ -67,7 +67,7 @@ func (a *adi) waitHalt(ctx context.Context) error {
 
 // resetRun lets the chip start the new firmware: vector catch off, debug off,
 // system reset.
-func (a *adi) resetRun(ctx context.Context) error {
+func resetRun(ctx context.Context, a link) error {
 	if err := a.write32(ctx, regDEMCR, 0); err != nil {
 		return err
 	}

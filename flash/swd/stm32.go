@@ -83,7 +83,7 @@ var (
 
 // controller drives one family's flash controller.
 type controller struct {
-	a   *adi
+	a   link
 	fam *Family
 	// scale stretches the busy deadlines (datasheet maxima) for slow links.
 	busyTimeout time.Duration
@@ -249,8 +249,7 @@ func (c *controller) program(ctx context.Context, addr uint32, data []byte, prog
 
 func (c *controller) programChunk(ctx context.Context, at uint32, want []byte, size int, cr uint32) error {
 	u := size / 8
-	words := lanes(at, want, u)
-	err := c.a.writeBlock(ctx, at, size, words)
+	err := c.a.writeMem(ctx, at, size, want)
 	if err == nil {
 		err = c.wait(ctx, fmt.Sprintf("program 0x%08x+%d", at, len(want)), 10*time.Millisecond)
 		if err == nil {
@@ -307,7 +306,7 @@ func (c *controller) programChunk(ctx context.Context, at uint32, want []byte, s
 			for j < len(want) && !equal(got[j:j+u], want[j:j+u]) {
 				j += u
 			}
-			if err = c.a.writeBlock(ctx, at+uint32(i), size, lanes(at+uint32(i), want[i:j], u)); err == nil {
+			if err = c.a.writeMem(ctx, at+uint32(i), size, want[i:j]); err == nil {
 				err = c.wait(ctx, fmt.Sprintf("program 0x%08x+%d", at+uint32(i), j-i), 10*time.Millisecond)
 			}
 			i = j - u
@@ -320,23 +319,6 @@ func (c *controller) programChunk(ctx context.Context, at uint32, want []byte, s
 		}
 	}
 	return err
-}
-
-// lanes packs data into MEM-AP data words: one unit per word, in the byte
-// lane its address selects.
-func lanes(addr uint32, data []byte, u int) []uint32 {
-	words := make([]uint32, 0, len(data)/u)
-	for i := 0; i+u <= len(data); i += u {
-		var v uint32
-		for k := 0; k < u; k++ {
-			v |= uint32(data[i+k]) << (8 * k)
-		}
-		if u == 2 {
-			v <<= 8 * ((addr + uint32(i)) & 2)
-		}
-		words = append(words, v)
-	}
-	return words
 }
 
 func equal(a, b []byte) bool { return string(a) == string(b) }
@@ -355,10 +337,10 @@ func (c *controller) readBytes(ctx context.Context, addr uint32, n int) ([]byte,
 	return readMem(ctx, c.a, addr, n, nil)
 }
 
-func readMem(ctx context.Context, a *adi, addr uint32, n int, progress func(int)) ([]byte, error) {
+func readMem(ctx context.Context, a link, addr uint32, n int, progress func(int)) ([]byte, error) {
 	start := addr &^ 3
 	end := (addr + uint32(n) + 3) &^ 3
-	words, err := a.readBlock(ctx, start, int(end-start)/4, func(w int) {
+	words, err := a.readWords(ctx, start, int(end-start)/4, func(w int) {
 		if progress != nil {
 			progress(min(max(4*w-int(addr-start), 0), n))
 		}
@@ -442,7 +424,7 @@ func (c *controller) unprotect(ctx context.Context) error {
 	if err := c.a.write32(ctx, c.reg(offCR), f1OPTPG|f1OPTWRE); err != nil {
 		return err
 	}
-	if err := c.a.writeBlock(ctx, f1OptRDP, 16, lanes(f1OptRDP, []byte{f1RDPNone, 0x00}, 2)); err != nil {
+	if err := c.a.writeMem(ctx, f1OptRDP, 16, []byte{f1RDPNone, 0x00}); err != nil {
 		return err
 	}
 	return c.wait(ctx, "program RDP option byte", 100*time.Millisecond)

@@ -40,34 +40,58 @@ func image(t *testing.T, seed int64, segs ...[2]int) *flash.Image {
 	return img
 }
 
+// probes are the two probe models: CMSIS-DAP and ST-LINK.
+var probes = []string{"cmsis-dap", "st-link"}
+
+// connect opens b's chip behind a probe model of kind; faults go to the
+// probe.
+func connect(ctx context.Context, kind string, chip *swdtest.Chip, b *boards.Board, faults swdtest.Faults, opts swd.Options) (*swdtest.Probe, *swd.Target, error) {
+	if kind == "st-link" {
+		st := swdtest.NewSTLink(chip, "066DFF495150")
+		st.P.Faults = faults
+		tg, err := swd.OpenSTLink(ctx, st, "ST-LINK/V2-1", "066DFF495150", b, opts)
+		return st.P, tg, err
+	}
+	p := swdtest.NewProbe(chip, "KILNPROBE1")
+	p.Faults = faults
+	tg, err := swd.Open(ctx, p, b, opts)
+	return p, tg, err
+}
+
 func open(t *testing.T, name string) (*swdtest.Chip, *swdtest.Probe, *swd.Target) {
+	return openKind(t, "cmsis-dap", name)
+}
+
+func openKind(t *testing.T, kind, name string) (*swdtest.Chip, *swdtest.Probe, *swd.Target) {
 	t.Helper()
 	b := board(t, name)
 	chip, err := swdtest.NewChip(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	probe := swdtest.NewProbe(chip, "KILNPROBE1")
-	tg, err := swd.Open(context.Background(), probe, b, swd.Options{})
+	p, tg, err := connect(context.Background(), kind, chip, b, swdtest.Faults{}, swd.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return chip, probe, tg
+	return chip, p, tg
 }
 
 // TestProgramBothFamilies writes and proves images on an F401 (sectors of
 // 16, 64 and 128 KiB, word programming) and an F103 (1 KiB pages, half-word
-// programming), with segments at odd offsets and across 1 KiB TAR blocks.
+// programming), with segments at odd offsets and across 1 KiB TAR blocks,
+// through both probes.
 func TestProgramBothFamilies(t *testing.T) {
 	for _, tc := range []struct {
-		board string
-		segs  [][2]int
+		board, probe string
+		segs         [][2]int
 	}{
-		{"nucleo-f401re", [][2]int{{0x08000000, 70000}, {0x08012001, 333}}},
-		{"bluepill", [][2]int{{0x08000000, 5000}, {0x08003ff3, 77}}},
+		{"nucleo-f401re", "cmsis-dap", [][2]int{{0x08000000, 70000}, {0x08012001, 333}}},
+		{"bluepill", "cmsis-dap", [][2]int{{0x08000000, 5000}, {0x08003ff3, 77}}},
+		{"nucleo-f401re", "st-link", [][2]int{{0x08000000, 70000}, {0x08012001, 333}}},
+		{"bluepill", "st-link", [][2]int{{0x08000000, 5000}, {0x08003ff3, 77}}},
 	} {
-		t.Run(tc.board, func(t *testing.T) {
-			chip, probe, tg := open(t, tc.board)
+		t.Run(tc.board+"/"+tc.probe, func(t *testing.T) {
+			chip, probe, tg := openKind(t, tc.probe, tc.board)
 			img := image(t, 1, tc.segs...)
 			res, err := flash.Program(context.Background(), tg, img, nil)
 			if err != nil {
@@ -167,7 +191,8 @@ func TestReadOutProtection(t *testing.T) {
 	}
 }
 
-// TestFaultRuns flashes 240 times through probes that lose answers, answer
+// TestFaultRuns flashes 240 times, half through each probe model, through
+// probes that lose answers, answer
 // WAIT and FAULT, unplug and reset targets mid-write. No run may report
 // success with other bytes in flash; every failure is an error.
 func TestFaultRuns(t *testing.T) {
@@ -180,18 +205,17 @@ func TestFaultRuns(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := rand.New(rand.NewSource(int64(i)))
-		probe := swdtest.NewProbe(chip, "P")
-		probe.Faults = swdtest.Faults{Seed: int64(i), Wait: r.Float64() * 0.005, Fault: r.Float64() * 0.005, Lost: r.Float64() * 0.002}
+		faults := swdtest.Faults{Seed: int64(i), Wait: r.Float64() * 0.005, Fault: r.Float64() * 0.005, Lost: r.Float64() * 0.002}
 		switch i % 8 {
 		case 3:
-			probe.Faults.UnplugAfter = 20 + r.Intn(200)
+			faults.UnplugAfter = 20 + r.Intn(200)
 		case 5:
-			probe.Faults.ResetAfter = 20 + r.Intn(200)
+			faults.ResetAfter = 20 + r.Intn(200)
 		}
 		img := image(t, int64(i), [2]int{int(b.Flash.Base) + r.Intn(4096), 2000 + r.Intn(9000)})
 		ctx := context.Background()
 		var res flash.Result
-		tg, err := swd.Open(ctx, probe, b, swd.Options{})
+		probe, tg, err := connect(ctx, probes[(i/2)%2], chip, b, faults, swd.Options{})
 		if err == nil {
 			res, err = flash.Program(ctx, tg, img, nil)
 		}

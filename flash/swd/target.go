@@ -24,9 +24,26 @@ type Options struct {
 	Note func(string)
 }
 
-// Target is one STM32 behind a CMSIS-DAP probe.
+// link is a way to a target's memory: ADIv5 through a CMSIS-DAP probe
+// (adi), or an ST-LINK's own memory commands (stlink).
+type link interface {
+	// connect (re)establishes the debug connection from any state.
+	connect(ctx context.Context) error
+	read32(ctx context.Context, addr uint32) (uint32, error)
+	write32(ctx context.Context, addr, v uint32) error
+	// readWords reads n words from a word-aligned addr.
+	readWords(ctx context.Context, addr uint32, n int, progress func(words int)) ([]uint32, error)
+	// writeMem writes little-endian data with size-bit (16 or 32) accesses;
+	// it is not retried.
+	writeMem(ctx context.Context, addr uint32, size int, data []byte) error
+	// recover brings the link back after an error and says whether the
+	// operation may be tried again.
+	recover(ctx context.Context, cause error) bool
+}
+
+// Target is one STM32 behind a CMSIS-DAP probe or an ST-LINK.
 type Target struct {
-	a      *adi
+	a      link
 	ctl    *controller
 	board  *boards.Board
 	pages  []boards.Memory
@@ -67,14 +84,19 @@ func Open(ctx context.Context, t Transport, b *boards.Board, opts Options) (*Tar
 	if err := d.init(ctx, opts.ClockHz); err != nil {
 		return nil, err
 	}
-	tg := &Target{a: &adi{dap: d}, board: b, pages: pages}
 	product, _ := d.InfoString(ctx, infoProduct)
 	serial, _ := d.InfoString(ctx, infoSerial)
-	tg.probe = strings.TrimSpace(product + " " + serial)
+	return open(ctx, &adi{dap: d}, strings.TrimSpace(product+" "+serial), b, want, pages, opts)
+}
+
+// open finishes Open on any link: connect, reset and halt, identify the chip
+// and check its protection.
+func open(ctx context.Context, l link, probe string, b *boards.Board, want uint16, pages []boards.Memory, opts Options) (*Target, error) {
+	tg := &Target{a: l, board: b, pages: pages, probe: probe}
 	if err := tg.a.connect(ctx); err != nil {
 		return nil, err
 	}
-	if err := tg.a.resetHalt(ctx); err != nil {
+	if err := resetHalt(ctx, tg.a); err != nil {
 		return nil, err
 	}
 	id, err := tg.a.read32(ctx, DBGMCUIDCode)
@@ -113,7 +135,7 @@ func Open(ctx context.Context, t Transport, b *boards.Board, opts Options) (*Tar
 		if err := tg.ctl.unprotect(ctx); err != nil {
 			return nil, err
 		}
-		if err := tg.a.resetHalt(ctx); err != nil {
+		if err := resetHalt(ctx, tg.a); err != nil {
 			return nil, err
 		}
 		if level, err = tg.ctl.rdp(ctx); err != nil || level != 0 {
@@ -224,7 +246,7 @@ func (t *Target) FlashSizeKiB(ctx context.Context) (int, error) {
 // Close starts the firmware (vector catch off, system reset) and closes the
 // probe.
 func (t *Target) Close() error {
-	err := t.a.resetRun(context.Background())
+	err := resetRun(context.Background(), t.a)
 	if t.closer != nil {
 		if e := t.closer(); err == nil {
 			err = e

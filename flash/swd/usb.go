@@ -27,6 +27,30 @@ type usbProbe struct {
 	buf  []byte
 }
 
+// Command carries an ST-LINK command block, its data phase and its answer.
+func (u *usbProbe) Command(ctx context.Context, cmd, out []byte, inLen int) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := u.out.WriteContext(ctx, cmd); err != nil {
+		return nil, fmt.Errorf("swd: st-link command %02x %02x: %w", cmd[0], cmd[1], usbErr(err))
+	}
+	if len(out) > 0 {
+		if _, err := u.out.WriteContext(ctx, out); err != nil {
+			return nil, fmt.Errorf("swd: st-link data for %02x %02x: %w", cmd[0], cmd[1], usbErr(err))
+		}
+	}
+	var got []byte
+	for len(got) < inLen {
+		buf := make([]byte, inLen-len(got))
+		n, err := u.in.ReadContext(ctx, buf)
+		if err != nil {
+			return nil, fmt.Errorf("swd: st-link answer to %02x %02x: %w", cmd[0], cmd[1], usbErr(err))
+		}
+		got = append(got, buf[:n]...)
+	}
+	return got, nil
+}
+
 func (u *usbProbe) Exchange(ctx context.Context, cmd []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -96,7 +120,12 @@ func dapInterface(desc *gousb.DeviceDesc) (cfg, intf int, ok bool) {
 	return 0, 0, false
 }
 
-// OpenUSB opens the board's chip behind the CMSIS-DAP v2 probe that port
+func isSTLink(desc *gousb.DeviceDesc) bool {
+	_, ok := stlinkPIDs[uint16(desc.Product)]
+	return uint16(desc.Vendor) == 0x0483 && ok
+}
+
+// OpenUSB opens the board's chip behind the CMSIS-DAP v2 probe or ST-LINK that port
 // selects ("swd:", "swd:VID:PID", either with ",serial=S"). No probe is an
 // error wrapping flash.ErrNoDevice; several are listed with their serials.
 func OpenUSB(ctx context.Context, port string, b *boards.Board, opts Options) (*Target, error) {
@@ -110,7 +139,7 @@ func OpenUSB(ctx context.Context, port string, b *boards.Board, opts Options) (*
 	}
 	devs, err := uctx.OpenDevices(func(desc *gousb.DeviceDesc) bool {
 		_, _, ok := dapInterface(desc)
-		return ok && (!p.HasID || (uint16(desc.Vendor) == p.VID && uint16(desc.Product) == p.PID))
+		return (ok || isSTLink(desc)) && (!p.HasID || (uint16(desc.Vendor) == p.VID && uint16(desc.Product) == p.PID))
 	})
 	if err != nil && len(devs) == 0 {
 		uctx.Close()
@@ -119,18 +148,20 @@ func OpenUSB(ctx context.Context, port string, b *boards.Board, opts Options) (*
 	var found []usbport.Candidate
 	var probes []*gousb.Device
 	for _, d := range devs {
-		c, i, _ := dapInterface(d.Desc)
-		name, _ := d.InterfaceDescription(c, i, 0)
-		product, _ := d.Product()
-		if !strings.Contains(name, "CMSIS-DAP") && !strings.Contains(product, "CMSIS-DAP") {
-			d.Close()
-			continue
+		if !isSTLink(d.Desc) {
+			c, i, _ := dapInterface(d.Desc)
+			name, _ := d.InterfaceDescription(c, i, 0)
+			product, _ := d.Product()
+			if !strings.Contains(name, "CMSIS-DAP") && !strings.Contains(product, "CMSIS-DAP") {
+				d.Close()
+				continue
+			}
 		}
 		serial, _ := d.SerialNumber()
 		found = append(found, usbport.Candidate{VID: uint16(d.Desc.Vendor), PID: uint16(d.Desc.Product), Serial: serial, Bus: d.Desc.Bus, Address: d.Desc.Address})
 		probes = append(probes, d)
 	}
-	k, err := p.Choose(found, "SWD probe", "kiln speaks CMSIS-DAP v2 (USB bulk)")
+	k, err := p.Choose(found, "SWD probe", "kiln speaks CMSIS-DAP v2 and ST-LINK/V2-1 and V3")
 	for j, d := range probes {
 		if j != k {
 			d.Close()
@@ -151,25 +182,37 @@ func OpenUSB(ctx context.Context, port string, b *boards.Board, opts Options) (*
 		u.Close()
 		return nil, fmt.Errorf("swd: %s: claim interface %d: %w", found[k].Spec("swd"), i, usbErr(err))
 	}
-	mps := 64
+	// The command endpoints are the interface's lowest-numbered bulk OUT and
+	// IN endpoints (CMSIS-DAP v2: EP1 OUT, EP2 IN, then SWO; ST-LINK/V2-1:
+	// 0x01, 0x81, then trace 0x82).
+	var outDesc, inDesc *gousb.EndpointDesc
 	for _, e := range u.intf.Setting.Endpoints {
 		if e.TransferType != gousb.TransferTypeBulk {
 			continue
 		}
-		switch {
-		case e.Direction == gousb.EndpointDirectionOut && u.out == nil:
-			u.out, err = u.intf.OutEndpoint(e.Number)
-		case e.Direction == gousb.EndpointDirectionIn && u.in == nil:
-			u.in, err = u.intf.InEndpoint(e.Number)
-			mps = max(mps, e.MaxPacketSize)
+		e := e
+		if e.Direction == gousb.EndpointDirectionOut && (outDesc == nil || e.Number < outDesc.Number) {
+			outDesc = &e
 		}
-		if err != nil {
-			u.Close()
-			return nil, fmt.Errorf("swd: %s: endpoint %d: %w", found[k].Spec("swd"), e.Number, usbErr(err))
+		if e.Direction == gousb.EndpointDirectionIn && (inDesc == nil || e.Number < inDesc.Number) {
+			inDesc = &e
 		}
 	}
+	if u.out, err = u.intf.OutEndpoint(outDesc.Number); err == nil {
+		u.in, err = u.intf.InEndpoint(inDesc.Number)
+	}
+	if err != nil {
+		u.Close()
+		return nil, fmt.Errorf("swd: %s: endpoints: %w", found[k].Spec("swd"), usbErr(err))
+	}
+	mps := max(64, inDesc.MaxPacketSize)
 	u.buf = make([]byte, max(mps, 1024))
-	t, err := Open(ctx, u, b, opts)
+	var t *Target
+	if isSTLink(u.dev.Desc) {
+		t, err = OpenSTLink(ctx, u, stlinkPIDs[uint16(u.dev.Desc.Product)], found[k].Serial, b, opts)
+	} else {
+		t, err = Open(ctx, u, b, opts)
+	}
 	if err != nil {
 		u.Close()
 		return nil, err

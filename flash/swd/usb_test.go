@@ -108,6 +108,46 @@ func TestOpenUSBThroughLibusb(t *testing.T) {
 	}
 }
 
+// TestOpenUSBSTLinkThroughLibusb: the same real path reaches the ST-LINK
+// model, found by its USB ID, and writes and proves a Blue Pill.
+func TestOpenUSBSTLinkThroughLibusb(t *testing.T) {
+	dir := t.TempDir()
+	so, err := usbshim.Build(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := board(t, "bluepill")
+	chip, err := swdtest.NewChip(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "usb.sock")
+	stop, err := usbshim.Listen(sock, swdtest.NewSTLink(chip, "066DFF495150"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	data := payload()[:16384]
+	bin := filepath.Join(dir, "fw.bin")
+	if err := os.WriteFile(bin, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append(usbshim.Env(so, sock), "KILN_SWD_CHILD=bluepill", "KILN_SWD_PORT=swd:0483:374b", "KILN_SWD_BIN="+bin)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !bytes.Equal(chip.Page(b.Flash.Base, len(data)), data) || !strings.Contains(string(out), "ST-LINK/V2-1") {
+		t.Fatalf("flash differs after a reported success: %s", out)
+	}
+	cmd = exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append(usbshim.Env(so, sock), "KILN_SWD_CHILD=bluepill", "KILN_SWD_PORT=swd:,serial=OTHER")...)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "no SWD probe found matching") {
+		t.Fatalf("a serial no probe has was accepted: %v %s", err, out)
+	}
+}
+
 // TestEmulatorThroughTable: emu:BOARD with protocol swd reaches the models
 // through flash/device's table, and a model of another chip is refused.
 func TestEmulatorThroughTable(t *testing.T) {

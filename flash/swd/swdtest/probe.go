@@ -71,6 +71,17 @@ func (p *Probe) packetSize() int {
 
 // Exchange carries out one command packet.
 func (p *Probe) Exchange(ctx context.Context, cmd []byte) ([]byte, error) {
+	return p.carry(ctx, func() []byte {
+		if len(cmd) > p.packetSize() {
+			return []byte{0xff}
+		}
+		return p.run(cmd)
+	})
+}
+
+// carry runs one packet's work under the probe's lock with the packet-level
+// faults: unplugging, a target reset, a lost answer.
+func (p *Probe) carry(ctx context.Context, work func() []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -92,12 +103,9 @@ func (p *Probe) Exchange(ctx context.Context, cmd []byte) ([]byte, error) {
 		p.Chip.Reset()
 	}
 	p.Chip.clock.Advance(p.PacketTime)
-	if len(cmd) > p.packetSize() {
-		return []byte{0xff}, nil
-	}
-	resp := p.run(cmd)
+	resp := work()
 	if p.Faults.Lost > 0 && p.rng.Float64() < p.Faults.Lost {
-		return nil, fmt.Errorf("swdtest: answer to command 0x%02x lost: %w", cmd[0], flash.ErrNoAnswer)
+		return nil, fmt.Errorf("swdtest: answer lost: %w", flash.ErrNoAnswer)
 	}
 	return resp, nil
 }

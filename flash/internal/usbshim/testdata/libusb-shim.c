@@ -273,6 +273,13 @@ int LIBUSB_CALL libusb_get_string_descriptor_ascii(libusb_device_handle *h, uint
 	return k;
 }
 
+int LIBUSB_CALL libusb_kernel_driver_active(libusb_device_handle *h, int i) { (void)h; (void)i; return 0; }
+libusb_device_handle *LIBUSB_CALL libusb_open_device_with_vid_pid(libusb_context *ctx, uint16_t vid, uint16_t pid) {
+	(void)ctx;
+	if (sock < 0 || (devdesc[8] | devdesc[9] << 8) != vid || (devdesc[10] | devdesc[11] << 8) != pid)
+		return NULL;
+	return (libusb_device_handle *)&thehandle;
+}
 int LIBUSB_CALL libusb_clear_halt(libusb_device_handle *h, unsigned char ep) { (void)h; (void)ep; return 0; }
 libusb_device *LIBUSB_CALL libusb_get_device(libusb_device_handle *h) { (void)h; return (libusb_device *)&thedev; }
 const char *LIBUSB_CALL libusb_error_name(int code) {
