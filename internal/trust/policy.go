@@ -170,6 +170,9 @@ type Target struct {
 
 func (t Target) String() string {
 	s := t.Board
+	if s == "" {
+		s = "a board kiln cannot establish (every board rule applies)"
+	}
 	if t.Group != "" {
 		s += " (group " + t.Group + ")"
 	}
