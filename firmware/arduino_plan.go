@@ -118,12 +118,8 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, error) {
 	base := filepath.Base(sketchDir)
 	for _, f := range d.Files {
 		dst := filepath.Join(hostBuild, arduinoSketchDir, base, filepath.FromSlash(f.Path))
-		if err := copyFile(filepath.Join(sketchDir, filepath.FromSlash(f.Path)), dst); err != nil {
-			return nil, fmt.Errorf("firmware: %s: %w", f.Path, err)
-		}
-		sum, err := recipes.HashFile(dst)
-		if err != nil || sum != f.SHA256 {
-			return nil, fmt.Errorf("firmware: %s changed while the build started", f.Path)
+		if err := copyBeneath(sketchDir, f.Path, f.SHA256, dst); err != nil {
+			return nil, err
 		}
 	}
 	// The core: the platform directory inside its input.

@@ -3,6 +3,8 @@ package firmware
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +21,7 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/internal/beneath"
 	"kiln.dev/kiln/internal/fetch"
 	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
@@ -248,15 +251,18 @@ func copyOutputs(from, out string) error {
 
 // builder is one build of a derivation, ready to run.
 type builder struct {
-	opts      Options
-	d         *recipes.Derivation
-	r         *recipes.Recipe
-	board     *boards.Board
-	tc        *recipes.Toolchain
-	tcPath    string            // toolchain tree in the store
-	inputs    map[string]string // input name → its root in the store
-	impure    []Impurity
-	sandboxed bool
+	opts   Options
+	d      *recipes.Derivation
+	r      *recipes.Recipe
+	board  *boards.Board
+	tc     *recipes.Toolchain
+	tcPath string            // toolchain tree in the store
+	inputs map[string]string // input name → its root in the store (subdir resolved)
+	// inputRoots are the inputs' store entries and subdirs
+	// (entry, subdir), which the mount stays beneath.
+	inputRoots map[string][2]string
+	impure     []Impurity
+	sandboxed  bool
 	// arduinoMap maps an arduino build's sandbox paths back to the host's.
 	arduinoMap *strings.Replacer
 }
@@ -265,7 +271,7 @@ type builder struct {
 // entries and works out the host files the toolchain needs.
 func prepare(ctx context.Context, opts Options, d *recipes.Derivation, logf func(string, ...any)) (*builder, error) {
 	r := d.Recipe()
-	b := &builder{opts: opts, d: d, r: r, board: d.Board, tc: d.ToolchainDef(), inputs: map[string]string{}, sandboxed: !opts.NoSandbox}
+	b := &builder{opts: opts, d: d, r: r, board: d.Board, tc: d.ToolchainDef(), inputs: map[string]string{}, inputRoots: map[string][2]string{}, sandboxed: !opts.NoSandbox}
 	if b.tc == nil {
 		return nil, fmt.Errorf("%s: %w: no toolchain", r.File, recipes.ErrInvalid)
 	}
@@ -274,14 +280,6 @@ func prepare(ctx context.Context, opts Options, d *recipes.Derivation, logf func
 		f = &fetch.Fetcher{Store: opts.Store}
 	}
 	var err error
-	if b.tcPath, err = f.Toolchain(ctx, b.tc); err != nil {
-		return nil, fmt.Errorf("%s: %w", r.File, err)
-	}
-	t := time.Now()
-	if err := verifyEntry(opts.Store, b.tcPath); err != nil {
-		return nil, fmt.Errorf("firmware: toolchain %s: %w", b.tc.Name, err)
-	}
-	logf("verified toolchain %s in %s", b.tc.Name, time.Since(t).Round(time.Millisecond))
 	for _, in := range r.Inputs {
 		p, err := f.Input(ctx, in)
 		if err != nil {
@@ -290,11 +288,25 @@ func prepare(ctx context.Context, opts Options, d *recipes.Derivation, logf func
 		if err := verifyEntry(opts.Store, p); err != nil {
 			return nil, fmt.Errorf("firmware: input %s: %w", in.Name, err)
 		}
+		b.inputRoots[in.Name] = [2]string{p, path.Clean("./" + in.Subdir)}
 		if in.Subdir != "" {
-			p = filepath.Join(p, filepath.FromSlash(in.Subdir))
+			if p, err = beneath.Resolve(p, in.Subdir); errors.Is(err, beneath.ErrEscapes) {
+				return nil, fmt.Errorf("%s: input %s: subdir %q %w the input (a symlink): refused", r.File, in.Name, in.Subdir, beneath.ErrEscapes)
+			} else if err != nil {
+				return nil, fmt.Errorf("%s: input %s: subdir %q: %w", r.File, in.Name, in.Subdir, err)
+			}
 		}
 		b.inputs[in.Name] = p
 	}
+	// The toolchain after the inputs: an input refused costs no toolchain download.
+	if b.tcPath, err = f.Toolchain(ctx, b.tc); err != nil {
+		return nil, fmt.Errorf("%s: %w", r.File, err)
+	}
+	t := time.Now()
+	if err := verifyEntry(opts.Store, b.tcPath); err != nil {
+		return nil, fmt.Errorf("firmware: toolchain %s: %w", b.tc.Name, err)
+	}
+	logf("verified toolchain %s in %s", b.tc.Name, time.Since(t).Round(time.Millisecond))
 	// The host files the toolchain loads: mounted into the sandbox, and
 	// named in the manifest either way.
 	{
@@ -325,6 +337,20 @@ func (b *builder) paths(hostBuild string) paths {
 	return paths{toolchain: b.tcPath, input: func(n string) string { return b.inputs[n] }, build: hostBuild}
 }
 
+// checkIn refuses an $in/<name>/<path> that resolves outside input name
+// (a symlink in the input pointing out of it); other paths pass.
+func (b *builder) checkIn(s string) error {
+	name, rest, _ := strings.Cut(strings.TrimPrefix(s, "$in/"), "/")
+	root, ok := b.inputs[name]
+	if !strings.HasPrefix(s, "$in/") || !ok || rest == "" {
+		return nil
+	}
+	if err := beneath.Check(root, rest); errors.Is(err, beneath.ErrEscapes) {
+		return fmt.Errorf("%s: %s %w input %s (a symlink): refused", b.r.File, s, beneath.ErrEscapes, name)
+	}
+	return nil
+}
+
 // expand replaces $in/<name> and $src in a recipe path.
 func (p paths) expand(s string) string {
 	switch {
@@ -353,8 +379,8 @@ func (b *builder) run(ctx context.Context) (map[string][]byte, *Manifest, error)
 	hostBuild := filepath.Join(tmp, "build")
 	for _, sf := range b.d.SourceFiles() {
 		dst := filepath.Join(hostBuild, filepath.FromSlash(sf.Path))
-		if err := copyFile(filepath.Join(b.r.Dir, filepath.FromSlash(sf.Path)), dst); err != nil {
-			return nil, nil, fmt.Errorf("firmware: %s: %w", sf.Path, err)
+		if err := b.copySource(sf, dst); err != nil {
+			return nil, nil, err
 		}
 	}
 	pl, err := b.plan(hostBuild)
@@ -487,14 +513,14 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 	bld := b.r.Build
 	var mounts []mount
 	if b.sandboxed {
-		mounts = append(mounts, mount{Source: b.tcPath, Target: sandboxToolchain}, mount{Source: hostBuild, Target: sandboxBuild, RW: true})
+		mounts = append(mounts, mount{Root: b.tcPath, Source: ".", Target: sandboxToolchain}, mount{Source: hostBuild, Target: sandboxBuild, RW: true})
 		names := make([]string, 0, len(b.inputs))
 		for n := range b.inputs {
 			names = append(names, n)
 		}
 		sort.Strings(names)
 		for _, n := range names {
-			mounts = append(mounts, mount{Source: b.inputs[n], Target: p.input(n)})
+			mounts = append(mounts, mount{Root: b.inputRoots[n][0], Source: b.inputRoots[n][1], Target: p.input(n)})
 		}
 		for _, im := range b.impure {
 			mounts = append(mounts, mount{Source: im.Path, Target: im.Target})
@@ -544,6 +570,9 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 		}
 	}
 	for _, inc := range bld.Includes {
+		if err := b.checkIn(inc); err != nil {
+			return nil, err
+		}
 		defs = append(defs, "-I"+p.expand(inc))
 	}
 	var prefixMaps []string
@@ -620,6 +649,9 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 			}
 			relIn = filepath.ToSlash(relIn)
 			rel := "$in/" + name + "/" + relIn
+			if err := b.checkIn(rel); err != nil {
+				return nil, err
+			}
 			obj := objDir + "/core/" + name + "/" + relIn + ".o"
 			n := len(compiles)
 			if err := addCompile(p.input(name)+"/"+relIn, rel, obj); err != nil {
@@ -639,6 +671,9 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 
 	var stages [][]command
 	for i, argv := range bld.Pre {
+		if err := b.checkIn(argv[0]); err != nil {
+			return nil, err
+		}
 		cmd := append([]string{p.expand(argv[0])}, argv[1:]...)
 		stages = append(stages, []command{{Argv: cmd, What: fmt.Sprintf("pre command %d (%s)", i+1, argv[0])}})
 	}
@@ -660,6 +695,9 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 		}
 	}
 	if bld.LinkerScript != "" {
+		if err := b.checkIn(bld.LinkerScript); err != nil {
+			return nil, err
+		}
 		link = append(link, "-T", p.expand(bld.LinkerScript))
 	}
 	link = append(link, "-o", outDir+"/"+ELFName)
@@ -718,22 +756,47 @@ func (b *builder) manifest(files map[string][]byte, imgs *Images) *Manifest {
 
 func numCPU() int { return runtime.NumCPU() }
 
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+// copySource copies a recipe file into the build tree, opened beneath
+// the recipe directory (Recipe.OpenFile), and checks the bytes copied are
+// the bytes the derivation hashed.
+func (b *builder) copySource(sf recipes.SourceFile, dst string) error {
+	in, err := b.r.OpenFile(sf.Path)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	return copyChecked(in, sf.Path, sf.SHA256, dst)
+}
+
+// copyBeneath copies root/rel (opened beneath root: beneath.Open) to dst
+// and checks its sha256 is want.
+func copyBeneath(root, rel, want, dst string) error {
+	in, err := beneath.Open(root, rel, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("firmware: %w (a symlink): refused", err)
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	defer in.Close()
+	return copyChecked(in, rel, want, dst)
+}
+
+func copyChecked(in io.Reader, rel, want, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("firmware: %w", err)
+	}
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("firmware: %w", err)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(out, h), in); err != nil {
 		out.Close()
-		return err
+		return fmt.Errorf("firmware: %s: %w", rel, err)
 	}
-	return out.Close()
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("firmware: %w", err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return fmt.Errorf("firmware: %s changed since it was hashed (sha256 %s, derivation has %s)", rel, short(got), short(want))
+	}
+	return nil
 }

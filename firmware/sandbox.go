@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/beneath"
 )
 
 // ErrNoSandbox is returned when the kernel does not let kiln create the
@@ -41,6 +43,10 @@ func init() {
 
 // mount is one host path made visible inside the sandbox.
 type mount struct {
+	// Root, if set, is a directory Source is resolved beneath (relative,
+	// never following a symlink out of Root: beneath.Open); else Source is
+	// a host path kiln chose itself (the build tree, a host library).
+	Root   string `json:"root,omitempty"`
 	Source string `json:"source"` // host path (file or directory)
 	Target string `json:"target"` // path inside the sandbox
 	RW     bool   `json:"rw,omitempty"`
@@ -245,9 +251,24 @@ func enterRoot(p *plan) error {
 	return nil
 }
 
-// bindMount mounts m.Source at root+m.Target, read-only unless m.RW.
+// bindMount mounts m.Source at root+m.Target, read-only unless m.RW. A
+// source with a Root is opened beneath it (O_PATH) and the mount made from
+// that descriptor, so no symlink swapped in after the check is followed.
+// Binds are not recursive: a mount below the source (another file system,
+// /dev/shm, a socket directory) is not carried into the sandbox; and the
+// read-only flag is set on the whole tree mounted (mount_setattr with
+// AT_RECURSIVE) where the kernel has it.
 func bindMount(root string, m mount) error {
-	st, err := os.Stat(m.Source)
+	src := m.Source
+	if m.Root != "" {
+		f, err := beneath.Open(m.Root, m.Source, unix.O_PATH)
+		if err != nil {
+			return fmt.Errorf("mount %s: %w", m.Target, err)
+		}
+		defer f.Close()
+		src = fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+	}
+	st, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", m.Target, err)
 	}
@@ -265,14 +286,22 @@ func bindMount(root string, m mount) error {
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", m.Target, err)
 	}
-	if err := unix.Mount(m.Source, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s at %s: %w", m.Source, m.Target, err)
 	}
 	if m.RW {
 		return nil
 	}
-	// A read-only remount inside a user namespace must keep the flags the
-	// source mount is locked with.
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	err = unix.MountSetattr(-1, dst, unix.AT_RECURSIVE, attr)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("make %s read-only: %w", m.Target, err)
+	}
+	// Before Linux 5.12: a read-only remount, which inside a user
+	// namespace must keep the flags the source mount is locked with.
 	var sfs unix.Statfs_t
 	flags := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY)
 	if unix.Statfs(dst, &sfs) == nil {

@@ -1,13 +1,18 @@
 package recipes
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 
 	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/internal/beneath"
 	"kiln.dev/kiln/internal/store"
 )
 
@@ -102,18 +107,18 @@ func (r *Recipe) Derive() (*Derivation, error) {
 			}
 			n := 0
 			for _, m := range matches {
-				fi, err := os.Stat(m)
-				if err != nil {
-					return fmt.Errorf("%s: %w", r.File, err)
-				}
-				if !fi.Mode().IsRegular() {
-					continue
-				}
 				rel, err := filepath.Rel(r.Dir, m)
 				if err != nil {
 					return fmt.Errorf("%s: %w", r.File, err)
 				}
 				rel = filepath.ToSlash(rel)
+				fi, err := r.statFile(rel)
+				if err != nil {
+					return err
+				}
+				if !fi.Mode().IsRegular() {
+					continue
+				}
 				n++
 				if f := files[rel]; f != nil {
 					f.Compile = f.Compile || compile
@@ -137,16 +142,20 @@ func (r *Recipe) Derive() (*Derivation, error) {
 	if ls := r.Build.LinkerScript; len(ls) > 5 && ls[:5] == "$src/" {
 		rel := ls[5:]
 		if files[rel] == nil {
-			if fi, err := os.Stat(filepath.Join(r.Dir, filepath.FromSlash(rel))); err != nil || !fi.Mode().IsRegular() {
+			fi, err := r.statFile(rel)
+			if errors.Is(err, beneath.ErrEscapes) {
+				return nil, err
+			}
+			if err != nil || !fi.Mode().IsRegular() {
 				return nil, fmt.Errorf("%s: linker script %q: %w", r.File, ls, ErrNoMatch)
 			}
 			files[rel] = &SourceFile{Path: rel}
 		}
 	}
 	for _, f := range files {
-		sum, err := HashFile(filepath.Join(r.Dir, filepath.FromSlash(f.Path)))
+		sum, err := r.hashFile(f.Path)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", r.File, err)
+			return nil, err
 		}
 		f.SHA256 = sum
 		d.Sources = append(d.Sources, *f)
@@ -187,3 +196,40 @@ func (d *Derivation) ToolchainDef() *Toolchain { return d.tc }
 
 // HashFile returns the hex sha256 of a file's content (the store's hashing path).
 func HashFile(name string) (string, error) { return store.HashFile(name) }
+
+// OpenFile opens a file of the recipe directory by its slash-separated
+// path, refusing (an error wrapping beneath.ErrEscapes, naming the file)
+// one that is, or lies under, a symlink resolving outside the directory:
+// a build reads exactly the recipe files the derivation hashed.
+func (r *Recipe) OpenFile(rel string) (*os.File, error) {
+	f, err := beneath.Open(r.Dir, rel, 0)
+	if errors.Is(err, beneath.ErrEscapes) {
+		return nil, fmt.Errorf("%s: recipe file %s: %w the recipe directory (a symlink): refused", r.File, rel, beneath.ErrEscapes)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", r.File, err)
+	}
+	return f, nil
+}
+
+func (r *Recipe) statFile(rel string) (os.FileInfo, error) {
+	f, err := r.OpenFile(rel)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Stat()
+}
+
+func (r *Recipe) hashFile(rel string) (string, error) {
+	f, err := r.OpenFile(rel)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("%s: %s: %w", r.File, rel, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

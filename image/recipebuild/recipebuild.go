@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -12,6 +13,7 @@ import (
 	"strings"
 
 	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/internal/beneath"
 	"kiln.dev/kiln/internal/fetch"
 	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
@@ -108,7 +110,15 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 		if err != nil {
 			return nil, err
 		}
-		roots[in.Name] = filepath.Join(p, filepath.FromSlash(in.Subdir))
+		root := p
+		if in.Subdir != "" {
+			if root, err = beneath.Resolve(p, in.Subdir); errors.Is(err, beneath.ErrEscapes) {
+				return nil, fmt.Errorf("%s: input %s: subdir %q %w the input (a symlink): refused", r.File, in.Name, in.Subdir, beneath.ErrEscapes)
+			} else if err != nil {
+				return nil, fmt.Errorf("%s: input %s: subdir %q: %w", r.File, in.Name, in.Subdir, err)
+			}
+		}
+		roots[in.Name] = root
 	}
 	covered := map[string]bool{}
 	for _, sf := range d.SourceFiles() {
@@ -275,26 +285,42 @@ func (b *builder) add(t *image.Tree, c recipes.ImageContent, initramfs []byte) e
 		return t.AddBytes(to, initramfs, 0o644)
 	}
 	src, rel, _ := strings.Cut(c.From, ":")
-	var host string
+	base, what := b.roots[src], "input "+src
 	if src == "src" {
-		host = filepath.Join(b.r.Dir, filepath.FromSlash(rel))
+		base, what = b.r.Dir, "the recipe directory"
+	}
+	// The parent is resolved beneath its root (a symlink may not lead out
+	// of the input or the recipe); the last name is not followed (a
+	// symlink there goes into the image as a symlink).
+	clean := path.Clean("/" + rel)
+	parent, err := beneath.Resolve(base, "."+path.Dir(clean))
+	if errors.Is(err, beneath.ErrEscapes) {
+		return fmt.Errorf("%s %w %s (a symlink): refused", c.From, beneath.ErrEscapes, what)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.From, image.ErrMissingFile)
+	}
+	host := filepath.Join(parent, path.Base(clean))
+	if clean == "/" {
+		host = parent
+	}
+	if src == "src" {
 		// Every recipe file that goes into the image must be hashed into
 		// the derivation.
 		err := filepath.Walk(host, func(p string, fi os.FileInfo, err error) error {
 			if err != nil || fi.IsDir() {
 				return nil
 			}
-			r, _ := filepath.Rel(b.r.Dir, p)
-			if !b.covered[filepath.ToSlash(r)] {
-				return fmt.Errorf("%s is not covered by the recipe's files globs, so it is not in the derivation", filepath.ToSlash(r))
+			sub, _ := filepath.Rel(host, p)
+			r := path.Join(strings.TrimPrefix(clean, "/"), filepath.ToSlash(sub))
+			if !b.covered[r] {
+				return fmt.Errorf("%s is not covered by the recipe's files globs, so it is not in the derivation", r)
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-	} else {
-		host = filepath.Join(b.roots[src], filepath.FromSlash(rel))
 	}
 	return t.AddFile(to, host)
 }

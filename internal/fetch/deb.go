@@ -311,9 +311,10 @@ func (t *tree) entry(h *tar.Header, rel string, r io.Reader) error {
 		if h.Linkname == "" {
 			return fmt.Errorf("%w: empty symlink target", ErrBadArchive)
 		}
-		err := os.Symlink(h.Linkname, p)
+		target := inRoot(rel, h.Linkname)
+		err := os.Symlink(target, p)
 		if errors.Is(err, fs.ErrExist) {
-			if old, rerr := os.Readlink(p); rerr == nil && old == h.Linkname {
+			if old, rerr := os.Readlink(p); rerr == nil && old == target {
 				return nil
 			}
 			return fmt.Errorf("%w: conflicts with an existing file", ErrBadArchive)
@@ -397,4 +398,46 @@ func sameContent(p string, r io.Reader) error {
 		return fmt.Errorf("%w: conflicts with an existing file of different content (sha256 %s)", ErrBadArchive, hex.EncodeToString(h1.Sum(nil)))
 	}
 	return nil
+}
+
+// inRoot rewrites the target of the symlink at rel (slash-separated,
+// relative to the unpacked tree) so that it resolves inside the tree: an
+// absolute target is taken as relative to the tree's root (as if the tree
+// were /, which is what a package means by it), and ".." never climbs
+// above the root. A target that already stays inside is kept as it is.
+// (Every later use resolves beneath the root as well: beneath.Open.)
+func inRoot(rel, target string) string {
+	if !path.IsAbs(target) {
+		depth := strings.Count(path.Dir(rel), "/")
+		if path.Dir(rel) != "." {
+			depth++
+		}
+		escapes := false
+		for _, seg := range strings.Split(target, "/") {
+			switch seg {
+			case "..":
+				depth--
+			case "", ".":
+			default:
+				depth++
+			}
+			if depth < 0 {
+				escapes = true
+				break
+			}
+		}
+		if !escapes {
+			return target
+		}
+	}
+	dir := path.Dir("/" + rel)
+	abs := path.Join(dir, target) // Join cleans: ".." stops at "/"
+	if path.IsAbs(target) {
+		abs = path.Clean(target)
+	}
+	r, err := filepath.Rel(dir, abs)
+	if err != nil {
+		return "."
+	}
+	return filepath.ToSlash(r)
 }
