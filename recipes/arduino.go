@@ -172,7 +172,9 @@ func (s *ArduinoSpec) DeriveKind(r *Recipe) (any, error) {
 	}
 	d := &ArduinoDerivation{Spec: s, Files: []SourceFile{}}
 	for _, f := range files {
-		sum, err := HashFile(filepath.Join(dir, filepath.FromSlash(f)))
+		// Opened beneath the recipe directory: a sketch file (or the
+		// sketch directory) linking out of it is refused.
+		sum, err := r.hashFile(path.Join(filepath.ToSlash(s.Sketch), f))
 		if err != nil {
 			return nil, err
 		}
