@@ -33,7 +33,8 @@ func init() {
 		Usage:     "write an artifact to a board, then prove it by reading it back",
 		ArgsUsage: "ARTIFACT (.hex, .elf, .bin with --address, or a build output directory)",
 		Flags: []cli.Flag{boardFlag, portFlag, protocolFlag, addressFlag, baudFlag, jsonFlag, policyFlag, sigFlag, groupFlag, logFlag,
-			sshKeyFlag, knownHostsFlag, &cli.StringFlag{Name: "bmap", Usage: "block map `FILE` for an image over ssh:// (default: beside the image)"}},
+			sshKeyFlag, knownHostsFlag, &cli.StringFlag{Name: "bmap", Usage: "block map `FILE` for an image over ssh:// (default: beside the image)"},
+			&cli.BoolFlag{Name: "unprotect", Usage: "remove the chip's read-out protection first; the chip erases its whole flash as it does (swd)"}},
 		Action: func(c *cli.Context) error {
 			return runFlashOrVerify(c, true)
 		},
@@ -58,8 +59,9 @@ func flashRequest(c *cli.Context) (op.Request, error) {
 		Group: c.String("group"),
 		Load:  op.LoadOptions{Sig: c.String("sig"), Bmap: c.String("bmap")},
 		Device: device.Options{
-			Baud: c.Int("baud"),
-			Note: func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) },
+			Baud:      c.Int("baud"),
+			Unprotect: c.Bool("unprotect"),
+			Note:      func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) },
 		},
 		Disk:   sshOptions(c),
 		Record: func(en auditlog.Entry) error { return appendAudit(c, en) },
