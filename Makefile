@@ -16,7 +16,8 @@ DEB_PACKAGES := \
 	qemu-system-arm qemu-user-static busybox-static ca-certificates chromium \
 	mmdebstrap arch-test dpkg-dev \
 	openocd \
-	gtkwave
+	gtkwave \
+	u-boot-tools libubootenv-tool
 
 KILN := bin/kiln
 STAMP := .deps-installed

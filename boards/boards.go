@@ -78,6 +78,9 @@ type Board struct {
 	Reset     string   `toml:"reset,omitempty" json:"reset,omitempty"` // dtr | rts | 1200bps | gpio:NAME | none
 	USB       []string `toml:"usb,omitempty" json:"usb,omitempty"`     // VID:PID for port auto-detection
 
+	// RPi says how a Raspberry Pi boots from its SD card; nil for other boards.
+	RPi *RPiBoot `toml:"rpi,omitempty" json:"rpi,omitempty"`
+
 	// Provision is where kiln station writes each device's provisioning
 	// record; nil when the board declares none.
 	Provision *Provision `toml:"provision,omitempty" json:"provision,omitempty"`
@@ -119,6 +122,55 @@ type Sim struct {
 type ArduinoBoard struct {
 	Board   string            `toml:"board" json:"board"`
 	Options map[string]string `toml:"options,omitempty" json:"options,omitempty"`
+}
+
+// A/B mechanisms: who decides, at boot, which slot of an A/B image runs.
+const (
+	// ABTryboot is the Pi 4/400/CM4/5 EEPROM bootloader's tryboot:
+	// autoboot.txt with tryboot_a_b=1 and boot_partition per [all] and
+	// [tryboot] section, armed by `reboot '0 tryboot'`, the one-shot flag
+	// cleared by the firmware before it starts, so any failure boots the
+	// committed slot.
+	ABTryboot = "tryboot"
+	// ABUBootEnv is U-Boot (Debian's u-boot-rpi, started by the firmware as
+	// the kernel) running kiln's boot.scr, which picks boot_slot from
+	// uboot.env and counts trial boots (upgrade_available, bootcount,
+	// bootlimit), falling back to boot_fallback when the limit is passed.
+	ABUBootEnv = "uboot-env"
+)
+
+var abMechanisms = map[string]bool{ABTryboot: true, ABUBootEnv: true}
+
+// RPiBoot is what a Raspberry Pi's boot firmware reads from the card.
+type RPiBoot struct {
+	// Firmware are the files of Debian's raspi-firmware (usr/lib/raspi-firmware)
+	// the boot ROM or EEPROM loader reads from the boot partition: bootcode.bin,
+	// start.elf and fixup.dat on Pi 3-class boards, start4.elf and fixup4.dat
+	// on the Pi 4 family.
+	Firmware []string `toml:"firmware" json:"firmware"`
+	// AB lists the A/B mechanisms this board's firmware has (ABTryboot,
+	// ABUBootEnv); the first is the default.
+	AB []string `toml:"ab" json:"ab"`
+	// UBoot is the u-boot-rpi platform (usr/lib/u-boot/<platform>/u-boot.bin)
+	// for ABUBootEnv.
+	UBoot string `toml:"uboot,omitempty" json:"uboot,omitempty"`
+}
+
+// ErrNoABMechanism is returned (wrapped) by HasAB for a mechanism the
+// board's boot firmware does not have.
+var ErrNoABMechanism = errors.New("the board's firmware has no such A/B mechanism")
+
+// HasAB checks that the board's firmware can decide A/B boots with mechanism.
+func (b *Board) HasAB(mechanism string) error {
+	if b.RPi == nil {
+		return fmt.Errorf("board %s: %w: %q (it is not a Raspberry Pi)", b.Name, ErrNoABMechanism, mechanism)
+	}
+	for _, m := range b.RPi.AB {
+		if m == mechanism {
+			return nil
+		}
+	}
+	return fmt.Errorf("board %s: %w: %q (it has %s)", b.Name, ErrNoABMechanism, mechanism, strings.Join(b.RPi.AB, ", "))
 }
 
 // Provision is the region that holds a device's provisioning record: whole
@@ -274,6 +326,24 @@ func (b *Board) Validate() error {
 	case "aarch64", "armv7":
 		if b.DTB == "" {
 			return bad("a Raspberry Pi board needs dtb")
+		}
+		if r := b.RPi; r != nil {
+			if len(r.Firmware) == 0 || len(r.AB) == 0 {
+				return bad("rpi needs firmware and ab")
+			}
+			for _, f := range r.Firmware {
+				if f == "" || strings.ContainsAny(f, "/\\") {
+					return bad("rpi firmware %q is not a plain file name", f)
+				}
+			}
+			for _, m := range r.AB {
+				if !abMechanisms[m] {
+					return bad("unknown A/B mechanism %q (want %s or %s)", m, ABTryboot, ABUBootEnv)
+				}
+				if m == ABUBootEnv && r.UBoot == "" {
+					return bad("A/B mechanism %s needs rpi.uboot (the u-boot-rpi platform)", m)
+				}
+			}
 		}
 	}
 	if p := b.Provision; p != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/image"
 )
 
@@ -62,12 +63,110 @@ type ImageInitramfs struct {
 
 // ImageRPi asks for the Raspberry Pi boot files: config.txt and cmdline.txt
 // in every boot partition (each naming its own slot's root by PARTUUID) and,
-// when Autoboot names a partition, autoboot.txt for tryboot A/B and kiln.json
-// (the slot table the updater reads) there.
+// when Autoboot names a partition, kiln.json (the slot table the updater
+// reads) there.
+//
+// AB picks who decides which slot boots; it must be one the board's
+// firmware has (boards.Board.HasAB). With AB set, kiln puts exactly the
+// board's boot files on the card: the firmware files of the Firmware input
+// (Debian's raspi-firmware) and a config.txt kiln writes for the board,
+// followed by the recipe's Config lines.
+//   - "tryboot" (Pi 4 family): Autoboot holds autoboot.txt; each slot's boot
+//     partition holds the firmware, config.txt (kernel=Kernel,
+//     device_tree=the board's DTB, initramfs), the kernel, device tree and
+//     initramfs.
+//   - "uboot-env" (Pi 3-class): Autoboot holds the firmware, config.txt
+//     starting U-Boot (the UBoot input's u-boot.bin for the board's platform)
+//     as the kernel, the board's device tree from DTBs, boot.scr and
+//     uboot.env; U-Boot's boot.scr loads Kernel, the device tree and
+//     Initramfs from the slot's boot partition.
+//
+// Without AB (test images with no firmware) Autoboot gets autoboot.txt and
+// Config is written as given.
 type ImageRPi struct {
-	Config   []string `toml:"config" json:"config"`     // config.txt lines
-	Cmdline  string   `toml:"cmdline" json:"cmdline"`   // kernel arguments; root=PARTUUID=… is appended
-	Autoboot string   `toml:"autoboot" json:"autoboot"` // partition holding autoboot.txt and kiln.json
+	Config   []string `toml:"config" json:"config"`               // config.txt lines
+	Cmdline  string   `toml:"cmdline" json:"cmdline"`             // kernel arguments; root=PARTUUID=… is appended
+	Autoboot string   `toml:"autoboot" json:"autoboot"`           // partition the firmware reads first, holding kiln.json
+	AB       string   `toml:"ab" json:"ab,omitempty"`             // boards.ABTryboot or boards.ABUBootEnv
+	Firmware string   `toml:"firmware" json:"firmware,omitempty"` // input with usr/lib/raspi-firmware
+	UBoot    string   `toml:"uboot" json:"uboot,omitempty"`       // input with usr/lib/u-boot/<platform>/u-boot.bin
+	DTBs     string   `toml:"dtbs" json:"dtbs,omitempty"`         // "<input>:DIR" holding the board's device tree
+	// Kernel and Initramfs name the files in each slot's boot partition
+	// (default kernel8.img; no initramfs when empty).
+	Kernel    string `toml:"kernel" json:"kernel,omitempty"`
+	Initramfs string `toml:"initramfs" json:"initramfs,omitempty"`
+	// Bootlimit is how many times U-Boot boots a trial slot that was not
+	// marked good before it returns to the fallback (1 to 9; default 3).
+	Bootlimit int `toml:"bootlimit" json:"bootlimit,omitempty"`
+}
+
+// KernelFile is the slot's kernel file name.
+func (r *ImageRPi) KernelFile() string {
+	if r.Kernel == "" {
+		return "kernel8.img"
+	}
+	return r.Kernel
+}
+
+// BootLimit is Bootlimit or its default.
+func (r *ImageRPi) BootLimit() int {
+	if r.Bootlimit == 0 {
+		return 3
+	}
+	return r.Bootlimit
+}
+
+// generatedConfigKeys are config.txt settings kiln writes itself when AB is
+// set; a recipe's Config may not set them again.
+var generatedConfigKeys = []string{"kernel", "device_tree", "initramfs", "arm_64bit", "cmdline", "os_prefix", "start_file", "fixup_file"}
+
+func (r *ImageRPi) validate(rec *Recipe, inputs map[string]bool, names map[string]bool) error {
+	if r.AB == "" {
+		return nil
+	}
+	b, err := boards.Get(rec.Board)
+	if err != nil {
+		return err
+	}
+	if err := b.HasAB(r.AB); err != nil {
+		return fmt.Errorf("rpi.ab: %w", err)
+	}
+	if r.Autoboot == "" || !names[r.Autoboot] {
+		return fmt.Errorf("rpi.ab = %q needs rpi.autoboot naming the first partition", r.AB)
+	}
+	need := map[string]string{"firmware": r.Firmware}
+	if r.AB == boards.ABUBootEnv {
+		need["uboot"] = r.UBoot
+		in, _, _ := strings.Cut(r.DTBs, ":")
+		need["dtbs"] = in
+		if r.Bootlimit < 0 || r.Bootlimit > 9 {
+			return fmt.Errorf("rpi.bootlimit %d: want 1 to 9 (boot.scr counts in one hex digit)", r.Bootlimit)
+		}
+	}
+	for field, in := range need {
+		if in == "" || !inputs[in] {
+			return fmt.Errorf("rpi.%s must name a declared input (got %q)", field, in)
+		}
+	}
+	for _, f := range []string{r.Kernel, r.Initramfs} {
+		if strings.ContainsAny(f, "/\\ ") || f == "." || f == ".." {
+			return fmt.Errorf("rpi: %q is not a plain file name", f)
+		}
+	}
+	for _, line := range r.Config {
+		key := strings.TrimSpace(line)
+		if k, _, ok := strings.Cut(key, "="); ok {
+			key = k
+		} else {
+			key, _, _ = strings.Cut(key, " ")
+		}
+		for _, g := range generatedConfigKeys {
+			if strings.TrimSpace(key) == g {
+				return fmt.Errorf("rpi.config sets %q, which kiln writes for the board when rpi.ab is set", g)
+			}
+		}
+	}
+	return nil
 }
 
 // Size is a byte count written as an integer or as "N", "NKiB", "NMiB", "NGiB".
@@ -123,7 +222,7 @@ func decodeImage(r *Recipe, md *toml.MetaData, ext map[string]toml.Primitive) (a
 		return nil, fmt.Errorf("%w: image: %v", ErrInvalid, err)
 	}
 	if err := spec.Validate(r); err != nil {
-		return nil, fmt.Errorf("%w: image: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: image: %w", ErrInvalid, err)
 	}
 	return spec, nil
 }
@@ -217,6 +316,11 @@ func (s *ImageSpec) Validate(r *Recipe) error {
 	}
 	if s.RPi != nil && s.RPi.Autoboot != "" && !names[s.RPi.Autoboot] {
 		return fmt.Errorf("rpi.autoboot names partition %q, which the image does not have", s.RPi.Autoboot)
+	}
+	if s.RPi != nil {
+		if err := s.RPi.validate(r, inputs, names); err != nil {
+			return err
+		}
 	}
 	for name, kinds := range slots {
 		if s.RPi != nil && !kinds["root"] {

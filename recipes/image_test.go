@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/image"
 )
 
@@ -86,5 +87,55 @@ func TestParseSize(t *testing.T) {
 	}
 	if _, err := ParseSize("1.5GiB"); err == nil {
 		t.Error("1.5GiB accepted")
+	}
+}
+
+// TestImageRPiAB: the A/B mechanism must be one the board's firmware has;
+// the firmware, U-Boot and device tree inputs must be declared; kiln's own
+// config.txt keys may not be set again.
+func TestImageRPiAB(t *testing.T) {
+	base := strings.Replace(imageRecipe, "%ROOT%", `"16MiB"`, 1)
+	base = strings.Replace(base, "[image]\n", `[[inputs]]
+name = "fw"
+sources = ["deb:raspi-firmware=1.20220830+ds-1@bookworm/non-free-firmware"]
+sha256 = "0094ced47a7fbb6a220ff83e7b43aa637a5d8f6802461e2e4e474597fb796f62"
+[[inputs]]
+name = "ub"
+sources = ["deb:u-boot-rpi:arm64=2023.01+dfsg-2+deb12u3"]
+sha256 = "3722f286cfafca03f4cac7adade04fccf66158ad8467501b9deabd154162b5e8"
+[image]
+`, 1)
+	rpi := func(board, lines string) string {
+		return strings.Replace(base, `board = "rpi-3b"`, `board = "`+board+`"`, 1) + "[image.rpi]\nautoboot = \"boot\"\n" + lines
+	}
+	ok := []string{
+		rpi("rpi-3b", "ab = \"uboot-env\"\nfirmware = \"fw\"\nuboot = \"ub\"\ndtbs = \"linux:usr/lib/dtbs\"\nconfig = [\"enable_uart=1\"]\n"),
+		rpi("rpi-zero-2w", "ab = \"uboot-env\"\nfirmware = \"fw\"\nuboot = \"ub\"\ndtbs = \"linux:usr/lib/dtbs\"\nbootlimit = 9\n"),
+		rpi("rpi-4b", "ab = \"tryboot\"\nfirmware = \"fw\"\n"),
+	}
+	for _, text := range ok {
+		if _, err := loadImage(t, text); err != nil {
+			t.Errorf("%v\n%s", err, text)
+		}
+	}
+	for _, c := range []struct{ text, want string }{
+		{rpi("rpi-3b", "ab = \"tryboot\"\nfirmware = \"fw\"\n"), "no such A/B mechanism: \"tryboot\" (it has uboot-env)"},
+		{rpi("rpi-4b", "ab = \"uboot-env\"\nfirmware = \"fw\"\nuboot = \"ub\"\ndtbs = \"linux:x\"\n"), "no such A/B mechanism: \"uboot-env\" (it has tryboot)"},
+		{rpi("rpi-4b", "ab = \"tryboot\"\n"), "rpi.firmware must name a declared input"},
+		{rpi("rpi-3b", "ab = \"uboot-env\"\nfirmware = \"fw\"\ndtbs = \"linux:x\"\n"), "rpi.uboot must name a declared input"},
+		{rpi("rpi-3b", "ab = \"uboot-env\"\nfirmware = \"fw\"\nuboot = \"ub\"\ndtbs = \"nope:x\"\n"), "rpi.dtbs must name a declared input"},
+		{rpi("rpi-3b", "ab = \"uboot-env\"\nfirmware = \"fw\"\nuboot = \"ub\"\ndtbs = \"linux:x\"\nbootlimit = 10\n"), "bootlimit 10"},
+		{rpi("rpi-4b", "ab = \"tryboot\"\nfirmware = \"fw\"\nconfig = [\"kernel=other.img\"]\n"), "rpi.config sets \"kernel\""},
+		{rpi("rpi-4b", "ab = \"tryboot\"\nfirmware = \"fw\"\nconfig = [\"initramfs x.gz followkernel\"]\n"), "rpi.config sets \"initramfs\""},
+		{rpi("rpi-4b", "ab = \"tryboot\"\nfirmware = \"fw\"\nkernel = \"../k\"\n"), "not a plain file name"},
+	} {
+		_, err := loadImage(t, c.text)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !errors.Is(err, ErrInvalid) {
+			t.Errorf("err = %v, want %q", err, c.want)
+		}
+	}
+	_, err := loadImage(t, rpi("rpi-3b", "ab = \"tryboot\"\nfirmware = \"fw\"\n"))
+	if !errors.Is(err, boards.ErrNoABMechanism) {
+		t.Errorf("a mechanism the board lacks: %v does not wrap boards.ErrNoABMechanism", err)
 	}
 }

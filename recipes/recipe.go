@@ -510,14 +510,13 @@ func (in Input) validate() error {
 	return nil
 }
 
-// CheckSource validates one source of an input: "deb:NAME=VERSION",
-// "https://…" or "file:PATH".
+// CheckSource validates one source of an input: "deb:NAME[:ARCH]=VERSION"
+// (optionally "@SUITES/COMPONENTS"), "https://…" or "file:PATH".
 func CheckSource(s string) error {
 	switch {
 	case strings.HasPrefix(s, "deb:"):
-		name, ver, ok := strings.Cut(strings.TrimPrefix(s, "deb:"), "=")
-		if !ok || name == "" || ver == "" || strings.ContainsAny(s, " \t/") {
-			return fmt.Errorf("source %q: want deb:NAME=VERSION", s)
+		if _, err := ParseDebSource(s); err != nil {
+			return err
 		}
 	case strings.HasPrefix(s, "https://"):
 		if len(s) == len("https://") || strings.ContainsAny(s, " \t") {
@@ -531,4 +530,63 @@ func CheckSource(s string) error {
 		return fmt.Errorf("source %q: want deb:NAME=VERSION, https://… or file:PATH", s)
 	}
 	return nil
+}
+
+// DebSource is a parsed deb: source,
+// "deb:NAME[:ARCH]=VERSION[@SUITES/COMPONENTS]". SUITES and COMPONENTS are
+// comma lists: "deb:raspi-firmware=1.20220830+ds-1@bookworm/non-free-firmware"
+// asks apt for the package from the host's Debian mirrors with the
+// non-free-firmware component (which a host's sources.list often lacks);
+// an empty SUITES keeps the host's suites.
+type DebSource struct {
+	Name, Arch, Version string
+	Suites, Components  []string
+}
+
+// Spec is NAME=VERSION, what apt-get download is given.
+func (d DebSource) Spec() string { return d.Name + "=" + d.Version }
+
+var debWordRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.+-]*$`)
+
+// ParseDebSource parses a deb: source.
+func ParseDebSource(s string) (DebSource, error) {
+	bad := func() (DebSource, error) {
+		return DebSource{}, fmt.Errorf("source %q: want deb:NAME=VERSION (or deb:NAME:ARCH=VERSION, optionally @SUITES/COMPONENTS)", s)
+	}
+	rest, ok := strings.CutPrefix(s, "deb:")
+	if !ok || strings.ContainsAny(s, " \t") {
+		return bad()
+	}
+	var d DebSource
+	rest, where, hasWhere := strings.Cut(rest, "@")
+	nameArch, ver, ok := strings.Cut(rest, "=")
+	if !ok || ver == "" || strings.Contains(ver, "/") {
+		return bad()
+	}
+	d.Version = ver
+	d.Name, d.Arch, _ = strings.Cut(nameArch, ":")
+	if !debWordRE.MatchString(d.Name) || (strings.Contains(nameArch, ":") && !debWordRE.MatchString(d.Arch)) {
+		return bad()
+	}
+	if hasWhere {
+		suites, comps, ok := strings.Cut(where, "/")
+		if !ok || comps == "" {
+			return bad()
+		}
+		for _, l := range []struct {
+			text string
+			dst  *[]string
+		}{{suites, &d.Suites}, {comps, &d.Components}} {
+			if l.text == "" {
+				continue
+			}
+			for _, w := range strings.Split(l.text, ",") {
+				if !debWordRE.MatchString(w) {
+					return bad()
+				}
+				*l.dst = append(*l.dst, w)
+			}
+		}
+	}
+	return d, nil
 }

@@ -25,7 +25,10 @@ type Layout struct {
 	Derivation string `json:"derivation"`
 	Name       string `json:"name,omitempty"`
 	Board      string `json:"board,omitempty"`
-	Slots      []Slot `json:"slots"`
+	// AB is the image's A/B mechanism; "" and "tryboot" are the Raspberry
+	// Pi firmware's autoboot.txt, the one this updater drives.
+	AB    string `json:"ab,omitempty"`
+	Slots []Slot `json:"slots"`
 }
 
 // Slot is one A/B slot: a boot partition and a root partition.
@@ -144,6 +147,10 @@ func openImage(path string) (*localImage, error) {
 	if err != nil || len(img.layout.Slots) != 2 {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w: partition 1 has no kiln.json with two slots (%v)", path, ErrLayout, err)
+	}
+	if ab := img.layout.AB; ab != "" && ab != "tryboot" {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w: its A/B is %q, and kiln update arms and commits trials through autoboot.txt (tryboot) only", path, ErrLayout, ab)
 	}
 	return img, nil
 }

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/internal/beneath"
 	"kiln.dev/kiln/internal/fetch"
@@ -58,12 +59,15 @@ type Out struct {
 
 // Metadata is kiln.json: what the updater needs to find the slots.
 type Metadata struct {
-	Derivation string          `json:"derivation"`
-	Name       string          `json:"name"`
-	Version    string          `json:"version"`
-	Board      string          `json:"board"`
-	Table      string          `json:"table"`
-	DiskID     string          `json:"disk_id"`
+	Derivation string `json:"derivation"`
+	Name       string `json:"name"`
+	Version    string `json:"version"`
+	Board      string `json:"board"`
+	Table      string `json:"table"`
+	DiskID     string `json:"disk_id"`
+	// AB is the A/B mechanism (boards.ABTryboot, boards.ABUBootEnv); empty
+	// for an image without Pi firmware, which uses autoboot.txt.
+	AB         string          `json:"ab,omitempty"`
 	Slots      []Slot          `json:"slots"`
 	Partitions []MetaPartition `json:"partitions"`
 }
@@ -152,6 +156,9 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 		return nil, err
 	}
 	meta := &Metadata{Derivation: hash, Name: r.Name, Version: r.Version, Board: r.Board, Table: l.Table}
+	if spec.RPi != nil {
+		meta.AB = spec.RPi.AB
+	}
 	if l.Table == "mbr" {
 		meta.DiskID = fmt.Sprintf("%08x", l.DiskID())
 	} else {
@@ -196,33 +203,8 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 			}
 		}
 		if rpi := spec.RPi; rpi != nil && p.FS == image.FAT32 {
-			if s := slotIdx[p.Slot]; s != nil && p.Slot != "" {
-				cfg := strings.Join(rpi.Config, "\n") + "\n"
-				cmd := strings.TrimSpace(rpi.Cmdline+" root=PARTUUID="+s.RootPartUUID) + "\n"
-				if err := t.AddBytes("config.txt", []byte(cfg), 0o644); err != nil {
-					return nil, err
-				}
-				if err := t.AddBytes("cmdline.txt", []byte(cmd), 0o644); err != nil {
-					return nil, err
-				}
-				// Each slot's boot partition says which image it holds: the
-				// SSH updater writes whole boot partitions and reads this back
-				// to tell what a device runs.
-				if rpi.Autoboot != p.Name {
-					js, _ := json.MarshalIndent(meta, "", "  ")
-					if err := t.AddBytes(MetadataFile, append(js, '\n'), 0o644); err != nil {
-						return nil, err
-					}
-				}
-			}
-			if rpi.Autoboot == p.Name {
-				if err := t.AddBytes("autoboot.txt", autoboot(meta.Slots), 0o644); err != nil {
-					return nil, err
-				}
-				js, _ := json.MarshalIndent(meta, "", "  ")
-				if err := t.AddBytes(MetadataFile, append(js, '\n'), 0o644); err != nil {
-					return nil, err
-				}
+			if err := b.rpiPartition(t, d.Board, rpi, p, slotIdx[p.Slot], meta, spec.SourceDateEpoch); err != nil {
+				return nil, fmt.Errorf("image: partition %s: %w", p.Name, err)
 			}
 		}
 		p.Contents = t
@@ -270,6 +252,56 @@ func autoboot(slots []Slot) []byte {
 		fmt.Fprintf(&w, "[tryboot]\nboot_partition=%d\n", bb)
 	}
 	return []byte(w.String())
+}
+
+// rpiPartition adds the Raspberry Pi boot files of one FAT partition p:
+// slot is p's slot (nil for none).
+func (b *builder) rpiPartition(t *image.Tree, board *boards.Board, rpi *recipes.ImageRPi, p *image.Partition, slot *Slot, meta *Metadata, epoch int64) error {
+	js, _ := json.MarshalIndent(meta, "", "  ")
+	js = append(js, '\n')
+	if slot != nil && p.Slot != "" {
+		cmd := strings.TrimSpace(rpi.Cmdline+" root=PARTUUID="+slot.RootPartUUID) + "\n"
+		if err := t.AddBytes("cmdline.txt", []byte(cmd), 0o644); err != nil {
+			return err
+		}
+		switch rpi.AB {
+		case "":
+			if err := t.AddBytes("config.txt", []byte(strings.Join(rpi.Config, "\n")+"\n"), 0o644); err != nil {
+				return err
+			}
+		case boards.ABTryboot:
+			if err := b.addFirmware(t, board, rpi); err != nil {
+				return err
+			}
+			cfg := rpiConfig(board, "slot "+slot.Name+", booted when autoboot.txt picks partition "+fmt.Sprint(slot.Boot),
+				rpi.KernelFile(), rpi.Initramfs, rpi.Config)
+			if err := t.AddBytes("config.txt", cfg, 0o644); err != nil {
+				return err
+			}
+		}
+		// Each slot's boot partition says which image it holds: the
+		// SSH updater writes whole boot partitions and reads this back
+		// to tell what a device runs.
+		if rpi.Autoboot != p.Name {
+			if err := t.AddBytes(MetadataFile, js, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if rpi.Autoboot != p.Name {
+		return nil
+	}
+	switch rpi.AB {
+	case "", boards.ABTryboot:
+		if err := t.AddBytes("autoboot.txt", autoboot(meta.Slots), 0o644); err != nil {
+			return err
+		}
+	case boards.ABUBootEnv:
+		if err := b.addUBoot(t, board, rpi, meta.Slots, epoch); err != nil {
+			return err
+		}
+	}
+	return t.AddBytes(MetadataFile, js, 0o644)
 }
 
 type builder struct {

@@ -192,7 +192,7 @@ func TestRPiApplianceWithRealTools(t *testing.T) {
 	}
 	out := t.TempDir()
 	bootA, _ := part(img, m, "boot-a")
-	run(t, "mcopy", "-n", "-i", bootA, "::kernel8.img", "::cmdline.txt", "::config.txt", "::initramfs.gz", "::bcm2837-rpi-3-b.dtb", out)
+	run(t, "mcopy", "-n", "-i", bootA, "::kernel8.img", "::cmdline.txt", "::initramfs.gz", "::bcm2837-rpi-3-b.dtb", out)
 	if sum(t, filepath.Join(out, "kernel8.img")) != sum(t, matches[0]) {
 		t.Error("kernel8.img on boot-a differs from the kernel package's vmlinuz")
 	}
@@ -213,9 +213,12 @@ func TestRPiApplianceWithRealTools(t *testing.T) {
 		t.Errorf("boot-b cmdline.txt %q does not name slot b's root %s", c, slotB.RootPartUUID)
 	}
 	cfg, _ := part(img, m, "config")
-	wantAuto := fmt.Sprintf("[all]\ntryboot_a_b=1\nboot_partition=%d\n[tryboot]\nboot_partition=%d\n", slotA.Boot, slotB.Boot)
-	if got := run(t, "mtype", "-i", cfg, "::autoboot.txt"); got != wantAuto {
-		t.Errorf("autoboot.txt = %q, want %q", got, wantAuto)
+	// U-Boot A/B: the environment kiln wrote reads back with fw_printenv.
+	env := fwPrintenv(t, cfg)
+	for k, v := range map[string]string{"boot_slot": "a", "boot_fallback": "a", "upgrade_available": "0", "bootcount": "0", "bootlimit": "3"} {
+		if env[k] != v {
+			t.Errorf("uboot.env: fw_printenv says %s=%q, want %q", k, env[k], v)
+		}
 	}
 	var meta recipebuild.Metadata
 	if err := json.Unmarshal([]byte(run(t, "mtype", "-i", cfg, "::kiln.json")), &meta); err != nil || meta.Derivation != m.Derivation {
@@ -313,12 +316,22 @@ func bootInQEMU(t *testing.T, card, boot, derivation string) string {
 		t.Fatalf("qemu-system-aarch64 is not installed (make deps installs qemu-system-arm): %v", err)
 	}
 	out := t.TempDir()
-	run(t, "mcopy", "-n", "-i", boot, "::kernel8.img", "::bcm2837-rpi-3-b.dtb", "::initramfs.gz", "::cmdline.txt", out)
+	run(t, "mcopy", "-n", "-i", boot, "::kernel8.img", "::initramfs.gz", "::cmdline.txt", out)
+	dtb := filepath.Join(out, "bcm2837-rpi-3-b.dtb")
+	if strings.Contains(run(t, "mdir", "-b", "-i", boot, "::"), "bcm2837-rpi-3-b.dtb") {
+		run(t, "mcopy", "-n", "-i", boot, "::bcm2837-rpi-3-b.dtb", out)
+	} else { // another board's slot (a Pi 4's): the kernel package's Pi 3B tree
+		m, _ := filepath.Glob(filepath.Join(stores[0], "*-linux", "usr/lib/linux-image-*/broadcom/bcm2837-rpi-3-b.dtb"))
+		if len(m) != 1 {
+			t.Fatalf("bcm2837-rpi-3-b.dtb in the store: %v", m)
+		}
+		dtb = m[0]
+	}
 	cmdline, _ := os.ReadFile(filepath.Join(out, "cmdline.txt"))
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-aarch64", "-M", "raspi3b", "-nographic", "-no-reboot",
-		"-kernel", filepath.Join(out, "kernel8.img"), "-dtb", filepath.Join(out, "bcm2837-rpi-3-b.dtb"),
+		"-kernel", filepath.Join(out, "kernel8.img"), "-dtb", dtb,
 		"-initrd", filepath.Join(out, "initramfs.gz"),
 		"-drive", "file="+card+",if=sd,format=raw,snapshot=on",
 		"-append", strings.TrimSpace(string(cmdline)))
@@ -353,4 +366,23 @@ func tail(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// fwPrintenv reads uboot.env from the FAT partition fat ("file@@offset")
+// with mtools and prints it with the real fw_printenv.
+func fwPrintenv(t *testing.T, fat string) map[string]string {
+	t.Helper()
+	if _, err := exec.LookPath("fw_printenv"); err != nil {
+		t.Fatalf("fw_printenv is not installed (make deps installs libubootenv-tool): %v", err)
+	}
+	dir := t.TempDir()
+	run(t, "mcopy", "-n", "-i", fat, "::uboot.env", dir)
+	cfg := filepath.Join(dir, "fw_env.config")
+	os.WriteFile(cfg, []byte(filepath.Join(dir, "uboot.env")+" 0x0 0x4000\n"), 0o644)
+	env := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(run(t, "fw_printenv", "-c", cfg)), "\n") {
+		k, v, _ := strings.Cut(l, "=")
+		env[k] = v
+	}
+	return env
 }

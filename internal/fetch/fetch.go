@@ -370,7 +370,6 @@ func (f *Fetcher) getHTTPSWatched(ctx context.Context, src, dir string, progress
 
 // getDeb runs the host's apt client: apt-get download NAME=VERSION.
 func (f *Fetcher) getDeb(ctx context.Context, src, dir string) (string, string, error) {
-	spec := strings.TrimPrefix(src, "deb:")
 	apt := f.APTGet
 	if apt == "" {
 		apt = "apt-get"
@@ -381,7 +380,7 @@ func (f *Fetcher) getDeb(ctx context.Context, src, dir string) (string, string, 
 		// write to our private temporary directory.
 		args = append(args, "-o", "APT::Sandbox::User=root")
 	}
-	extra, spec, err := f.debArch(ctx, spec) // NAME:ARCH=VERSION for a foreign architecture
+	extra, spec, err := f.debArch(ctx, src) // a foreign architecture, suites or components
 	if err != nil {
 		return "", "", fmt.Errorf("%s: %w", src, err)
 	}
