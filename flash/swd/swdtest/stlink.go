@@ -21,7 +21,7 @@ type STLink struct {
 	mode    byte
 	last    byte // status of the last memory command
 	pending []byte
-	fifo    [][]byte
+	out     answers
 	wantOut int    // bytes of a data phase still to come over USB
 	outCmd  []byte // the command that data phase belongs to
 }
@@ -224,42 +224,18 @@ func (s *STLink) debug(c, out []byte) []byte {
 // 0483:374b, one vendor interface with bulk OUT 0x01, IN 0x81 and the trace
 // endpoint IN 0x82.
 func (s *STLink) Descriptor(val uint16) ([]byte, bool) {
-	switch val >> 8 {
-	case 1:
-		b := []byte{18, 1, 0x00, 0x02, 0, 0, 0, 64}
-		b = binary.LittleEndian.AppendUint16(b, 0x0483)
-		b = binary.LittleEndian.AppendUint16(b, 0x374B)
-		b = binary.LittleEndian.AppendUint16(b, 0x0100)
-		return append(b, 1, 2, 3, 1), true
-	case 2:
-		return []byte{9, 2, 39, 0, 1, 1, 0, 0x80, 0x32,
+	return usbFace{vid: 0x0483, pid: 0x374B,
+		config: []byte{9, 2, 39, 0, 1, 1, 0, 0x80, 0x32,
 			9, 4, 0, 0, 3, 0xff, 0xff, 0xff, 4,
 			7, 5, 0x01, 2, 64, 0, 0,
 			7, 5, 0x81, 2, 64, 0, 0,
-			7, 5, 0x82, 2, 64, 0, 0}, true
-	case 3:
-		switch val & 0xff {
-		case 0:
-			return usbshim.LangIDs, true
-		case 1:
-			return usbshim.String("STMicroelectronics"), true
-		case 2:
-			return usbshim.String("STM32 STLink"), true
-		case 3:
-			return usbshim.String(s.P.Serial), true
-		case 4:
-			return usbshim.String("ST-Link Debug"), true
-		}
-	}
-	return nil, false
+			7, 5, 0x82, 2, 64, 0, 0},
+		strings: []string{"STMicroelectronics", "STM32 STLink", s.P.Serial, "ST-Link Debug"}}.descriptor(val)
 }
 
 // Control accepts SET_CONFIGURATION and stalls everything else.
 func (s *STLink) Control(ctx context.Context, rType, req uint8, val, idx uint16, data []byte) (int, error) {
-	if rType&0x60 == 0 && req == 9 {
-		return 0, nil
-	}
-	return 0, usbshim.ErrStall
+	return control(rType, req)
 }
 
 // Bulk takes command blocks and data phases on EP 0x01 and hands answers
@@ -300,24 +276,11 @@ func (s *STLink) Bulk(ctx context.Context, ep uint8, data []byte) (int, error) {
 			return 0, err
 		}
 		if err == nil && len(resp) > 0 {
-			s.mu.Lock()
-			s.fifo = append(s.fifo, resp)
-			s.mu.Unlock()
+			s.out.push(resp)
 		}
 		return len(data), nil
 	case 0x81:
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if len(s.fifo) == 0 {
-			return 0, usbshim.ErrNotYet
-		}
-		n := copy(data, s.fifo[0])
-		if n < len(s.fifo[0]) {
-			s.fifo[0] = s.fifo[0][n:]
-		} else {
-			s.fifo = s.fifo[1:]
-		}
-		return n, nil
+		return s.out.pop(data)
 	}
 	return 0, usbshim.ErrStall
 }
