@@ -449,6 +449,11 @@ func checkRelGlob(g string) error {
 	if _, err := path.Match(g, ""); err != nil {
 		return fmt.Errorf("glob %q: %v", g, err)
 	}
+	if strings.Contains(g, "**") {
+		// path.Match would take ** as *, which never crosses a slash: a
+		// recipe that means "every directory below" would silently get one.
+		return fmt.Errorf("glob %q: ** is not supported (a * never crosses a /): list a glob per directory, such as src/*.c and src/lib/*.c", g)
+	}
 	if path.IsAbs(g) || strings.Contains(g, "\\") {
 		return fmt.Errorf("glob %q must be relative to the recipe directory", g)
 	}

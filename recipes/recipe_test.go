@@ -404,3 +404,16 @@ func TestRegisterKind(t *testing.T) {
 		}
 	}
 }
+
+// ** would silently behave as * (path.Match): it is refused, naming the glob.
+func TestDoubleStarRefused(t *testing.T) {
+	src := strings.Replace(goodRecipe, `"src/*.c"`, `"src/**/*.c"`, 1)
+	if src == goodRecipe {
+		t.Fatal("goodRecipe has no src/*.c glob to change")
+	}
+	dir := writeRecipe(t, "", src, blinkFiles)
+	_, err := Load(dir)
+	if err == nil || !strings.Contains(err.Error(), `glob "src/**/*.c": ** is not supported`) {
+		t.Fatalf("Load = %v", err)
+	}
+}

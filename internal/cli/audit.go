@@ -40,7 +40,7 @@ func init() {
 			&cli.BoolFlag{Name: "full", Usage: "with --port, read the whole application flash: anything but erased bytes outside the build is a difference"},
 			protocolFlag, baudFlag,
 			&cli.StringFlag{Name: "address", Usage: "load `ADDRESS` of a .bin (default: the build's load address)"},
-			&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
+			storeFlag,
 			&cli.BoolFlag{Name: "no-sandbox", Usage: "rebuild on the host where namespaces are not allowed"},
 			sshKeyFlag, knownHostsFlag,
 			logFlag,

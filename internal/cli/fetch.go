@@ -12,8 +12,8 @@ import (
 	"kiln.dev/kiln/recipes"
 )
 
-// storeFlag chooses the store; the default is $KILN_STORE or ~/.cache/kiln/store.
-var storeFlag = &cli.StringFlag{Name: "store", Usage: "store directory (default $KILN_STORE, else ~/.cache/kiln/store)"}
+// storeFlag is --store for every command that uses the store.
+var storeFlag = &cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"}
 
 func init() {
 	register(&cli.Command{

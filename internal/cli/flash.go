@@ -21,7 +21,7 @@ var (
 	portFlag     = &cli.StringFlag{Name: "port", Aliases: []string{"p"}, Usage: "`PORT`: a device or pty path, auto, usb:SERIAL, emu:BOARD, dfu:[VID:PID][,serial=S], ssh://user@host/dev/sdX"}
 	protocolFlag = &cli.StringFlag{Name: "protocol", Usage: "flashing `PROTOCOL` (default: the board's)"}
 	addressFlag  = &cli.StringFlag{Name: "address", Usage: "load `ADDRESS` of a .bin (e.g. 0x08000000)"}
-	baudFlag     = &cli.IntFlag{Name: "baud", Usage: "serial line `RATE` (default: the board's)"}
+	baudFlag     = &cli.IntFlag{Name: "baud", Usage: "serial line `RATE`", DefaultText: "the board's"}
 )
 
 // openDevice opens the port; tests replace it to count opens.

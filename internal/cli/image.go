@@ -26,7 +26,7 @@ func init() {
 				ArgsUsage: "RECIPE_DIR",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "out", Usage: "write the outputs to `DIR` (default out/<name>)"},
-					&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
+					storeFlag,
 					&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "say what each step did (on stderr)"},
 					substituterFlag, policyFlag,
 					jsonFlag,

@@ -39,7 +39,7 @@ func init() {
 			&cli.StringFlag{Name: "with-bootloader", Usage: "flash the bootloader `HEX` too and start in it after an external reset"},
 			&cli.BoolFlag{Name: "realtime", Usage: "pace the simulation to the wall clock (the default without --for)"},
 			&cli.StringFlag{Name: "address", Usage: "load address of a .bin (`ADDR`)"},
-			&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
+			storeFlag,
 			jsonFlag,
 		},
 		Action: runRun,

@@ -27,7 +27,7 @@ func init() {
 			"golden file) and pin periods. Exits 1 if any test fails, with a diff of expected and actual.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "junit", Usage: "write JUnit XML to `FILE`"},
-			&cli.StringFlag{Name: "store", Usage: "store `DIR` (default $KILN_STORE or ~/.cache/kiln/store)"},
+			storeFlag,
 		},
 		Action: runTest,
 	})
