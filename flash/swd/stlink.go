@@ -261,18 +261,10 @@ func (s *stlink) retry(ctx context.Context, f func() error) error {
 // OpenSTLink opens the board's chip behind an ST-LINK (V2-1 or V3, firmware
 // J26 or later) at t. name and serial name the probe for the audit log.
 func OpenSTLink(ctx context.Context, t STLinkTransport, name, serial string, b *boards.Board, opts Options) (*Target, error) {
-	want, err := boardDevID(b)
-	if err != nil {
-		return nil, err
-	}
-	pages, err := b.Flash.Pages()
-	if err != nil {
-		return nil, fmt.Errorf("swd: board %s: %w", b.Name, err)
-	}
 	s := &stlink{t: t}
 	v, err := s.version(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return open(ctx, s, strings.TrimSpace(name+" "+v+" "+serial), b, want, pages, opts)
+	return open(ctx, s, strings.TrimSpace(name+" "+v+" "+serial), b, opts)
 }

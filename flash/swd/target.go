@@ -69,6 +69,18 @@ func Open(ctx context.Context, t Transport, b *boards.Board, opts Options) (*Tar
 	if opts.ClockHz == 0 {
 		opts.ClockHz = 4_000_000
 	}
+	d := &DAP{t: t}
+	if err := d.init(ctx, opts.ClockHz); err != nil {
+		return nil, err
+	}
+	product, _ := d.InfoString(ctx, infoProduct)
+	serial, _ := d.InfoString(ctx, infoSerial)
+	return open(ctx, &adi{dap: d}, strings.TrimSpace(product+" "+serial), b, opts)
+}
+
+// open finishes Open on any link: connect, reset and halt, identify the chip
+// and check its protection.
+func open(ctx context.Context, l link, probe string, b *boards.Board, opts Options) (*Target, error) {
 	if opts.Note == nil {
 		opts.Note = func(string) {}
 	}
@@ -80,18 +92,6 @@ func Open(ctx context.Context, t Transport, b *boards.Board, opts Options) (*Tar
 	if err != nil {
 		return nil, fmt.Errorf("swd: board %s: %w", b.Name, err)
 	}
-	d := &DAP{t: t}
-	if err := d.init(ctx, opts.ClockHz); err != nil {
-		return nil, err
-	}
-	product, _ := d.InfoString(ctx, infoProduct)
-	serial, _ := d.InfoString(ctx, infoSerial)
-	return open(ctx, &adi{dap: d}, strings.TrimSpace(product+" "+serial), b, want, pages, opts)
-}
-
-// open finishes Open on any link: connect, reset and halt, identify the chip
-// and check its protection.
-func open(ctx context.Context, l link, probe string, b *boards.Board, want uint16, pages []boards.Memory, opts Options) (*Target, error) {
 	tg := &Target{a: l, board: b, pages: pages, probe: probe}
 	if err := tg.a.connect(ctx); err != nil {
 		return nil, err

@@ -19,15 +19,7 @@ func TestSTM32Identity(t *testing.T) {
 	if err := os.WriteFile(bin, firmware(3000, 3), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := l.config(t, "", `ports = ["emu:bluepill"]`)
-	src := strings.Replace(mustRead(t, cfg.Source), `board = "arduino-uno"
-artifact = "blink.hex"`, `board = "bluepill"
-artifact = "fw.bin"
-address = 0x08000000`, 1)
-	cfg, err := station.ParseConfig([]byte(src), cfg.Source)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := bluePillConfig(t, l, `ports = ["emu:bluepill"]`)
 	s, err := station.New(cfg, station.Options{LogKey: l.logKey, MaxJobs: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -46,4 +38,20 @@ address = 0x08000000`, 1)
 	if e.Provision["record_address"] != "0x800fc00" || e.Provision["record_size"] != "1024" || e.Provision["serial"] != "KLN-000001" {
 		t.Errorf("provision %v", e.Provision)
 	}
+}
+
+// bluePillConfig is the line's station file for Blue Pills given fw.bin at
+// the start of flash, with the given target lines.
+func bluePillConfig(t *testing.T, l *line, targetLines string) *station.Config {
+	t.Helper()
+	cfg := l.config(t, "", targetLines)
+	src := strings.Replace(mustRead(t, cfg.Source), `board = "arduino-uno"
+artifact = "blink.hex"`, `board = "bluepill"
+artifact = "fw.bin"
+address = 0x08000000`, 1)
+	cfg, err := station.ParseConfig([]byte(src), cfg.Source)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }

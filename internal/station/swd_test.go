@@ -20,16 +20,8 @@ func TestTwoSWDBoards(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(l.dir, "fw.bin"), firmware(6000, 9), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := l.config(t, "", `protocol = "swd"
+	cfg := bluePillConfig(t, l, `protocol = "swd"
 ports = ["emu:bluepill#1", "emu:bluepill#2"]`)
-	src := strings.Replace(mustRead(t, cfg.Source), `board = "arduino-uno"
-artifact = "blink.hex"`, `board = "bluepill"
-artifact = "fw.bin"
-address = 0x08000000`, 1)
-	cfg, err := station.ParseConfig([]byte(src), cfg.Source)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s, err := station.New(cfg, station.Options{LogKey: l.logKey, MaxJobs: 2})
 	if err != nil {
 		t.Fatal(err)
