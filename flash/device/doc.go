@@ -9,9 +9,15 @@
 //	usb:SERIAL                  the USB serial port with that serial number
 //	emu:BOARD                   an emulator of BOARD, in process, over a pipe
 //
-// Back ends plug in at three marked places in device.go: connect (a
-// protocol over a serial line: build the client on the Line, connect, return
-// NewSession), NewEmulator (the protocol's device model for emu: and
-// `kiln emulate`), and Open's switch for protocols that are not serial
-// (dfuse owns its own port specs, such as dfu:VID:PID).
+//	dfu:..., swd:..., ssh://... a port a back end owns by its prefix
+//
+// Back ends plug in at one place: the table in backends.go, one Backend
+// per protocol name a board file may use. An entry gives Connect (a
+// protocol over a serial Line) or Open (a back end that owns its port
+// specs), Emulate or OpenEmulator (its device model, for emu:BOARD and
+// kiln emulate), the reset kinds it can pulse, the port prefixes it owns
+// and Hints for its errors. Resolve picks the entry for a port and board;
+// nothing else in kiln branches on a protocol name. TestBackendTable holds
+// every board file's protocols against the table and every entry against
+// its emulator.
 package device
