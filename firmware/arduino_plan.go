@@ -16,9 +16,11 @@ import (
 
 // Where an arduino build keeps things inside /build.
 const (
-	arduinoSketchDir = "src"       // the sketch's files: src/<SketchName>/…
-	arduinoLibDir    = "libraries" // one entry per pinned library
-	arduinoBuildDir  = ".arduino"  // arduino-builder's build path
+	arduinoSketchDir = "src"            // the sketch's files: src/<SketchName>/…
+	arduinoLibDir    = "libraries"      // one entry per pinned library
+	arduinoBuildDir  = ".arduino"       // arduino-builder's build path
+	arduinoCacheDir  = ".arduino-cache" // in the store root
+	sandboxCache     = "/cache"
 	// BuildLogName is the log of every command of an arduino build with
 	// its output; it is kept in the store entry beside the outputs.
 	BuildLogName = "build.log"
@@ -108,10 +110,10 @@ func LibraryFolder(dir, fallback string) string {
 // planArduino lays out an arduino recipe's build: the sketch's files
 // copied under src/, the pinned libraries linked under libraries/, and one
 // sandbox step running the arduino builder.
-func (b *builder) planArduino(hostBuild string, p paths) ([]command, error) {
+func (b *builder) planArduino(hostBuild string, p paths) ([]command, []mount, error) {
 	d, ok := b.d.Extra.(*recipes.ArduinoDerivation)
 	if !ok {
-		return nil, fmt.Errorf("%s: %w: arduino recipe without its derivation", b.r.File, recipes.ErrInvalid)
+		return nil, nil, fmt.Errorf("%s: %w: arduino recipe without its derivation", b.r.File, recipes.ErrInvalid)
 	}
 	spec := d.Spec
 	sketchDir := spec.SketchDir(b.r)
@@ -119,7 +121,7 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, error) {
 	for _, f := range d.Files {
 		dst := filepath.Join(hostBuild, arduinoSketchDir, base, filepath.FromSlash(f.Path))
 		if err := copyBeneath(sketchDir, f.Path, f.SHA256, dst); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	// The core: the platform directory inside its input.
@@ -128,23 +130,23 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, error) {
 	if platRel == "" {
 		found, err := arduino.FindPlatform(coreRoot)
 		if err != nil {
-			return nil, fmt.Errorf("%s: input %s: %w", b.r.File, spec.Core, err)
+			return nil, nil, fmt.Errorf("%s: input %s: %w", b.r.File, spec.Core, err)
 		}
 		rel, _ := filepath.Rel(coreRoot, found)
 		platRel = filepath.ToSlash(rel)
 	}
 	pl, err := arduino.LoadPlatform(filepath.Join(coreRoot, filepath.FromSlash(platRel)))
 	if err != nil {
-		return nil, fmt.Errorf("%s: input %s: %w", b.r.File, spec.Core, err)
+		return nil, nil, fmt.Errorf("%s: input %s: %w", b.r.File, spec.Core, err)
 	}
 	sel := arduino.Selection{Board: spec.Board, Options: spec.Options, Props: map[string]string{}}
 	if err := pl.Check(sel, arduino.Target{Name: b.board.Name, MCU: b.board.MCU, CPUHz: b.board.CPUHz, FlashSize: b.board.Flash.Size}); err != nil {
-		return nil, fmt.Errorf("%s: %w", b.r.File, err)
+		return nil, nil, fmt.Errorf("%s: %w", b.r.File, err)
 	}
 	bin := p.toolchain + "/" + b.tc.BinDir
 	ctags := filepath.Join(b.tcPath, b.tc.BinDir, "arduino-ctags")
 	if _, err := os.Stat(ctags); err != nil {
-		return nil, fmt.Errorf("%s: %w: toolchain %s has no arduino-ctags, which sketch preprocessing runs (use a toolchain with it, such as avr-gcc-5.4-arduino)", b.r.File, recipes.ErrInvalid, b.tc.Name)
+		return nil, nil, fmt.Errorf("%s: %w: toolchain %s has no arduino-ctags, which sketch preprocessing runs (use a toolchain with it, such as avr-gcc-5.4-arduino)", b.r.File, recipes.ErrInvalid, b.tc.Name)
 	}
 	sel.Props["compiler.path"] = bin + "/"
 	for k, v := range spec.Properties {
@@ -163,17 +165,17 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, error) {
 	if len(spec.Libraries) > 0 {
 		libs := filepath.Join(hostBuild, arduinoLibDir)
 		if err := os.MkdirAll(libs, 0o755); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		folders := map[string]string{}
 		for _, name := range spec.Libraries {
 			root, err := LibraryRoot(b.inputs[name])
 			if err != nil {
-				return nil, fmt.Errorf("%s: input %s: %w", b.r.File, name, err)
+				return nil, nil, fmt.Errorf("%s: input %s: %w", b.r.File, name, err)
 			}
 			folder := LibraryFolder(root, name)
 			if other, dup := folders[folder]; dup {
-				return nil, fmt.Errorf("%s: %w: inputs %s and %s hold the same library %s", b.r.File, recipes.ErrInvalid, other, name, folder)
+				return nil, nil, fmt.Errorf("%s: %w: inputs %s and %s hold the same library %s", b.r.File, recipes.ErrInvalid, other, name, folder)
 			}
 			folders[folder] = name
 			rel, _ := filepath.Rel(b.inputs[name], root)
@@ -182,20 +184,42 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, error) {
 				target += "/" + filepath.ToSlash(rel)
 			}
 			if err := os.Symlink(target, filepath.Join(libs, folder)); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		job.Libraries = p.build + "/" + arduinoLibDir
 	}
 	if err := os.MkdirAll(filepath.Join(hostBuild, outDir), 0o755); err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	// Objects and discovery results are kept between builds in the
+	// store's cache, keyed by content (the inputs' hashes, the command
+	// line, the sketch's files): a rebuild after an edit recompiles only
+	// the sketch.
+	var mounts []mount
+	if !b.opts.NoCache {
+		cache := filepath.Join(b.opts.Store.Root, arduinoCacheDir)
+		if err := os.MkdirAll(cache, 0o755); err != nil {
+			return nil, nil, fmt.Errorf("firmware: %w", err)
+		}
+		job.Cache = cache
+		if b.sandboxed {
+			job.Cache = sandboxCache
+			mounts = append(mounts, mount{Source: cache, Target: sandboxCache, RW: true})
+		}
+		ins := []string{"toolchain " + b.tc.Hash()}
+		for _, in := range b.r.Inputs {
+			ins = append(ins, in.Name+" "+in.SHA256)
+		}
+		sort.Strings(ins)
+		job.Inputs = strings.Join(ins, "\n")
 	}
 	args, err := json.Marshal(job)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	b.arduinoMap = b.pathMap(p, hostBuild, sketchDir, base)
-	return []command{{Step: stepArduino, Args: args, What: "build sketch " + base}}, nil
+	return []command{{Step: stepArduino, Args: args, What: "build sketch " + base}}, mounts, nil
 }
 
 // pathMap maps sandbox paths in compiler output back to host paths:

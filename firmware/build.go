@@ -68,6 +68,9 @@ type Options struct {
 	NoSandbox bool
 	// Jobs is the number of parallel compiles; 0 means one per CPU.
 	Jobs int
+	// NoCache keeps an arduino build from reusing objects compiled by
+	// earlier builds (the store's content-keyed object cache).
+	NoCache bool
 	// Log, if set, gets one line per step.
 	Log func(format string, a ...any)
 	// Substitute, if set, is asked for the derivation's entry when the
@@ -194,6 +197,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 // check builds d again from scratch and compares every output with the
 // store entry at stored.
 func check(ctx context.Context, opts Options, d *recipes.Derivation, stored string, logf func(string, ...any)) error {
+	opts.NoCache = true // from scratch: no object of an earlier build
 	b, err := prepare(ctx, opts, d, logf)
 	if err != nil {
 		return err
@@ -549,10 +553,11 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 	}
 
 	if b.r.Kind == recipes.KindArduino {
-		cmds, err := b.planArduino(hostBuild, p)
+		cmds, more, err := b.planArduino(hostBuild, p)
 		if err != nil {
 			return nil, err
 		}
+		mounts = append(mounts, more...)
 		return &plan{Mounts: mounts, Env: env, Dir: p.build, Jobs: 1, Stages: [][]command{cmds}}, nil
 	}
 	common := b.archFlags()

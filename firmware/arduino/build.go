@@ -3,6 +3,8 @@ package arduino
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -36,6 +38,13 @@ type Job struct {
 	Jobs      int    `json:"jobs"`
 	// Ctags is the ctags program (arduino-ctags from the toolchain).
 	Ctags string `json:"ctags"`
+	// Cache, if set, is a directory of objects and discovery results kept
+	// between builds, keyed by Inputs, the command line and (for the
+	// sketch's own files) the sketch's content.
+	Cache string `json:"cache,omitempty"`
+	// Inputs identifies by content everything a compile may read besides
+	// the sketch: the toolchain, the core and the libraries (their hashes).
+	Inputs string `json:"inputs,omitempty"`
 }
 
 // Result is what a build did: the libraries it used, in link order, and
@@ -64,6 +73,7 @@ type builder struct {
 	imported    []*Library
 	used        []UsedLibrary
 	sketchBuild string
+	sketchHash  string
 
 	mu  sync.Mutex
 	log bytes.Buffer
@@ -92,6 +102,13 @@ func (b *builder) run(ctx context.Context) error {
 	}
 	if b.sk, err = LoadSketch(b.job.Sketch); err != nil {
 		return err
+	}
+	{
+		h := sha256.New()
+		for _, f := range append(append([]SketchFile{b.sk.Main}, b.sk.Others...), b.sk.Additional...) {
+			fmt.Fprintf(h, "%s\x00%d\x00%s", f.Path, len(f.Source), f.Source)
+		}
+		b.sketchHash = hex.EncodeToString(h.Sum(nil))
 	}
 	if b.props, err = b.pl.BuildProps(b.job.Selection, b.job.BuildPath, b.sk.Main.Path, b.job.Epoch); err != nil {
 		return err
@@ -175,15 +192,9 @@ func (b *builder) discover(ctx context.Context, merged string) error {
 			if f.lib != nil && f.lib.UtilityDir != "" {
 				includes = append(append([]string(nil), includes...), f.lib.UtilityDir)
 			}
-			stderr, err := b.preprocess(ctx, f.path, os.DevNull, includes)
-			if err != nil && ctx.Err() != nil {
-				return ctx.Err()
-			}
-			header := ""
-			if m := includeRE.FindStringSubmatch(stderr); m != nil {
-				header = strings.TrimSpace(m[1])
-			} else {
-				header = includeForOldCompilers(stderr)
+			header, stderr, err := b.missingHeader(ctx, f.path, includes)
+			if err != nil {
+				return err
 			}
 			if header == "" {
 				break
@@ -212,6 +223,61 @@ func (b *builder) discover(ctx context.Context, merged string) error {
 		}
 	}
 	return nil
+}
+
+// missingHeader preprocesses src and returns the first header it misses
+// ("" if none), from the cache when the same run was made before.
+func (b *builder) missingHeader(ctx context.Context, src string, includes []string) (string, string, error) {
+	key := b.cacheKey("pp", src, strings.Join(includes, "\x00"))
+	if key != "" {
+		if data, err := os.ReadFile(key); err == nil {
+			return strings.TrimSuffix(string(data), "\n"), "", nil
+		}
+	}
+	stderr, err := b.preprocess(ctx, src, os.DevNull, includes)
+	if err != nil && ctx.Err() != nil {
+		return "", "", ctx.Err()
+	}
+	header := ""
+	if m := includeRE.FindStringSubmatch(stderr); m != nil {
+		header = strings.TrimSpace(m[1])
+	} else {
+		header = includeForOldCompilers(stderr)
+	}
+	if key != "" && (header != "" || err == nil) {
+		putCache(key, []byte(header+"\n"))
+	}
+	return header, stderr, nil
+}
+
+// cacheKey is the cache file for a command on src: keyed by the inputs,
+// the parts given and, for the sketch's own files, the sketch's content.
+// "" when there is no cache.
+func (b *builder) cacheKey(kind, src string, parts ...string) string {
+	if b.job.Cache == "" || b.job.Inputs == "" {
+		return ""
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "kiln-arduino-cache/1\x00%s\x00%s\x00%s", kind, b.job.Inputs, src)
+	for _, p := range parts {
+		fmt.Fprintf(h, "\x00%d:%s", len(p), p)
+	}
+	if strings.HasPrefix(src, b.job.BuildPath+"/") || strings.HasPrefix(src, b.job.Sketch+"/") {
+		fmt.Fprintf(h, "\x00sketch:%s", b.sketchHash)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	return filepath.Join(b.job.Cache, sum[:2], kind+"-"+sum)
+}
+
+// putCache writes a cache file atomically; a failure only costs time.
+func putCache(name string, data []byte) {
+	if os.MkdirAll(filepath.Dir(name), 0o755) != nil {
+		return
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", name, os.Getpid())
+	if os.WriteFile(tmp, data, 0o644) != nil || os.Rename(tmp, name) != nil {
+		os.Remove(tmp)
+	}
 }
 
 // MissingError is ErrMissingLibrary with its detail.
@@ -641,6 +707,12 @@ func (b *builder) compileOne(ctx context.Context, c compile) ([]byte, error) {
 	if err := os.MkdirAll(filepath.Dir(c.obj), 0o755); err != nil {
 		return nil, err
 	}
+	key := b.cacheKey("obj", c.src, argv...)
+	if key != "" {
+		if data, err := os.ReadFile(key); err == nil {
+			return []byte(commandLine(argv) + "\n"), os.WriteFile(c.obj, data, 0o644)
+		}
+	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = b.env
 	cmd.Dir = b.job.BuildPath
@@ -648,5 +720,10 @@ func (b *builder) compileOne(ctx context.Context, c compile) ([]byte, error) {
 	out.WriteString(commandLine(argv) + "\n")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()
+	if err == nil && key != "" {
+		if data, rerr := os.ReadFile(c.obj); rerr == nil {
+			putCache(key, data)
+		}
+	}
 	return out.Bytes(), err
 }

@@ -95,6 +95,16 @@ func (pb peerBuild) key() string {
 // peerSem keeps arduino-builder runs to one per CPU across tests.
 var peerSem = make(chan struct{}, 2)
 
+// peerSlots are core caches for concurrent arduino-builder runs.
+var peerSlots = func() chan string {
+	c := make(chan string, 2)
+	for i := 0; i < 2; i++ {
+		d, _ := os.MkdirTemp("", "kiln-peer-cache-")
+		c <- d
+	}
+	return c
+}()
+
 // run returns arduino-builder's flash image for the build (its .hex),
 // or its output when it fails; results are cached by key.
 func (pb peerBuild) run(t testing.TB) (*flash.Image, string, error) {
@@ -133,8 +143,12 @@ func (pb peerBuild) build(t testing.TB, dir string) error {
 	defer os.RemoveAll(tmp)
 	bp := filepath.Join(tmp, "build")
 	os.Mkdir(bp, 0o755)
+	// core.a is cached per FQBN (arduino-builder's -build-cache), in a
+	// directory of this process's own for each concurrent run.
+	slot := <-peerSlots
+	defer func() { peerSlots <- slot }()
 	args := []string{"-compile", "-hardware", hostHardware, "-tools", filepath.Join(hostHardware, "tools"),
-		"-fqbn", pb.FQBN, "-build-path", bp}
+		"-fqbn", pb.FQBN, "-build-path", bp, "-build-cache", slot}
 	for _, p := range pb.Prefs {
 		args = append(args, "-prefs="+p)
 	}
