@@ -117,7 +117,9 @@ func (ix *Index) Providing(header string) []*Release {
 	return out
 }
 
-func simplify(s string) string { return strings.ToLower(strings.NewReplacer(" ", "_", "-", "_").Replace(s)) }
+func simplify(s string) string {
+	return strings.ToLower(strings.NewReplacer(" ", "_", "-", "_").Replace(s))
+}
 
 // Resolve picks a release for each requested library (name and optional
 // constraint) and, transitively, for their dependencies. Releases are
