@@ -725,7 +725,7 @@ func (b *builder) plan(hostBuild string) (*plan, error) {
 // manifest describes this build's outputs.
 func (b *builder) manifest(files map[string][]byte, imgs *Images) *Manifest {
 	m := &Manifest{
-		Format: ManifestFormat, Builder: Builder,
+		Format: ManifestFormat, Builder: Builder, BuilderDigest: b.d.BuilderDigest,
 		Name: b.r.Name, Version: b.r.Version, Board: b.board.Name, Derivation: b.d.Hash(),
 		Outputs:     map[string]Output{},
 		LoadAddress: imgs.Load, ImageSHA256: imgs.Image.SHA256(), ImageSize: imgs.Image.Size(), FlashSize: b.board.Flash.Size,

@@ -20,12 +20,14 @@ var Builder = fmt.Sprintf("kiln-firmware/%d", recipes.FormatVersion)
 // written as manifest.json beside the outputs and holds no times, so two
 // builds of one derivation write the same manifest.
 type Manifest struct {
-	Format     int    `json:"format"`
-	Builder    string `json:"builder"`
-	Name       string `json:"name"`
-	Version    string `json:"version"`
-	Board      string `json:"board"`
-	Derivation string `json:"derivation"`
+	Format  int    `json:"format"`
+	Builder string `json:"builder"`
+	// BuilderDigest is the derivation's builder digest (kiln.BuilderDigest).
+	BuilderDigest string `json:"builder_digest"`
+	Name          string `json:"name"`
+	Version       string `json:"version"`
+	Board         string `json:"board"`
+	Derivation    string `json:"derivation"`
 
 	// Outputs maps file name (firmware.elf, firmware.hex, firmware.bin) to
 	// its hash and size.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 
+	"kiln.dev/kiln"
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/internal/beneath"
 	"kiln.dev/kiln/internal/store"
@@ -53,12 +54,15 @@ func (p InputPin) StoreKey() string {
 // (struct fields in a fixed order, maps with sorted keys, sorted lists), and
 // its sha256 is the derivation hash.
 type Derivation struct {
-	Format    int           `json:"format"`
-	Name      string        `json:"name"`
-	Version   string        `json:"version"`
-	Kind      string        `json:"kind"`
-	Board     *boards.Board `json:"board"`
-	Toolchain *ToolchainPin `json:"toolchain,omitempty"`
+	Format int `json:"format"`
+	// BuilderDigest is kiln.BuilderDigest(): a hash of the code of every
+	// package that shapes outputs, so a change to it is a new derivation.
+	BuilderDigest string        `json:"builder_digest"`
+	Name          string        `json:"name"`
+	Version       string        `json:"version"`
+	Kind          string        `json:"kind"`
+	Board         *boards.Board `json:"board"`
+	Toolchain     *ToolchainPin `json:"toolchain,omitempty"`
 	// ToolchainHash is Toolchain.Hash(): the toolchain's store key.
 	ToolchainHash string `json:"toolchain_hash,omitempty"`
 	// Globs are the recipe's sources and files globs as written.
@@ -85,7 +89,7 @@ func (r *Recipe) Derive() (*Derivation, error) {
 		return nil, fmt.Errorf("%s: %w", r.File, err)
 	}
 	d := &Derivation{
-		Format: FormatVersion, Name: r.Name, Version: r.Version, Kind: r.Kind,
+		Format: FormatVersion, BuilderDigest: kiln.BuilderDigest(), Name: r.Name, Version: r.Version, Kind: r.Kind,
 		Board: board, Build: r.Build, Extra: r.KindData, recipe: r,
 	}
 	if r.Toolchain != "" {

@@ -40,15 +40,17 @@ type Options struct {
 
 // Result is what Build made.
 type Result struct {
-	Derivation string             `json:"derivation"`
-	Name       string             `json:"name"`
-	Version    string             `json:"version"`
-	Board      string             `json:"board"`
-	Kind       string             `json:"kind"`
-	Outputs    map[string]Out     `json:"outputs"`
-	Image      *image.Report      `json:"image"`
-	Metadata   *Metadata          `json:"metadata"`
-	Inputs     []recipes.InputPin `json:"inputs"`
+	Derivation string `json:"derivation"`
+	// BuilderDigest is the derivation's builder digest (kiln.BuilderDigest).
+	BuilderDigest string             `json:"builder_digest"`
+	Name          string             `json:"name"`
+	Version       string             `json:"version"`
+	Board         string             `json:"board"`
+	Kind          string             `json:"kind"`
+	Outputs       map[string]Out     `json:"outputs"`
+	Image         *image.Report      `json:"image"`
+	Metadata      *Metadata          `json:"metadata"`
+	Inputs        []recipes.InputPin `json:"inputs"`
 }
 
 // Out is one output file.
@@ -214,7 +216,7 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Derivation: hash, Name: r.Name, Version: r.Version, Board: r.Board, Kind: r.Kind,
+	res := &Result{Derivation: hash, BuilderDigest: d.BuilderDigest, Name: r.Name, Version: r.Version, Board: r.Board, Kind: r.Kind,
 		Outputs: map[string]Out{}, Image: rep, Metadata: meta, Inputs: d.Inputs}
 	for name, sum := range rep.Files {
 		fi, err := os.Stat(filepath.Join(outDir, name))

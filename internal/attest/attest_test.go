@@ -380,7 +380,7 @@ contents = [{ from = "src:files", to = "/" }]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(payload), `"name":"image.img"`) || !strings.Contains(string(payload), "derivation:"+res.Derivation) {
+	if !strings.Contains(string(payload), `"name":"image.img"`) || !strings.Contains(string(payload), `"derivation":"`+res.Derivation+`"`) {
 		t.Errorf("statement: %s", payload)
 	}
 }

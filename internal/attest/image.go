@@ -22,7 +22,8 @@ func FromImage(res *recipebuild.Result, r *recipes.Recipe, arch func([]Package) 
 	s := &Subject{
 		Name: res.Name, Version: res.Version, Board: res.Board, Kind: "image", Derivation: res.Derivation,
 		BuilderID: "https://kiln.dev/builder/image", BuilderVersion: fmt.Sprintf("kiln-image/%d", recipes.FormatVersion),
-		Recipe: r, Internal: map[string]any{},
+		BuilderDigest: res.BuilderDigest,
+		Recipe:        r, Internal: map[string]any{},
 	}
 	if spec, ok := r.KindData.(*recipes.ImageSpec); ok {
 		s.Time = time.Unix(spec.SourceDateEpoch, 0).UTC()

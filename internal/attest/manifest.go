@@ -22,7 +22,7 @@ import (
 func FromManifest(m *firmware.Manifest, recipe any, arch func([]Package) map[string]string) *Subject {
 	s := &Subject{
 		Name: m.Name, Version: m.Version, Board: m.Board, Kind: "firmware", Derivation: m.Derivation,
-		BuilderID: "https://kiln.dev/builder/" + m.Builder, BuilderVersion: m.Builder,
+		BuilderID: "https://kiln.dev/builder/firmware", BuilderVersion: m.Builder, BuilderDigest: m.BuilderDigest,
 		Toolchain: m.Toolchain.Name, Recipe: recipe,
 		Time: time.Unix(m.SourceDateEpoch, 0).UTC(),
 		Internal: map[string]any{

@@ -3,6 +3,7 @@ package attest
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"kiln.dev/kiln"
 	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/internal/trust"
 )
@@ -102,7 +104,11 @@ func NewStatement(s *Subject) (*Statement, error) {
 		"recipe": s.Recipe,
 		"board":  s.Board,
 	}
-	p.BuildDefinition.InternalParameters = s.Internal
+	internal := map[string]any{"derivation": s.Derivation}
+	for k, v := range s.Internal {
+		internal[k] = v
+	}
+	p.BuildDefinition.InternalParameters = internal
 	for _, pk := range s.Packages {
 		p.BuildDefinition.ResolvedDependencies = append(p.BuildDefinition.ResolvedDependencies,
 			ResourceRef{Name: "toolchain/" + pk.Name, URI: pk.PURL(), Digest: map[string]string{"sha256": pk.SHA256}})
@@ -119,14 +125,28 @@ func NewStatement(s *Subject) (*Statement, error) {
 	if p.RunDetails.Builder.ID == "" {
 		p.RunDetails.Builder.ID = DefaultBuilder
 	}
-	if s.BuilderVersion != "" {
-		p.RunDetails.Builder.Version = map[string]string{"kiln": s.BuilderVersion}
+	info := kiln.Info()
+	p.RunDetails.Builder.Version = map[string]string{"kiln": info.Version}
+	for k, v := range map[string]string{"builder": s.BuilderVersion, "builderDigest": s.BuilderDigest, "revision": revision(info)} {
+		if v != "" {
+			p.RunDetails.Builder.Version[k] = v
+		}
 	}
-	p.RunDetails.Metadata.InvocationID = "derivation:" + s.Derivation
-	if !s.Time.IsZero() {
-		p.RunDetails.Metadata.StartedOn = s.Time.UTC().Format(time.RFC3339)
-		p.RunDetails.Metadata.FinishedOn = p.RunDetails.Metadata.StartedOn
+	// The provenance is about this invocation: its own id and times (the
+	// manifest and the SBOM carry none, so they stay reproducible).
+	p.RunDetails.Metadata.InvocationID = s.InvocationID
+	if p.RunDetails.Metadata.InvocationID == "" {
+		p.RunDetails.Metadata.InvocationID = newInvocationID()
 	}
+	started, finished := s.Started, s.Finished
+	if finished.IsZero() {
+		finished = time.Now()
+	}
+	if started.IsZero() {
+		started = finished
+	}
+	p.RunDetails.Metadata.StartedOn = started.UTC().Format(time.RFC3339Nano)
+	p.RunDetails.Metadata.FinishedOn = finished.UTC().Format(time.RFC3339Nano)
 	pred, err := json.Marshal(&p)
 	if err != nil {
 		return nil, fmt.Errorf("attest: provenance: %w", err)
@@ -214,4 +234,15 @@ func WriteFiles(dir string, s *Subject, key *trust.SecretKey) error {
 		return fmt.Errorf("attest: %w", err)
 	}
 	return nil
+}
+
+// newInvocationID is a random RFC 4122 version 4 UUID URN.
+func newInvocationID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("urn:uuid:%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }

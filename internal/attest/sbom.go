@@ -10,6 +10,8 @@ import (
 
 	cdx "github.com/CycloneDX/cyclonedx-go"
 	"github.com/google/uuid"
+
+	"kiln.dev/kiln"
 )
 
 // File names of the evidence in a build output directory.
@@ -28,6 +30,9 @@ type Subject struct {
 	// BuilderID names the builder (a URI) and BuilderVersion its version.
 	BuilderID      string
 	BuilderVersion string
+	// BuilderDigest is the hash of the output-shaping code the derivation
+	// was made with (kiln.BuilderDigest), from the manifest.
+	BuilderDigest string
 	// Outputs are the artifacts the build produced.
 	Outputs []File
 	// Toolchain names the pinned toolchain closure; Packages are its parts.
@@ -47,8 +52,13 @@ type Subject struct {
 	// host impurities): the provenance's internal parameters.
 	Internal map[string]any
 	// Time is when the build is said to have happened: its
-	// SOURCE_DATE_EPOCH, so the evidence is reproducible.
+	// SOURCE_DATE_EPOCH, so the SBOM is reproducible.
 	Time time.Time
+	// Started and Finished bound the invocation the provenance describes
+	// (zero: the moment the statement is made); InvocationID names it
+	// ("": a random one). They are in the provenance only.
+	Started, Finished time.Time
+	InvocationID      string
 }
 
 // File is a file by name and SHA-256.
@@ -219,9 +229,7 @@ func SBOM(s *Subject) ([]byte, error) {
 	bom.SerialNumber = serial(s.Derivation)
 	bom.Metadata = &cdx.Metadata{
 		Timestamp: s.Time.UTC().Format(time.RFC3339),
-		Tools: &cdx.ToolsChoice{Components: &[]cdx.Component{{
-			Type: cdx.ComponentTypeApplication, Name: "kiln", Version: s.BuilderVersion,
-		}}},
+		Tools:     &cdx.ToolsChoice{Components: &[]cdx.Component{toolComponent(s)}},
 		Component: &top,
 	}
 	if len(comps) > 0 {
@@ -248,4 +256,27 @@ func sortedFiles(fs []File) []File {
 	out := append([]File(nil), fs...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// toolComponent is kiln itself in the SBOM: its module version, the
+// revision it was built from and the builder digest of the derivation.
+func toolComponent(s *Subject) cdx.Component {
+	info := kiln.Info()
+	c := cdx.Component{
+		Type: cdx.ComponentTypeApplication, Name: "kiln", Group: "kiln.dev", Version: info.Version,
+		PackageURL: "pkg:golang/" + info.Module + "@" + purlEscape(info.Version),
+		Properties: props("kiln:builder", s.BuilderVersion, "kiln:builder_digest", s.BuilderDigest,
+			"kiln:revision", revision(info)),
+	}
+	return c
+}
+
+func revision(b kiln.Build) string {
+	if b.Revision == "" {
+		return ""
+	}
+	if b.Modified {
+		return b.Revision + "+dirty"
+	}
+	return b.Revision
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -65,6 +66,7 @@ func imageBuild(c *cli.Context, dir, out string) error {
 	if out == "" {
 		out = filepath.Join("out", filepath.Base(filepath.Clean(dir)))
 	}
+	started := time.Now()
 	bar := newProgress(e.stderr, c.Bool("json"))
 	sub, err := newSubstitution(c, s)
 	if err != nil {
@@ -83,7 +85,7 @@ func imageBuild(c *cli.Context, dir, out string) error {
 		return imageHints(err)
 	}
 	// Evidence beside image.img (sign.go): sbom.cdx.json, provenance.json.
-	if err := writeImageEvidence(c, dir, out, res, sub.Origins()); err != nil {
+	if err := writeImageEvidence(c, dir, out, res, sub.Origins(), started); err != nil {
 		return err
 	}
 	if c.Bool("json") {

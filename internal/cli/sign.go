@@ -317,6 +317,7 @@ func writeEvidence(c *cli.Context, recipeDir string, res *firmware.Result, origi
 		recipe = r
 	}
 	subj := attest.FromManifest(res.Manifest, recipe, nil)
+	subj.Started = time.Now().Add(-res.Timings.Total)
 	withOrigins(subj, origins)
 	return attest.WriteFiles(res.Out, subj, evidenceKey(note))
 }
@@ -352,7 +353,7 @@ func evidenceKey(note func(string, ...any)) *trust.SecretKey {
 
 // writeImageEvidence writes sbom.cdx.json and provenance.json beside an
 // image build's image.img.
-func writeImageEvidence(c *cli.Context, recipeDir, out string, res *recipebuild.Result, origins []*cache.Origin) error {
+func writeImageEvidence(c *cli.Context, recipeDir, out string, res *recipebuild.Result, origins []*cache.Origin, started time.Time) error {
 	e := envOf(c)
 	note := func(format string, a ...any) {
 		if !c.Bool("json") {
@@ -367,6 +368,7 @@ func writeImageEvidence(c *cli.Context, recipeDir, out string, res *recipebuild.
 	if err != nil {
 		return err
 	}
+	subj.Started = started
 	withOrigins(subj, origins)
 	return attest.WriteFiles(out, subj, evidenceKey(note))
 }
