@@ -46,6 +46,21 @@ func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
 	port := "ssh://root@" + dev.Addr
 	auth := []string{"--ssh-key", f.ClientKey, "--known-hosts", f.KnownHosts}
 
+	// An image for another board is refused before a byte is written: the
+	// device runs an rpi-3b image (its kiln.json), and so does --board.
+	pi4, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "c44c44c44c44c44c4444", Seed: 4, Board: "rpi-4b"})
+	if _, errs, code := runKilnSSH(t, append(append([]string{"update", "--port", port}, auth...), pi4)...); code != 1 ||
+		!strings.Contains(errs, "is an image for rpi-4b, but "+dev.Addr) || !strings.Contains(errs, "runs an image for rpi-3b") {
+		t.Fatalf("update with an rpi-4b image: exit %d: %s", code, errs)
+	}
+	if _, errs, code := runKilnSSH(t, append(append([]string{"update", "--board", "rpi-4b", "--port", port}, auth...), v2)...); code != 1 ||
+		!strings.Contains(errs, "was built for rpi-3b, not rpi-4b") {
+		t.Fatalf("update --board rpi-4b with an rpi-3b image: exit %d: %s", code, errs)
+	}
+	if dev.Root() != 4 {
+		t.Fatalf("a refused update changed the device: it runs root %d", dev.Root())
+	}
+
 	// A/B update, JSON for scripts.
 	out, errs, code := runKilnSSH(t, append(append([]string{"update", "--port", port, "--health", "/usr/bin/health", "--boot-timeout", "20s", "--json"}, auth...), v2)...)
 	if code != 0 {

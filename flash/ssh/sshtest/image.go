@@ -23,7 +23,8 @@ type ImageSpec struct {
 	Seed       int64   // payload seed
 	Changed    float64 // fraction of the payload's 4 KiB blocks that differ from Seed's payload
 	ChangeSeed int64
-	BothSlots  bool // slot B holds the same system as slot A
+	BothSlots  bool   // slot B holds the same system as slot A
+	Board      string // the board kiln.json names; default rpi-3b
 }
 
 // Slots is the layout kiln.json declares for images made here.
@@ -126,7 +127,10 @@ func BuildImage(dir string, s ImageSpec) (string, error) {
 		}
 		return place(img, p, starts[n-1])
 	}
-	meta, _ := json.Marshal(map[string]any{"derivation": s.Derivation, "name": "test-appliance", "board": "rpi-3b", "slots": Slots})
+	if s.Board == "" {
+		s.Board = "rpi-3b"
+	}
+	meta, _ := json.Marshal(map[string]any{"derivation": s.Derivation, "name": "test-appliance", "board": s.Board, "slots": Slots})
 	if err := fat(1, map[string]string{"autoboot.txt": "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n", "kiln.json": string(meta)}); err != nil {
 		return "", err
 	}
