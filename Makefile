@@ -15,7 +15,7 @@ DEB_PACKAGES := \
 	dosfstools mtools e2fsprogs squashfs-tools genimage bmap-tools minisign xz-utils cpio \
 	qemu-system-arm qemu-user-static busybox-static ca-certificates chromium \
 	mmdebstrap arch-test dpkg-dev \
-	openocd \
+	openocd stlink-tools \
 	gtkwave \
 	u-boot-tools libubootenv-tool
 

@@ -79,6 +79,8 @@ type Chip struct {
 	busyUntil          time.Duration
 	erases, programs   int
 	resetSeen          bool              // DHCSR.S_RESET_ST: a reset since DHCSR was last read
+	cpu                core              // registers and the loader interpreter
+	lockup             bool              // the core stopped on an instruction it cannot run
 	periph             map[uint32]uint32 // peripheral registers other than flash (RCC, GPIO, ...)
 	// Ops counts erases of each page or sector index.
 	Erased map[int]int
@@ -171,6 +173,15 @@ func (c *Chip) reset(por bool) {
 	}
 	c.halted = c.dhcsr&1 != 0 && c.demcr&1 != 0
 	c.resetSeen, c.periph = true, map[uint32]uint32{}
+	c.lockup = false
+	c.cpu = core{xpsr: 1 << 24}
+	if len(c.Flash) >= 8 {
+		c.cpu.r[13] = binary.LittleEndian.Uint32(c.Flash[0:])
+		c.cpu.r[15] = binary.LittleEndian.Uint32(c.Flash[4:]) &^ 1
+	}
+	if c.halted {
+		c.cpu.dfsr |= 1 << 3 // VCATCH
+	}
 	c.locked, c.hardLocked, c.optUnlocked, c.keyStage, c.optKeyStage = true, false, false, 0, 0
 	c.cr, c.sr, c.ar, c.busyUntil = 0, 0, 0, 0
 	c.RDP = c.optRDP
@@ -387,9 +398,14 @@ func (c *Chip) read(word, addr, n uint32) (val uint32, ok, wait bool) {
 	case addr == 0xE000EDF0:
 		v := c.dhcsr & 0xf
 		if c.halted {
-			v |= 1 << 17
+			// In Debug state C_HALT reads as 1, whatever halted the core
+			// (ARMv7-M C1.6.2); st-flash tests that bit.
+			v |= 1<<17 | 1<<1
 		}
-		v |= 1 << 16
+		v |= 1 << 16 // S_REGRDY
+		if c.lockup {
+			v |= 1 << 19
+		}
 		if c.resetSeen {
 			v |= 1 << 25
 			c.resetSeen = false
@@ -397,6 +413,10 @@ func (c *Chip) read(word, addr, n uint32) (val uint32, ok, wait bool) {
 		return v, true, false
 	case addr == 0xE000EDFC:
 		return c.demcr, true, false
+	case addr == 0xE000EDF8:
+		return c.cpu.dcrdr, true, false
+	case addr == 0xE000ED30:
+		return c.cpu.dfsr, true, false
 	case addr == 0xE000ED00:
 		if c.Family.Controller == "f4" {
 			return 0x410FC241, true, false
@@ -488,12 +508,31 @@ func (c *Chip) write(addr, n, v uint32) (ok, wait bool) {
 	case addr == 0xE000EDF0:
 		if v>>16 == 0xA05F {
 			c.dhcsr = v & 0xf
-			if v&2 != 0 && v&1 != 0 {
+			switch {
+			case v&2 != 0 && v&1 != 0:
 				c.halted = true
-			} else if v&1 == 0 || v&2 == 0 {
+			case c.halted && !c.lockup:
+				// Resumed: run until a breakpoint (a flash loader) or
+				// leave the core running.
 				c.halted = false
+				if v&1 != 0 && c.run() {
+					c.halted = true
+				}
 			}
 		}
+		return true, false
+	case addr == 0xE000EDF4: // DCRSR
+		if v&(1<<16) != 0 {
+			c.cpu.setReg(v&0x7f, c.cpu.dcrdr)
+		} else {
+			c.cpu.dcrdr = c.cpu.reg(v & 0x7f)
+		}
+		return true, false
+	case addr == 0xE000EDF8:
+		c.cpu.dcrdr = v
+		return true, false
+	case addr == 0xE000ED30:
+		c.cpu.dfsr &^= v
 		return true, false
 	case addr == 0xE000EDFC:
 		c.demcr = v

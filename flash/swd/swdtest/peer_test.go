@@ -112,3 +112,56 @@ func TestOpenOCDPrograms(t *testing.T) {
 		})
 	}
 }
+
+// TestStFlashPrograms: Debian's st-flash (stlink-tools 1.7), unmodified,
+// writes and verifies an image through the ST-LINK model on both families.
+// st-flash programs through its own flash loader, which it copies into the
+// chip's RAM and runs on the core: the model's core executes it.
+func TestStFlashPrograms(t *testing.T) {
+	if _, err := exec.LookPath("st-flash"); err != nil {
+		t.Skip("st-flash is not installed (make deps installs stlink-tools)")
+	}
+	for _, tc := range []struct {
+		board string
+		size  int
+	}{{"nucleo-f401re", 70000}, {"bluepill", 5000}} {
+		t.Run(tc.board, func(t *testing.T) {
+			b, err := boards.Get(tc.board)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chip, err := swdtest.NewChip(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			so, err := usbshim.Build(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sock := filepath.Join(dir, "usb.sock")
+			stop, err := usbshim.Listen(sock, swdtest.NewSTLink(chip, "066DFF495150"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stop()
+			img := make([]byte, tc.size)
+			rand.New(rand.NewSource(5)).Read(img)
+			bin := filepath.Join(dir, "image.bin")
+			if err := os.WriteFile(bin, img, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "st-flash", "--reset", "write", bin, "0x08000000")
+			cmd.Env = append(os.Environ(), usbshim.Env(so, sock)...)
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "Flash written and verified") {
+				t.Fatalf("st-flash: %v\n%s", err, out)
+			}
+			if !bytes.Equal(chip.Page(0x08000000, len(img)), img) {
+				t.Fatalf("the model's flash differs from the image st-flash wrote\n%s", out)
+			}
+		})
+	}
+}

@@ -123,6 +123,13 @@ func (s *STLink) mem(read bool, addr uint32, size int, n int, data []byte) ([]by
 	u := size / 8
 	var outb []byte
 	for i := 0; i < n; i++ {
+		if a := addr + uint32(i*u); i > 0 && a%1024 == 0 {
+			// The firmware rewrites TAR at each 1 KiB: auto-increment
+			// is only guaranteed within one.
+			if _, ack := s.ap(true, false, 0x4, a); ack != AckOK {
+				return outb, ackStatus(ack)
+			}
+		}
 		if read {
 			v, ack := s.ap(true, true, 0xC, 0)
 			if ack != AckOK {
@@ -211,6 +218,33 @@ func (s *STLink) debug(c, out []byte) []byte {
 		_, st := s.mem(false, u32(1), size, n/(size/8), out[:n])
 		s.last = st
 		return nil
+	case 0x33: // READREG: through DCRSR and DCRDR, as the firmware does
+		v, st := s.readReg(uint32(c[1]))
+		return binary.LittleEndian.AppendUint32([]byte{st, 0, 0, 0}, v)
+	case 0x34: // WRITEREG
+		return status(s.writeReg(uint32(c[1]), u32(2)))
+	case 0x3A: // READALLREGS: r0-r15, xPSR, MSP, PSP, and two words of control registers
+		r := []byte{stOK, 0, 0, 0}
+		for i := uint32(0); i < 21; i++ {
+			v, st := s.readReg(i)
+			if st != stOK {
+				r[0] = st
+			}
+			r = binary.LittleEndian.AppendUint32(r, v)
+		}
+		return r
+	case 0x02: // FORCEDEBUG
+		_, st := s.mem(false, 0xE000EDF0, 32, 1, []byte{3, 0, 0x5f, 0xa0})
+		return status(st)
+	case 0x01: // STATUS: 0x80 running, 0x81 halted
+		b, st := s.mem(true, 0xE000EDF0, 32, 1, nil)
+		if st != stOK {
+			return status(st)
+		}
+		if binary.LittleEndian.Uint32(b)&(1<<17) != 0 {
+			return status(0x81)
+		}
+		return status(0x80)
 	case 0x3E, 0x3B: // GETLASTRWSTATUS2, GETLASTRWSTATUS
 		r := make([]byte, 12)
 		r[0] = s.last
@@ -283,4 +317,23 @@ func (s *STLink) Bulk(ctx context.Context, ep uint8, data []byte) (int, error) {
 		return s.out.pop(data)
 	}
 	return 0, usbshim.ErrStall
+}
+
+func (s *STLink) readReg(n uint32) (uint32, byte) {
+	if _, st := s.mem(false, 0xE000EDF4, 32, 1, binary.LittleEndian.AppendUint32(nil, n)); st != stOK {
+		return 0, st
+	}
+	b, st := s.mem(true, 0xE000EDF8, 32, 1, nil)
+	if st != stOK {
+		return 0, st
+	}
+	return binary.LittleEndian.Uint32(b), stOK
+}
+
+func (s *STLink) writeReg(n, v uint32) byte {
+	if _, st := s.mem(false, 0xE000EDF8, 32, 1, binary.LittleEndian.AppendUint32(nil, v)); st != stOK {
+		return st
+	}
+	_, st := s.mem(false, 0xE000EDF4, 32, 1, binary.LittleEndian.AppendUint32(nil, n|1<<16))
+	return st
 }
