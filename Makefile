@@ -64,6 +64,13 @@ test: deps build
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=100000x ./recipes
 	$(GO) test -run '^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=100000x ./internal/station
 	$(GO) test -run '^$$' -fuzz='^FuzzCompareVersions$$' -fuzztime=2000x ./internal/debian
+	$(GO) test -run '^$$' -fuzz='^FuzzReadTable$$' -fuzztime=100000x ./image/disk
+	$(GO) test -run '^$$' -fuzz='^FuzzReadFile$$' -fuzztime=20000x ./image/disk
+	$(GO) test -run '^$$' -fuzz='^FuzzReadBmap$$' -fuzztime=50000x ./image/disk
+	$(GO) test -run '^$$' -fuzz='^FuzzParseMetadata$$' -fuzztime=50000x ./image/disk
+	$(GO) test -run '^$$' -fuzz='^FuzzXZReader$$' -fuzztime=10000x ./image
+	$(GO) test -run '^$$' -fuzz='^FuzzParseELF$$' -fuzztime=50000x ./flash
+	$(GO) test -run '^$$' -fuzz='^FuzzDeltaOutput$$' -fuzztime=20000x ./flash/ssh
 	@echo "make test: all packages passed"
 
 bench: deps build

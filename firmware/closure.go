@@ -137,7 +137,7 @@ func elfNeeds(path string) ([]string, string) {
 	libs, _ := f.ImportedLibraries()
 	interp := ""
 	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
+		if p.Type == elf.PT_INTERP && p.Filesz < 4096 { // a path; a hostile size is not allocated
 			b := make([]byte, p.Filesz)
 			if _, err := p.ReadAt(b, 0); err == nil {
 				interp = strings.TrimRight(string(b), "\x00")

@@ -184,6 +184,10 @@ func checkHexLine(line string) error {
 	return nil
 }
 
+// maxSegment bounds an ELF segment: the largest flash kiln writes is a few
+// MiB, so a header claiming more is hostile or broken, not firmware.
+const maxSegment = 64 << 20
+
 // ParseELF reads the loadable segments of an ELF file at their physical
 // (load) addresses, which is what a flasher writes.
 func ParseELF(name string, r io.ReaderAt) (*Image, error) {
@@ -205,6 +209,9 @@ func ParseELF(name string, r io.ReaderAt) (*Image, error) {
 	for _, p := range f.Progs {
 		if p.Type != elf.PT_LOAD || p.Filesz == 0 {
 			continue
+		}
+		if p.Filesz > maxSegment || p.Memsz > maxSegment {
+			return nil, fmt.Errorf("%w: %s: segment at 0x%x is %d bytes (%d in memory): more than any flash kiln writes", ErrBadImage, name, p.Paddr, p.Filesz, p.Memsz)
 		}
 		data := make([]byte, p.Filesz)
 		if _, err := p.ReadAt(data, 0); err != nil {

@@ -3,6 +3,7 @@ package flash
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
@@ -94,5 +95,49 @@ func FuzzParseHex(f *testing.F) {
 				t.Fatalf("segments overlap or unsorted: %+v", img.Segments)
 			}
 		}
+	})
+}
+
+// tinyELF is a 32-bit little-endian AVR executable with one PT_LOAD
+// segment whose header claims filesz and memsz bytes at paddr; data follows
+// the headers.
+func tinyELF(paddr, filesz, memsz uint32, data []byte) []byte {
+	b := make([]byte, 52+32)
+	copy(b, "\x7fELF\x01\x01\x01")
+	le := binary.LittleEndian
+	le.PutUint16(b[16:], uint16(elf.ET_EXEC))
+	le.PutUint16(b[18:], uint16(elf.EM_AVR))
+	le.PutUint32(b[20:], 1)
+	le.PutUint32(b[28:], 52) // phoff
+	le.PutUint16(b[40:], 52) // ehsize
+	le.PutUint16(b[42:], 32) // phentsize
+	le.PutUint16(b[44:], 1)  // phnum
+	ph := b[52:]
+	le.PutUint32(ph[0:], uint32(elf.PT_LOAD))
+	le.PutUint32(ph[4:], 84) // offset
+	le.PutUint32(ph[8:], paddr)
+	le.PutUint32(ph[12:], paddr)
+	le.PutUint32(ph[16:], filesz)
+	le.PutUint32(ph[20:], memsz)
+	return append(b, data...)
+}
+
+func TestParseELFRefusesHugeSegments(t *testing.T) {
+	if img, err := ParseELF("ok.elf", bytes.NewReader(tinyELF(0, 4, 4, []byte{1, 2, 3, 4}))); err != nil || len(img.Segments) != 1 {
+		t.Fatalf("a good ELF: %v", err)
+	}
+	for _, sz := range [][2]uint32{{0xfffffff0, 4}, {4, 0xfffffff0}} {
+		_, err := ParseELF("huge.elf", bytes.NewReader(tinyELF(0, sz[0], sz[1], []byte{1, 2, 3, 4})))
+		if !errors.Is(err, ErrBadImage) {
+			t.Errorf("filesz %#x memsz %#x: %v", sz[0], sz[1], err)
+		}
+	}
+}
+
+func FuzzParseELF(f *testing.F) {
+	f.Add(tinyELF(0, 4, 4, []byte{1, 2, 3, 4}))
+	f.Add(tinyELF(0x100, 0xffffff00, 0xffffff00, []byte{1}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ParseELF("fuzz.elf", bytes.NewReader(b))
 	})
 }

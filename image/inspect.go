@@ -9,9 +9,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/filesystem/fat32"
-	"github.com/diskfs/go-diskfs/partition/gpt"
+	"kiln.dev/kiln/image/disk"
 )
 
 // Info is what Inspect finds in an image.
@@ -34,13 +32,13 @@ type PartitionInfo struct {
 	Name     string `json:"name,omitempty"`
 	PartUUID string `json:"partuuid"`
 	Bootable bool   `json:"bootable,omitempty"`
-	FS       string `json:"fs"` // fat32, squashfs, ext4, empty, unknown
+	FS       string `json:"fs"` // fat32, squashfs, ext4, empty, unknown, extended
 	Label    string `json:"label,omitempty"`
 	FSID     string `json:"fs_id,omitempty"`
 }
 
-// Inspect reads an image's partition table, recognises each partition's
-// filesystem and reads kiln.json from its FAT partition.
+// Inspect reads an image's partition table (disk.ReadTable), recognises
+// each partition's filesystem and reads kiln.json from its FAT partition.
 func Inspect(path string) (*Info, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -52,87 +50,28 @@ func Inspect(path string) (*Info, error) {
 		return nil, fmt.Errorf("image: %w", err)
 	}
 	info := &Info{Path: path, Size: fi.Size()}
-	mbr := make([]byte, 512)
-	if _, err := f.ReadAt(mbr, 0); err != nil {
-		return nil, fmt.Errorf("image: %s: read mbr: %w", path, err)
+	rd := disk.FromReaderAt(f, fi.Size())
+	t, err := disk.ReadTable(rd)
+	if err != nil {
+		return nil, fmt.Errorf("image: %s: %w", path, err)
 	}
-	if mbr[510] != 0x55 || mbr[511] != 0xaa {
-		return nil, fmt.Errorf("image: %s: no partition table (no boot signature)", path)
-	}
-	if mbr[446+4] == 0xee {
-		t, err := gpt.Read(file.New(f, true), SectorSize, SectorSize)
-		if err != nil {
-			return nil, fmt.Errorf("image: %s: %w", path, err)
+	info.Table, info.DiskID = t.Kind, t.DiskID
+	for _, p := range t.Partitions {
+		pi := PartitionInfo{Number: p.Number, Start: p.Start, Size: p.Size, Type: p.Type, Name: p.Name,
+			PartUUID: p.PartUUID, Bootable: p.Bootable}
+		if p.Extended {
+			pi.FS = "extended"
+		} else {
+			pi.FS, pi.Label, pi.FSID = probeFS(f, p.Start)
 		}
-		info.Table, info.DiskID = "gpt", strings.ToLower(t.GUID)
-		for _, p := range t.Partitions {
-			if p.Type == gpt.Unused {
-				continue
-			}
-			info.Partitions = append(info.Partitions, PartitionInfo{Number: p.Index, Start: int64(p.Start) * SectorSize,
-				Size: int64(p.End-p.Start+1) * SectorSize, Type: strings.ToLower(string(p.Type)), Name: p.Name,
-				PartUUID: strings.ToLower(p.GUID), Bootable: p.Attributes&4 != 0})
-		}
-	} else {
-		info.Table = "mbr"
-		sig := binary.LittleEndian.Uint32(mbr[440:])
-		info.DiskID = fmt.Sprintf("%08x", sig)
-		for i := 0; i < 4; i++ {
-			e := mbr[446+16*i : 446+16*(i+1)]
-			typ := e[4]
-			start := int64(binary.LittleEndian.Uint32(e[8:])) * SectorSize
-			size := int64(binary.LittleEndian.Uint32(e[12:])) * SectorSize
-			if typ == 0 {
-				continue
-			}
-			info.Partitions = append(info.Partitions, PartitionInfo{Number: i + 1, Start: start, Size: size,
-				Type: fmt.Sprintf("0x%02x", typ), PartUUID: fmt.Sprintf("%08x-%02x", sig, i+1), Bootable: e[0] == 0x80, FS: "extended"})
-			if typ == 0x05 || typ == 0x0f || typ == 0x85 {
-				if err := readEBRs(f, info, start, sig); err != nil {
-					return nil, fmt.Errorf("image: %s: %w", path, err)
-				}
+		if pi.FS == FAT32 && info.Metadata == nil {
+			if m, err := disk.ReadFile(disk.Sub(rd, p), disk.MetadataFile, 1<<20); err == nil && json.Valid(m.Data) {
+				info.Metadata = json.RawMessage(m.Data)
 			}
 		}
-	}
-	for i := range info.Partitions {
-		p := &info.Partitions[i]
-		if p.FS == "extended" && p.Number <= 4 && (p.Type == "0x05" || p.Type == "0x0f" || p.Type == "0x85") {
-			continue
-		}
-		p.FS, p.Label, p.FSID = probeFS(f, p.Start)
-		if p.FS == FAT32 && info.Metadata == nil {
-			if m, err := readFATFile(f, p.Start, p.Size, "kiln.json"); err == nil && json.Valid(m) {
-				info.Metadata = json.RawMessage(m)
-			}
-		}
+		info.Partitions = append(info.Partitions, pi)
 	}
 	return info, nil
-}
-
-func readEBRs(f io.ReaderAt, info *Info, ext int64, sig uint32) error {
-	ebr := ext
-	for n := 5; n < 5+128; n++ {
-		b := make([]byte, 512)
-		if _, err := f.ReadAt(b, ebr); err != nil {
-			return fmt.Errorf("read ebr: %w", err)
-		}
-		if b[510] != 0x55 || b[511] != 0xaa {
-			return fmt.Errorf("ebr at %d has no signature", ebr)
-		}
-		e := b[446:462]
-		if e[4] != 0 {
-			info.Partitions = append(info.Partitions, PartitionInfo{Number: n,
-				Start: ebr + int64(binary.LittleEndian.Uint32(e[8:]))*SectorSize,
-				Size:  int64(binary.LittleEndian.Uint32(e[12:])) * SectorSize,
-				Type:  fmt.Sprintf("0x%02x", e[4]), PartUUID: fmt.Sprintf("%08x-%02x", sig, n), Bootable: e[0] == 0x80})
-		}
-		next := b[462:478]
-		if next[4] == 0 {
-			return nil
-		}
-		ebr = ext + int64(binary.LittleEndian.Uint32(next[8:]))*SectorSize
-	}
-	return fmt.Errorf("too many logical partitions")
 }
 
 // probeFS recognises a filesystem by its superblock.
@@ -154,12 +93,4 @@ func probeFS(f io.ReaderAt, start int64) (fs, label, id string) {
 		return "empty", "", ""
 	}
 	return "unknown", "", ""
-}
-
-func readFATFile(f *os.File, start, size int64, name string) ([]byte, error) {
-	fsys, err := fat32.Read(file.New(f, true), size, start, SectorSize)
-	if err != nil {
-		return nil, err
-	}
-	return fsys.ReadFile(name)
 }

@@ -3,11 +3,14 @@ package image
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -94,4 +97,38 @@ func TestXZReaderRejectsCorruption(t *testing.T) {
 	if _, err := io.ReadAll(NewXZReader(bytes.NewReader(trunc), 2)); !errors.Is(err, ErrXZ) {
 		t.Errorf("truncated: err = %v, want ErrXZ", err)
 	}
+}
+
+// A block header claiming a huge size is refused before anything that size
+// is allocated.
+func TestXZReaderRefusesHugeBlocks(t *testing.T) {
+	t.Parallel()
+	hdr := []byte{0, 0xc0} // block header: compressed and uncompressed sizes, one filter
+	hdr = binary.AppendUvarint(hdr, 1<<40)
+	hdr = binary.AppendUvarint(hdr, 1<<40)
+	hdr = append(hdr, 0x21, 1, 16) // LZMA2, dictionary flag
+	for (len(hdr)+4)%4 != 0 {
+		hdr = append(hdr, 0)
+	}
+	hdr[0] = byte((len(hdr)+4)/4 - 1)
+	hdr = binary.LittleEndian.AppendUint32(hdr, crc32.ChecksumIEEE(hdr))
+	stream := append(xzStreamHeader(), hdr...)
+	_, err := io.ReadAll(NewXZReader(bytes.NewReader(stream), 1))
+	if !errors.Is(err, ErrXZ) || !strings.Contains(err.Error(), "larger than kiln reads") {
+		t.Errorf("huge block: %v", err)
+	}
+}
+
+func FuzzXZReader(f *testing.F) {
+	var comp bytes.Buffer
+	CompressXZ(context.Background(), &comp, bytes.NewReader(benchPayload(100<<10)), XZOptions{BlockSize: 32 << 10})
+	f.Add(comp.Bytes())
+	var empty bytes.Buffer
+	CompressXZ(context.Background(), &empty, bytes.NewReader(nil), XZOptions{})
+	f.Add(empty.Bytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := NewXZReader(bytes.NewReader(b), 2)
+		io.Copy(io.Discard, io.LimitReader(r, 64<<20))
+		r.Close()
+	})
 }

@@ -41,6 +41,10 @@ func (c *xzReadCloser) Close() error {
 	return c.pr.Close()
 }
 
+// maxXZBlock bounds the blocks the parallel reader holds in memory: xz -T
+// makes blocks of three times the dictionary, 192 MiB at -9e.
+const maxXZBlock = 256 << 20
+
 type xzReader struct {
 	src     *bufio.Reader
 	pw      *io.PipeWriter
@@ -163,6 +167,9 @@ func (x *xzReader) stream(hdr []byte, first bool) error {
 		h, err := parseBlockHeader(bh)
 		if err != nil {
 			return finish(fmt.Errorf("xz: %w", err))
+		}
+		if h.compressed > maxXZBlock || h.uncompressed > maxXZBlock {
+			return finish(fmt.Errorf("xz: a block of %d bytes (%d compressed) is larger than kiln reads at once (%d): %w", h.uncompressed, h.compressed, maxXZBlock, ErrXZ))
 		}
 		if h.compressed < 0 || h.uncompressed < 0 {
 			if first && len(records) == 0 {

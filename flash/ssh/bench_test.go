@@ -49,17 +49,17 @@ func BenchmarkDeltaUpdate256MiB(b *testing.B) {
 	}
 	// The peer: the new root slot, compressed once (not timed), piped through
 	// OpenSSH's client into dd on the device.
-	img, _ := openImage(newer)
-	p, _ := partByNum(img.parts, 4)
+	imgf, img, _ := openImage(newer)
+	p := img.Root
 	rootXZ := filepath.Join(f.Dir, "root.xz")
 	out, _ := os.Create(rootXZ)
 	xz := exec.Command("xz", "-T0", "-1", "-c")
-	xz.Stdin, xz.Stdout = io.NewSectionReader(img.f, p.Start, p.Size), out
+	xz.Stdin, xz.Stdout = io.NewSectionReader(imgf, p.Start, p.Size), out
 	if err := xz.Run(); err != nil {
 		b.Fatal(err)
 	}
 	out.Close()
-	img.f.Close()
+	imgf.Close()
 	st, _ := os.Stat(rootXZ)
 	peer := func(rate string) time.Duration {
 		dev, err := f.AddDevice(old)

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 )
 
 // SlotCheck compares what a device's running slot holds, hashed on the
@@ -27,35 +26,32 @@ type SlotCheck struct {
 // lengths) and compares them with the image's slot as Update writes it —
 // the boot partition with cmdline.txt naming the device's root. A slot whose
 // kiln.json claims the image but whose bytes differ does not match.
-func Check(ctx context.Context, dial Dialer, name, disk, path string) (*SlotCheck, error) {
-	if disk == "" {
-		disk = "/dev/mmcblk0"
+func Check(ctx context.Context, dial Dialer, name, dsk, path string) (*SlotCheck, error) {
+	if dsk == "" {
+		dsk = "/dev/mmcblk0"
 	}
-	img, err := openImage(path)
+	f, img, err := openImage(path)
 	if err != nil {
 		return nil, err
 	}
-	defer img.f.Close()
-	srcBoot, srcRoot, err := img.sourceSlot(path)
-	if err != nil {
-		return nil, err
-	}
-	c, rem, err := connect(ctx, dial, disk)
+	defer f.Close()
+	srcBoot, srcRoot := img.Boot, img.Root
+	c, rem, err := connect(ctx, dial, dsk)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	d := rem.d
 	res := &SlotCheck{Device: name, Slot: rem.running.Name, Root: rem.running.Root, Boot: rem.running.Boot}
-	tBoot, ok1 := partByNum(rem.parts, rem.running.Boot)
-	tRoot, ok2 := partByNum(rem.parts, rem.running.Root)
+	tBoot, ok1 := rem.tbl.Partition(rem.running.Boot)
+	tRoot, ok2 := rem.tbl.Partition(rem.running.Root)
 	if !ok1 || !ok2 {
 		return nil, fmt.Errorf("%s: %w: slot %s partitions missing", name, ErrLayout, rem.running.Name)
 	}
 	if srcBoot.Size > tBoot.Size || srcRoot.Size > tRoot.Size {
 		return res, nil // it cannot hold the image: no match
 	}
-	boot, err := img.slotBoot(path, srcBoot, srcRoot, tRoot.PartUUID)
+	boot, err := img.SlotBoot(tRoot.PartUUID)
 	if err != nil {
 		return nil, err
 	}
@@ -63,11 +59,11 @@ func Check(ctx context.Context, dial Dialer, name, disk, path string) (*SlotChec
 	res.WantBoot = hex.EncodeToString(sum[:])
 	lc := make(chan localHashes, 1)
 	go func() {
-		lc <- hashLocal(io.NewSectionReader(img.f, srcRoot.Start, srcRoot.Size), srcRoot.Size, 1<<20, false)
+		lc <- hashLocal(img.RootReader(), srcRoot.Size, 1<<20, false)
 	}()
-	res.RootSHA256, err = d.hash(ctx, partDev(disk, tRoot.Number), 0, srcRoot.Size)
+	res.RootSHA256, err = d.hash(ctx, partDev(dsk, tRoot.Number), 0, srcRoot.Size)
 	if err == nil {
-		res.BootSHA256, err = d.hash(ctx, partDev(disk, tBoot.Number), 0, srcBoot.Size)
+		res.BootSHA256, err = d.hash(ctx, partDev(dsk, tBoot.Number), 0, srcBoot.Size)
 	}
 	l := <-lc
 	if err != nil {

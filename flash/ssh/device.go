@@ -4,13 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 )
 
@@ -21,6 +18,7 @@ type device struct {
 	r      Runner
 	helper string // verified helper path on the device, "" for stock tools
 	hsum   string // its sha256
+	dir    string // the private directory kiln made for it
 	sent   int64
 }
 
@@ -42,10 +40,31 @@ func (d *device) run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 	return d.r.Run(ctx, cmd, stdin, stdout)
 }
 
+// maxOutput bounds what kiln keeps of a command's answer: a device that
+// answers a question with gigabytes is refused, not buffered.
+const maxOutput = 1 << 20
+
 func (d *device) output(ctx context.Context, cmd string) (string, error) {
 	var out bytes.Buffer
-	err := d.run(ctx, cmd, nil, &out)
+	err := d.run(ctx, cmd, nil, &limitWriter{w: &out, n: maxOutput})
 	return out.String(), err
+}
+
+// ErrTooMuch means a device answered with more bytes than the question allows.
+var errTooMuch = errors.New("the device answered with more bytes than asked for")
+
+// limitWriter passes on up to n bytes and fails after.
+type limitWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.n {
+		return 0, errTooMuch
+	}
+	l.n -= int64(len(p))
+	return l.w.Write(p)
 }
 
 // quote makes s one shell word.
@@ -57,7 +76,7 @@ func (d *device) readAt(ctx context.Context, dev string, off, n int64) ([]byte, 
 	lo, hi := off&^511, (off+n+511)&^511
 	var out bytes.Buffer
 	cmd := fmt.Sprintf("dd if=%s bs=65536 iflag=direct,skip_bytes,count_bytes skip=%d count=%d status=none", quote(dev), lo, hi-lo)
-	if err := d.run(ctx, cmd, nil, &out); err != nil {
+	if err := d.run(ctx, cmd, nil, &limitWriter{w: &out, n: hi - lo}); err != nil {
 		return nil, fmt.Errorf("read %s at %d: %w", dev, off, err)
 	}
 	b := out.Bytes()
@@ -170,128 +189,6 @@ func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n,
 	return nil
 }
 
-// deltaWrite writes r's n bytes to dev through the helper's one-pass delta
-// (devhelper.Delta): the device reads its blocks once, reports those whose
-// sums differ from sums, takes their new bytes as kiln streams them, and
-// ends with its SHA-256 of the range. It returns that hash and how many
-// blocks were written.
-func (d *device) deltaWrite(ctx context.Context, dev string, r io.ReaderAt, n, bs int64, sums []uint64, progress func(int64)) (string, int, error) {
-	list := make([]byte, 8*len(sums))
-	for i, s := range sums {
-		binary.BigEndian.PutUint64(list[8*i:], s)
-	}
-	pr, pw := io.Pipe()
-	want := make(chan int64, len(sums))
-	out := &deltaOutput{nblocks: int64(len(sums)), want: want, next: -1, progress: progress}
-	done := make(chan struct{})
-	sent := make(chan error, 1)
-	var blockBytes int64 // the sender's count: SSH's stdin copy may outlive Run
-	go func() {
-		// Send each block the device asks for, in the order it asks.
-		buf := make([]byte, bs)
-		for {
-			select {
-			case i, ok := <-want:
-				if !ok {
-					sent <- pw.Close()
-					return
-				}
-				b := buf[:min(bs, n-i*bs)]
-				if _, err := r.ReadAt(b, i*bs); err != nil {
-					pw.CloseWithError(err)
-					sent <- err
-					return
-				}
-				if _, err := pw.Write(b); err != nil {
-					sent <- err
-					return
-				}
-				blockBytes += int64(len(b))
-			case <-done:
-				sent <- nil
-				return
-			}
-		}
-	}()
-	err := d.r.Run(ctx, d.helperCmd("delta", dev, fmt.Sprint(n), fmt.Sprint(bs)), io.MultiReader(bytes.NewReader(list), pr), out)
-	close(done)
-	pw.CloseWithError(io.ErrClosedPipe)
-	serr := <-sent
-	d.sent += int64(len(list)) + blockBytes
-	switch {
-	case err != nil:
-		return "", 0, fmt.Errorf("delta write %s: %w", dev, err)
-	case out.err != nil:
-		return "", 0, fmt.Errorf("delta write %s: %w", dev, out.err)
-	case serr != nil:
-		return "", 0, fmt.Errorf("delta write %s: %w", dev, serr)
-	case out.sum == "":
-		return "", 0, fmt.Errorf("delta write %s: the device gave no hash", dev)
-	case out.written != out.asked:
-		return "", 0, fmt.Errorf("delta write %s: the device asked for %d blocks and wrote %d", dev, out.asked, out.written)
-	}
-	return out.sum, out.written, nil
-}
-
-// deltaOutput parses the helper's delta report as it arrives.
-type deltaOutput struct {
-	nblocks  int64
-	want     chan<- int64
-	next     int64 // last block asked for
-	line     []byte
-	asked    int
-	written  int
-	sum      string
-	err      error
-	progress func(int64)
-}
-
-func (o *deltaOutput) Write(p []byte) (int, error) {
-	for _, c := range p {
-		if c != '\n' {
-			o.line = append(o.line, c)
-			continue
-		}
-		o.parse(string(o.line))
-		o.line = o.line[:0]
-	}
-	return len(p), nil
-}
-
-func (o *deltaOutput) parse(line string) {
-	if o.err != nil {
-		return
-	}
-	var i int64
-	var k int
-	var sum string
-	switch {
-	case o.sum != "":
-		o.err = fmt.Errorf("output after the hash: %q", line)
-	case strings.HasPrefix(line, "d "):
-		if _, err := fmt.Sscanf(line, "d %d", &i); err != nil || i <= o.next || i >= o.nblocks {
-			o.err = fmt.Errorf("bad block report %q", line)
-			close(o.want)
-			return
-		}
-		o.next, o.asked = i, o.asked+1
-		o.want <- i
-	case strings.HasPrefix(line, "p "):
-		if _, err := fmt.Sscanf(line, "p %d", &i); err == nil && o.progress != nil {
-			o.progress(i)
-		}
-	case strings.HasPrefix(line, "= "):
-		if _, err := fmt.Sscanf(line, "= %d %s", &k, &sum); err != nil || len(sum) != 64 {
-			o.err = fmt.Errorf("bad result %q", line)
-			return
-		}
-		o.written, o.sum = k, sum
-		close(o.want)
-	default:
-		o.err = fmt.Errorf("unexpected output %q", line)
-	}
-}
-
 // blockHashes returns the SHA-256 of every bs-byte block of dev in [off, off+n).
 func (d *device) blockHashes(ctx context.Context, dev string, off, n, bs int64) ([][32]byte, error) {
 	var out bytes.Buffer
@@ -305,7 +202,7 @@ func (d *device) blockHashes(ctx context.Context, dev string, off, n, bs int64) 
 			return nil, fmt.Errorf("block hashes: offset %d is not a multiple of %d", off, bs)
 		}
 	}
-	if err := d.run(ctx, cmd, nil, &out); err != nil {
+	if err := d.run(ctx, cmd, nil, &limitWriter{w: &out, n: ((n+bs-1)/bs + 1) * 100}); err != nil {
 		return nil, fmt.Errorf("block hashes of %s: %w", dev, err)
 	}
 	var sums [][32]byte
@@ -323,15 +220,6 @@ func (d *device) blockHashes(ctx context.Context, dev string, off, n, bs int64) 
 		return nil, fmt.Errorf("block hashes of %s: got %d, want %d", dev, len(sums), want)
 	}
 	return sums, nil
-}
-
-func (d *device) helperCmd(args ...string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = quote(a)
-	}
-	// The helper is checked by hash on the device right before it runs.
-	return fmt.Sprintf("echo %s | sha256sum -c -s - && %s %s", quote(d.hsum+"  "+d.helper), d.helper, strings.Join(q, " "))
 }
 
 // lockDir is the device-side lock an update holds from its first write until
@@ -355,43 +243,4 @@ func (d *device) lock(ctx context.Context, owner string) error {
 // unlock releases the lock if owner holds it.
 func (d *device) unlock(ctx context.Context, owner string) {
 	d.output(ctx, fmt.Sprintf("[ \"$(cat %[1]s/owner 2>/dev/null)\" = %[2]s ] && rm -rf %[1]s", lockDir, quote(owner)))
-}
-
-// goarchOf maps `uname -m` to Go's architecture names.
-var goarchOf = map[string]string{"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm"}
-
-// installHelper uploads the static helper for the device's architecture if
-// one exists in dir (files kiln-helper-<goarch>) and is not there yet. With
-// no fitting helper the device keeps using stock tools.
-func (d *device) installHelper(ctx context.Context, dir string, log func(string, ...any)) error {
-	if dir == "" {
-		return nil
-	}
-	m, err := d.output(ctx, "uname -m")
-	if err != nil {
-		return err
-	}
-	arch := goarchOf[strings.TrimSpace(m)]
-	data, err := os.ReadFile(filepath.Join(dir, "kiln-helper-"+arch))
-	if arch == "" || err != nil {
-		return nil
-	}
-	sum := sha256.Sum256(data)
-	d.hsum = hex.EncodeToString(sum[:])
-	path := "/tmp/kiln-helper-" + d.hsum[:16]
-	if _, err := d.output(ctx, fmt.Sprintf("echo %s | sha256sum -c -s -", quote(d.hsum+"  "+path))); err != nil {
-		up := fmt.Sprintf("cat > %[1]s.tmp && chmod 700 %[1]s.tmp && mv %[1]s.tmp %[1]s", path)
-		if err := d.run(ctx, up, bytes.NewReader(data), nil); err != nil {
-			return fmt.Errorf("upload helper: %w", err)
-		}
-	}
-	// It must also run there: /tmp may be mounted noexec, or the CPU may
-	// lack an instruction the build assumed. Then stock tools do the work.
-	d.helper = path
-	out, err := d.output(ctx, d.helperCmd("sha256", "/dev/null", "0", "0"))
-	if err != nil || !strings.HasPrefix(out, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") {
-		log("helper for %s does not run on the device (%v); using the stock tools", arch, err)
-		d.helper = ""
-	}
-	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"kiln.dev/kiln/flash/ssh/sshtest"
 	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/disk"
 )
 
 func TestWriteDeviceStreamsMappedBlocksAndProvesThem(t *testing.T) {
@@ -29,7 +30,7 @@ func TestWriteDeviceStreamsMappedBlocksAndProvesThem(t *testing.T) {
 	if err := image.WriteBmap(&bm, bytes.NewReader(data), int64(len(data)), mapped); err != nil {
 		t.Fatal(err)
 	}
-	bmap, err := image.ReadBmap(bytes.NewReader(bm.Bytes()))
+	bmap, err := disk.ReadBmap(bytes.NewReader(bm.Bytes()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/disk"
 	"kiln.dev/kiln/internal/beneath"
 	"kiln.dev/kiln/internal/fetch"
 	"kiln.dev/kiln/internal/store"
@@ -24,7 +25,7 @@ import (
 const ManifestFile = "manifest.json"
 
 // MetadataFile is the file kiln puts on the autoboot (first) partition.
-const MetadataFile = "kiln.json"
+const MetadataFile = disk.MetadataFile
 
 // Options tune Build.
 type Options struct {
@@ -59,40 +60,14 @@ type Out struct {
 	Size   int64  `json:"size"`
 }
 
-// Metadata is kiln.json: what the updater needs to find the slots.
-type Metadata struct {
-	Derivation string `json:"derivation"`
-	Name       string `json:"name"`
-	Version    string `json:"version"`
-	Board      string `json:"board"`
-	Table      string `json:"table"`
-	DiskID     string `json:"disk_id"`
-	// AB is the A/B mechanism (boards.ABTryboot, boards.ABUBootEnv); empty
-	// for an image without Pi firmware, which uses autoboot.txt.
-	AB         string          `json:"ab,omitempty"`
-	Slots      []Slot          `json:"slots"`
-	Partitions []MetaPartition `json:"partitions"`
-}
+// Metadata is kiln.json (disk.Metadata): what the updater needs to find the slots.
+type Metadata = disk.Metadata
 
-// Slot is an A/B slot: its boot and root partition numbers.
-type Slot struct {
-	Name         string `json:"name"`
-	Boot         int    `json:"boot,omitempty"`
-	Root         int    `json:"root"`
-	RootPartUUID string `json:"root_partuuid"`
-}
+// Slot is an A/B slot in kiln.json.
+type Slot = disk.Slot
 
 // MetaPartition is one partition in kiln.json.
-type MetaPartition struct {
-	Number   int    `json:"number"`
-	Name     string `json:"name"`
-	PartUUID string `json:"partuuid"`
-	Type     string `json:"type"`
-	Label    string `json:"label,omitempty"`
-	Slot     string `json:"slot,omitempty"`
-	Start    int64  `json:"start"`
-	Size     int64  `json:"size"`
-}
+type MetaPartition = disk.MetaPartition
 
 // Build builds the image recipe in dir into outDir.
 func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, error) {

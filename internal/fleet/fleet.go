@@ -384,7 +384,7 @@ func (f *File) Deploy(ctx context.Context, helperDir string, log func(string, ..
 	return rep, nil
 }
 
-func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log func(string, ...any)) DeviceResult {
+func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log func(string, ...any)) (out DeviceResult) {
 	start := time.Now()
 	res := DeviceResult{Name: d.Name}
 	fail := func(err error) DeviceResult {
@@ -393,6 +393,13 @@ func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log fu
 		log("%s: failed: %v", d.Name, err)
 		return res
 	}
+	// One device's answers, however hostile, end that device's rollout
+	// only: a bug they trigger is its failure, not the fleet's crash.
+	defer func() {
+		if p := recover(); p != nil {
+			out = fail(fmt.Errorf("internal error on this device's answers: %v", p))
+		}
+	}()
 	g := f.group(d.Group)
 	img := f.path(g.Image)
 	want, err := ssh.ImageDerivation(img)

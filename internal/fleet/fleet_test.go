@@ -2,8 +2,10 @@ package fleet
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,6 +140,53 @@ image = %q
 			t.Errorf("after the verifying deploy %s drifts: %+v", s.Name, s)
 		}
 	}
+	// A hostile device: its disk answers with a GPT that claims four
+	// billion entries (checksums correct). That device fails with a clear
+	// error; the others finish.
+	hostile := devs[4]
+	disk, err := os.OpenFile(hostile.Loop, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk.WriteAt(hostileGPT(), 0)
+	disk.Sync()
+	disk.Close()
+	fl.MaxFailures = 10
+	rep, err = fl.Deploy(ctx, helperDir, t.Logf)
+	if err == nil || errors.Is(err, ErrHalted) {
+		t.Errorf("deploy with a hostile device: %v", err)
+	}
+	for i, r := range rep.Devices {
+		switch {
+		case i == 4 && (r.Outcome != Failed || !strings.Contains(r.Error, "gpt lists 4294967295 entries")):
+			t.Errorf("hostile device: %s %q", r.Outcome, r.Error)
+		case i != 4 && r.Outcome != Current:
+			t.Errorf("%s: %s (%s) beside a hostile device", r.Name, r.Outcome, r.Error)
+		}
+	}
+	st, err = fl.Status(ctx, false)
+	if err != nil || st[4].Error == "" || st[3].Error != "" {
+		t.Errorf("status beside a hostile device: %v %+v", err, st)
+	}
+}
+
+// hostileGPT is a protective MBR and a GPT header, checksums correct,
+// claiming 0xffffffff partition entries of 128 bytes.
+func hostileGPT() []byte {
+	b := make([]byte, 1024)
+	b[446+4] = 0xee
+	binary.LittleEndian.PutUint32(b[446+8:], 1)
+	binary.LittleEndian.PutUint32(b[446+12:], 0xffffffff)
+	b[510], b[511] = 0x55, 0xaa
+	h := b[512:]
+	copy(h, "EFI PART")
+	binary.LittleEndian.PutUint32(h[8:], 0x10000)
+	binary.LittleEndian.PutUint32(h[12:], 92)
+	binary.LittleEndian.PutUint64(h[72:], 2)
+	binary.LittleEndian.PutUint32(h[80:], 0xffffffff)
+	binary.LittleEndian.PutUint32(h[84:], 128)
+	binary.LittleEndian.PutUint32(h[16:], crc32.ChecksumIEEE(h[:92]))
+	return b
 }
 
 func TestLoadRejectsBadFleets(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/disk"
 	"kiln.dev/kiln/internal/trust"
 )
 
@@ -59,7 +60,7 @@ type Artifact struct {
 	DiskSHA256 string
 	DiskSize   int64
 	// Bmap is the image's block map, when one was found or given.
-	Bmap *image.Bmap
+	Bmap *disk.Bmap
 }
 
 // LoadOptions say how to read an artifact.
@@ -240,7 +241,7 @@ func copyHashed(dst string, r io.Reader) (string, int64, error) {
 
 // readBmap reads the bmap named, else NAME.bmap or image.bmap beside the
 // image.
-func readBmap(img, name string) (*image.Bmap, error) {
+func readBmap(img, name string) (*disk.Bmap, error) {
 	if name == "" {
 		for _, guess := range []string{
 			strings.TrimSuffix(strings.TrimSuffix(img, ".xz"), ".img") + ".bmap",
@@ -259,7 +260,7 @@ func readBmap(img, name string) (*image.Bmap, error) {
 	if err != nil {
 		return nil, err
 	}
-	bm, err := image.ReadBmap(bytes.NewReader(data))
+	bm, err := disk.ReadBmap(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}

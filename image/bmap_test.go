@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"math/rand"
 	"testing"
+
+	"kiln.dev/kiln/image/disk"
 )
 
 func TestReadBmapRoundTrip(t *testing.T) {
@@ -15,7 +17,7 @@ func TestReadBmapRoundTrip(t *testing.T) {
 	if err := WriteBmap(&buf, bytes.NewReader(img), size, mapped); err != nil {
 		t.Fatal(err)
 	}
-	b, err := ReadBmap(&buf)
+	b, err := disk.ReadBmap(&buf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +42,7 @@ func TestReadBmapRejects(t *testing.T) {
 		`<bmap version="2.0"><ImageSize>8192</ImageSize><BlockSize>4096</BlockSize><BlockMap><Range>5</Range></BlockMap></bmap>`,
 		`<bmap`,
 	} {
-		if _, err := ReadBmap(bytes.NewReader([]byte(doc))); err == nil {
+		if _, err := disk.ReadBmap(bytes.NewReader([]byte(doc))); err == nil {
 			t.Errorf("accepted %s", doc)
 		}
 	}

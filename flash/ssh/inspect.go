@@ -1,0 +1,186 @@
+package ssh
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"kiln.dev/kiln/image/disk"
+)
+
+// remoteReader reads a device partition over SSH in cached 64 KiB chunks.
+func remoteReader(ctx context.Context, d *device, dev string, size int64) disk.ReadFunc {
+	const chunk = 65536
+	cache := map[int64][]byte{}
+	return func(off, n int64) ([]byte, error) {
+		if off+n > size {
+			return nil, fmt.Errorf("read past the end of %s", dev)
+		}
+		out := make([]byte, 0, n)
+		for pos := off; pos < off+n; {
+			c := pos / chunk * chunk
+			b, ok := cache[c]
+			if !ok {
+				var err error
+				if b, err = d.readAt(ctx, dev, c, min(chunk, size-c)); err != nil {
+					return nil, err
+				}
+				cache[c] = b
+			}
+			k := min(int64(len(b))-(pos-c), off+n-pos)
+			out = append(out, b[pos-c:pos-c+k]...)
+			pos += k
+		}
+		return out, nil
+	}
+}
+
+// remote is what an update knows of the device.
+type remote struct {
+	d         *device
+	disk      string
+	tbl       *disk.Table
+	layout    *disk.Metadata
+	p1        disk.ReadFunc // partition 1, where kiln.json (and autoboot.txt) are
+	autoboot  *disk.File    // read by tryboot
+	committed disk.Slot     // the slot the boot control boots by default
+	running   disk.Slot     // the slot whose root the kernel runs
+	bootID    string
+	uptime    float64 // seconds since boot; -1 if the device does not say
+}
+
+var rootRE = regexp.MustCompile(`root=PARTUUID=([0-9A-Fa-f-]+)`)
+
+// inspect reads the device's table, slots, boot state (through boot) and
+// running slot.
+func inspect(ctx context.Context, d *device, dsk string, boot bootControl) (*remote, error) {
+	r := &remote{d: d, disk: dsk}
+	var err error
+	if r.tbl, err = disk.ReadTable(func(off, n int64) ([]byte, error) { return d.readAt(ctx, dsk, off, n) }); err != nil {
+		return nil, fmt.Errorf("%s: %w", dsk, err)
+	}
+	p1, ok := r.tbl.Partition(1)
+	if !ok {
+		return nil, fmt.Errorf("%s: %w: no partition 1", dsk, ErrLayout)
+	}
+	rd := remoteReader(ctx, d, partDev(dsk, 1), p1.Size)
+	if r.layout, err = disk.ReadMetadata(rd); err == nil {
+		_, err = r.layout.ABSlots()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: partition 1 has no kiln.json with two slots (%v)", dsk, ErrLayout, err)
+	}
+	r.p1 = rd
+	all, err := boot.committed(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	cmdline, err := d.output(ctx, "cat /proc/cmdline")
+	if err != nil {
+		return nil, err
+	}
+	m := rootRE.FindStringSubmatch(cmdline)
+	if m == nil {
+		return nil, fmt.Errorf("%s: %w: /proc/cmdline has no root=PARTUUID=", dsk, ErrLayout)
+	}
+	runningRoot := 0
+	for _, p := range r.tbl.Partitions {
+		if strings.EqualFold(p.PartUUID, m[1]) {
+			runningRoot = p.Number
+		}
+	}
+	found := 0
+	for _, s := range r.layout.Slots {
+		if s.Boot == all {
+			r.committed, found = s, found+1
+		}
+		if s.Root == runningRoot {
+			r.running, found = s, found+1
+		}
+	}
+	if found != 2 {
+		return nil, fmt.Errorf("%s: %w: committed boot partition %d / running root %d match no slot", dsk, ErrLayout, all, runningRoot)
+	}
+	id, err := d.output(ctx, "cat /proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return nil, err
+	}
+	r.bootID = strings.TrimSpace(id)
+	r.uptime = -1
+	if up, err := d.output(ctx, "cat /proc/uptime"); err == nil {
+		if f := strings.Fields(up); len(f) > 0 {
+			if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+				r.uptime = v
+			}
+		}
+	}
+	return r, nil
+}
+
+// parseAutoboot returns boot_partition in [all] and in [tryboot].
+func parseAutoboot(b []byte) (all, try int, err error) {
+	section := "all"
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "["):
+			section = strings.Trim(line, "[]")
+		case strings.HasPrefix(line, "boot_partition="):
+			n, e := strconv.Atoi(strings.TrimPrefix(line, "boot_partition="))
+			if e != nil {
+				return 0, 0, fmt.Errorf("autoboot.txt: bad %q", line)
+			}
+			if section == "tryboot" {
+				try = n
+			} else {
+				all = n
+			}
+		}
+	}
+	if all == 0 {
+		return 0, 0, fmt.Errorf("autoboot.txt: no boot_partition in [all]")
+	}
+	return all, try, nil
+}
+
+// autobootText is kiln's autoboot.txt. Its length does not depend on the
+// (single-digit) partition numbers, so rewriting it changes bytes in place
+// inside one sector.
+func autobootText(all, try int) string {
+	return fmt.Sprintf("[all]\ntryboot_a_b=1\nboot_partition=%d\n[tryboot]\nboot_partition=%d\n", all, try)
+}
+
+// setAutoboot rewrites autoboot.txt in place and reads it back.
+func (r *remote) setAutoboot(ctx context.Context, all, try int) error {
+	want := autobootText(all, try)
+	if len(want) != len(r.autoboot.Data) {
+		return fmt.Errorf("autoboot.txt is %d bytes, kiln's is %d: cannot rewrite it in place", len(r.autoboot.Data), len(want))
+	}
+	if string(r.autoboot.Data) == want {
+		return nil
+	}
+	dev := partDev(r.disk, 1)
+	pos := int64(0)
+	var blocks []block
+	for _, x := range r.autoboot.Extents {
+		blocks = append(blocks, block{Off: x.Off, Data: []byte(want[pos : pos+x.Len])})
+		pos += x.Len
+	}
+	if err := r.d.writeBlocks(ctx, dev, blocks); err != nil {
+		return fmt.Errorf("rewrite autoboot.txt: %w", err)
+	}
+	for _, b := range blocks {
+		got, err := r.d.readAt(ctx, dev, b.Off, int64(len(b.Data)))
+		if err != nil {
+			return fmt.Errorf("read back autoboot.txt: %w", err)
+		}
+		if !bytes.Equal(got, b.Data) {
+			return fmt.Errorf("read back autoboot.txt: content differs")
+		}
+	}
+	r.autoboot.Data = []byte(want)
+	return nil
+}

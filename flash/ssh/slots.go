@@ -1,0 +1,181 @@
+package ssh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"kiln.dev/kiln/flash/ab"
+	"kiln.dev/kiln/image/disk"
+)
+
+// bootControl is how a device picks the slot it boots: the state machine
+// (flash/ab) asks it to arm a one-shot trial, to reboot into it and to
+// commit. tryboot (the Raspberry Pi firmware's autoboot.txt) is the one
+// kiln has; a boot loader's environment with a boot counter fits the same
+// three steps.
+type bootControl interface {
+	// committed returns the boot partition of the committed slot, read
+	// during inspection.
+	committed(ctx context.Context, rem *remote) (int, error)
+	arm(ctx context.Context, rem *remote, committed, trial disk.Slot) error
+	commit(ctx context.Context, rem *remote, slot, previous disk.Slot) error
+	rebootCmd(trial bool) string
+}
+
+// session is what the connections of one update share.
+type session struct {
+	mu     sync.Mutex
+	sent   int64 // by closed connections
+	helper bool
+}
+
+// shellDevice is ab.Device over one SSH connection, with the device's
+// stock tools (dd, sha256sum, sh) or, for writes, kiln's helper.
+type shellDevice struct {
+	c    RunCloser
+	d    *device
+	opts *UpdateOptions
+	boot bootControl
+	rem  *remote // what the last Inspect found
+	s    *session
+	once sync.Once
+}
+
+var _ ab.Device = (*shellDevice)(nil)
+var _ ab.Stats = (*shellDevice)(nil)
+
+// abDialer adapts dial to the state machine: every connection of the
+// update shares s.
+func abDialer(dial Dialer, opts *UpdateOptions, s *session, wrap func(ab.Device) ab.Device) ab.Dialer {
+	return func(ctx context.Context) (ab.Device, error) {
+		c, err := dial(ctx)
+		if err != nil {
+			return nil, connErr(err)
+		}
+		var d ab.Device = &shellDevice{c: c, d: &device{r: c}, opts: opts, boot: bootFor(opts), s: s}
+		if wrap != nil {
+			d = wrap(d)
+		}
+		return d, nil
+	}
+}
+
+// connErr marks a lost connection for the state machine.
+func connErr(err error) error {
+	if errors.Is(err, ErrConnLost) && !errors.Is(err, ab.ErrConnLost) {
+		return fmt.Errorf("%w (%w)", err, ab.ErrConnLost)
+	}
+	return err
+}
+
+func (s *shellDevice) Inspect(ctx context.Context) (*ab.State, error) {
+	rem, err := inspect(ctx, s.d, s.opts.Disk, s.boot)
+	if err != nil {
+		return nil, connErr(err)
+	}
+	s.rem = rem
+	return &ab.State{Table: rem.tbl, Layout: rem.layout, Committed: rem.committed, Running: rem.running, BootID: rem.bootID, Uptime: rem.uptime}, nil
+}
+
+func (s *shellDevice) Lock(ctx context.Context, owner string) error {
+	return connErr(s.d.lock(ctx, owner))
+}
+
+func (s *shellDevice) Unlock(ctx context.Context, owner string) { s.d.unlock(ctx, owner) }
+
+func (s *shellDevice) WriteVerified(ctx context.Context, part disk.Partition, src io.ReaderAt, n int64, phase string) (string, error) {
+	var err error
+	s.once.Do(func() {
+		// The helper lives in a private directory of this connection.
+		err = s.d.installHelper(ctx, s.opts.HelperDir, s.opts.Log)
+		s.s.mu.Lock()
+		s.s.helper = s.s.helper || s.d.helper != ""
+		s.s.mu.Unlock()
+	})
+	if err != nil {
+		return "", connErr(err)
+	}
+	sum, err := writeVerified(ctx, s.d, partDev(s.opts.Disk, part.Number), src, n, phase, *s.opts)
+	return sum, connErr(err)
+}
+
+func (s *shellDevice) ArmTrial(ctx context.Context, committed, trial disk.Slot) error {
+	return connErr(s.boot.arm(ctx, s.rem, committed, trial))
+}
+
+func (s *shellDevice) Commit(ctx context.Context, slot, previous disk.Slot) error {
+	return connErr(s.boot.commit(ctx, s.rem, slot, previous))
+}
+
+func (s *shellDevice) Reboot(ctx context.Context, trial bool) error {
+	s.d.removeHelper(ctx) // the writes are done; the connection ends with the reboot
+	return connErr(s.c.Run(ctx, s.boot.rebootCmd(trial), nil, nil))
+}
+
+func (s *shellDevice) Health(ctx context.Context, cmd string) error {
+	return connErr(s.c.Run(ctx, cmd, nil, io.Discard))
+}
+
+func (s *shellDevice) Sent() int64 {
+	s.s.mu.Lock()
+	defer s.s.mu.Unlock()
+	return s.s.sent + s.d.sent
+}
+
+func (s *shellDevice) UsedHelper() bool {
+	s.s.mu.Lock()
+	defer s.s.mu.Unlock()
+	return s.s.helper
+}
+
+func (s *shellDevice) Close() error {
+	if s.d.dir != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s.d.removeHelper(ctx)
+		cancel()
+	}
+	s.s.mu.Lock()
+	s.s.sent += s.d.sent
+	s.d.sent = 0
+	s.s.mu.Unlock()
+	return s.c.Close()
+}
+
+// bootFor returns the boot control an update uses. A second mechanism (a
+// boot loader's environment with a boot counter) is chosen here.
+func bootFor(*UpdateOptions) bootControl { return tryboot{} }
+
+// tryboot is the Raspberry Pi firmware's A/B mechanism: autoboot.txt on
+// partition 1 names the committed boot partition in [all] and the trial's
+// in [tryboot]; `reboot '0 tryboot'` sets a one-shot flag that makes the
+// next boot, and only it, use [tryboot].
+type tryboot struct{}
+
+func (tryboot) committed(ctx context.Context, rem *remote) (int, error) {
+	f, err := disk.ReadFile(rem.p1, "autoboot.txt", 4096)
+	if err != nil {
+		return 0, fmt.Errorf("%s: autoboot.txt: %w", rem.disk, err)
+	}
+	rem.autoboot = f
+	all, _, err := parseAutoboot(f.Data)
+	return all, err
+}
+
+func (tryboot) arm(ctx context.Context, rem *remote, committed, trial disk.Slot) error {
+	return rem.setAutoboot(ctx, committed.Boot, trial.Boot)
+}
+
+func (tryboot) commit(ctx context.Context, rem *remote, slot, previous disk.Slot) error {
+	return rem.setAutoboot(ctx, slot.Boot, previous.Boot)
+}
+
+func (tryboot) rebootCmd(trial bool) string {
+	if trial {
+		return "reboot " + quote("0 tryboot")
+	}
+	return "reboot"
+}
