@@ -71,6 +71,7 @@ test: deps build
 	$(GO) test -run '^$$' -fuzz='^FuzzXZReader$$' -fuzztime=10000x ./image
 	$(GO) test -run '^$$' -fuzz='^FuzzParseELF$$' -fuzztime=50000x ./flash
 	$(GO) test -run '^$$' -fuzz='^FuzzDeltaOutput$$' -fuzztime=20000x ./flash/ssh
+	$(GO) test -run '^$$' -fuzz='^FuzzProbeAnswers$$' -fuzztime=20000x ./flash/swd
 	@echo "make test: all packages passed"
 
 bench: deps build
