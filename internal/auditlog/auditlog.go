@@ -262,6 +262,19 @@ func (l *Log) Checkpoint() error {
 	return writeAtomic(HeadPath(l.path), append(encode(&e), '\n'))
 }
 
+// Head seals the log with a new checkpoint, signed by the log's key, and
+// returns its line: the signed head kiln log checkpoint exports as a
+// witness. It needs a key.
+func (l *Log) Head() ([]byte, error) {
+	if l.key == nil {
+		return nil, fmt.Errorf("auditlog: %s: no key to sign a checkpoint", l.path)
+	}
+	if err := l.Checkpoint(); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(HeadPath(l.path))
+}
+
 // Close seals what was appended since the last checkpoint and releases the
 // log.
 func (l *Log) Close() error {
@@ -306,6 +319,11 @@ type VerifyOptions struct {
 	// Head is the content of the head file (or a copy kept elsewhere);
 	// nil skips that check.
 	Head []byte
+	// Witnesses are signed heads exported earlier (kiln log checkpoint)
+	// and kept where whoever can write the log cannot: the log must hold
+	// each, byte for byte, at its sequence number. Each must be signed by
+	// a trusted key.
+	Witnesses [][]byte
 }
 
 // Report is what Verify found in an intact log.
@@ -316,26 +334,45 @@ type Report struct {
 	KeyID       string `json:"key_id,omitempty"`
 	HeadSeq     int64  `json:"head_seq,omitempty"`
 	LastHash    string `json:"last_hash,omitempty"`
+	// Witnesses is how many exported heads the log was checked against.
+	Witnesses int `json:"witnesses,omitempty"`
 }
 
 // Verify reads a whole log and checks its chain, its encoding, its
 // checkpoints' signatures and its head. Any failure wraps ErrTampered and
 // names the line.
 func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
+	type pin struct {
+		what string
+		line []byte
+		e    Entry
+		seen bool
+	}
+	var pins []*pin
+	parse := func(what string, data []byte) error {
+		p := &pin{what: what, line: bytes.TrimRight(data, "\n")}
+		if err := json.Unmarshal(p.line, &p.e); err != nil || p.e.Kind != KindCheckpoint {
+			return fmt.Errorf("auditlog: %s: %w: not a checkpoint", what, ErrTampered)
+		}
+		pins = append(pins, p)
+		return nil
+	}
 	var head *Entry
-	var headLine []byte
 	if opts.Head != nil {
-		headLine = bytes.TrimRight(opts.Head, "\n")
-		head = new(Entry)
-		if err := json.Unmarshal(headLine, head); err != nil || head.Kind != KindCheckpoint {
-			return nil, fmt.Errorf("auditlog: head: %w: not a checkpoint", ErrTampered)
+		if err := parse("head", opts.Head); err != nil {
+			return nil, err
+		}
+		head = &pins[0].e
+	}
+	for i, w := range opts.Witnesses {
+		if err := parse(fmt.Sprintf("witness %d", i+1), w); err != nil {
+			return nil, err
 		}
 	}
 	keys := opts.Keys
 	rep := &Report{}
 	prev := zeroHash
 	var seq int64
-	headSeen := false
 	br := bufio.NewReader(r)
 	for n := 1; ; n++ {
 		line, err := br.ReadBytes('\n')
@@ -387,13 +424,21 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 			rep.Checkpoints++
 			rep.Unsealed = 0
 			rep.KeyID = pk.ID.String()
-			if head != nil && e.Seq == head.Seq {
-				if !bytes.Equal(line, headLine) {
-					return nil, fmt.Errorf("auditlog: line %d: %w: differs from the head checkpoint", n, ErrTampered)
+			for _, p := range pins {
+				if e.Seq != p.e.Seq {
+					continue
 				}
-				headSeen = true
+				if !bytes.Equal(line, p.line) {
+					return nil, fmt.Errorf("auditlog: line %d: %w: differs from the %s checkpoint (the log was rewritten up to there)", n, ErrTampered, p.what)
+				}
+				p.seen = true
 			}
 		case KindFlash, KindVerify, KindUpdate, KindAudit, KindProvision:
+			for _, p := range pins {
+				if e.Seq == p.e.Seq {
+					return nil, fmt.Errorf("auditlog: line %d: %w: a record where the %s checkpoint was (the log was rewritten)", n, ErrTampered, p.what)
+				}
+			}
 			if e.Sig != "" || e.PublicKey != "" {
 				return nil, fmt.Errorf("auditlog: line %d: %w: a record with a signature", n, ErrTampered)
 			}
@@ -404,9 +449,12 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 		}
 		seq, prev = e.Seq, lineHash(line)
 	}
-	if head != nil && !headSeen {
-		return nil, fmt.Errorf("auditlog: %w: the head checkpoint (seq %d) is missing: the log was cut short or rewritten", ErrTampered, head.Seq)
+	for _, p := range pins {
+		if !p.seen {
+			return nil, fmt.Errorf("auditlog: %w: the %s checkpoint (seq %d) is missing: the log was cut short or rewritten", ErrTampered, p.what, p.e.Seq)
+		}
 	}
+	rep.Witnesses = len(opts.Witnesses)
 	if head != nil {
 		rep.HeadSeq = head.Seq
 	}

@@ -12,6 +12,7 @@ import (
 
 	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/fleet"
+	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/internal/trust"
 )
 
@@ -30,9 +31,19 @@ func init() {
 					logFlag,
 					&cli.StringSliceFlag{Name: "pub", Aliases: []string{"p"}, Usage: "public key `FILE` allowed to sign checkpoints (default: the log's signing key's .pub, else the first checkpoint's key)"},
 					&cli.StringFlag{Name: "head", Usage: "a copy of the head checkpoint kept elsewhere (`FILE`; default LOG.head)"},
+					&cli.StringSliceFlag{Name: "witness", Usage: "a signed head exported by kiln log checkpoint (`FILE`, repeatable): the log must still hold it"},
 					jsonFlag,
 				},
 				Action: runLogVerify,
+			},
+			{
+				Name:  "checkpoint",
+				Usage: "seal the log with a checkpoint signed by your kiln key and export it (a witness to keep where the log's writers cannot reach)",
+				Flags: []cli.Flag{
+					logFlag,
+					&cli.StringFlag{Name: "out", Usage: "write the signed head to `FILE` (default: standard output)"},
+				},
+				Action: runLogCheckpoint,
 			},
 			{
 				Name:  "show",
@@ -69,38 +80,33 @@ func logPath(c *cli.Context) string {
 	return p
 }
 
-// logKeyPath is the key that signs the log's checkpoints: $KILN_LOG_KEY,
-// else audit.key beside the log (made on first use).
-func logKeyPath(log string) string {
+// logKeyPath is the key that signs the log's checkpoints: $KILN_LOG_KEY
+// (a station's own key), else the operator's kiln key ($KILN_KEY or kiln
+// keygen's). A key generated beside the log would let whoever can rewrite
+// the log re-sign it.
+func logKeyPath() string {
 	if k := os.Getenv("KILN_LOG_KEY"); k != "" {
 		return k
 	}
-	return filepath.Join(filepath.Dir(log), "audit.key")
+	return defaultKeyPath()
 }
 
-func logSigningKey(log string) (*trust.SecretKey, error) {
-	kp := logKeyPath(log)
+// logSigningKey reads the checkpoint key. Without one (no kiln keygen yet,
+// or an encrypted key) the log is still chained, only not sealed: nil, nil.
+// $KILN_LOG_KEY names a key that must be there.
+func logSigningKey() (*trust.SecretKey, error) {
+	kp := logKeyPath()
 	data, err := os.ReadFile(kp)
 	if errors.Is(err, os.ErrNotExist) && os.Getenv("KILN_LOG_KEY") == "" {
-		sk, err := trust.GenerateKey(nil)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(filepath.Dir(kp), 0o700); err != nil {
-			return nil, err
-		}
-		if err := writeKeyFile(kp, sk.Encode(), 0o600); err != nil {
-			return nil, err
-		}
-		if err := writeKeyFile(pubPathFor(kp), sk.Public().Encode(), 0o644); err != nil {
-			return nil, err
-		}
-		return sk, nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("audit log key: %w", err)
 	}
 	sk, err := trust.ParseSecretKey(data, nil)
+	if errors.Is(err, trust.ErrEncryptedKey) && os.Getenv("KILN_LOG_KEY") == "" {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("audit log key %s: %w", kp, err)
 	}
@@ -115,7 +121,7 @@ func appendAudit(c *cli.Context, e auditlog.Entry) error {
 	if p == "" {
 		return nil
 	}
-	key, err := logSigningKey(p)
+	key, err := logSigningKey()
 	if err != nil {
 		return withHint(err, "set KILN_LOG_KEY to a minisign secret key, or --log off to write no audit record")
 	}
@@ -170,8 +176,8 @@ func runLogVerify(c *cli.Context) error {
 	var keys []*trust.PublicKey
 	pubs := c.StringSlice("pub")
 	if len(pubs) == 0 {
-		if _, err := os.Stat(pubPathFor(logKeyPath(p))); err == nil {
-			pubs = []string{pubPathFor(logKeyPath(p))}
+		if _, err := os.Stat(pubPathFor(logKeyPath())); err == nil {
+			pubs = []string{pubPathFor(logKeyPath())}
 		}
 	}
 	for _, f := range pubs {
@@ -198,7 +204,15 @@ func runLogVerify(c *cli.Context) error {
 	if err != nil && !(errors.Is(err, os.ErrNotExist) && c.String("head") == "") {
 		return err
 	}
-	rep, err := auditlog.Verify(f, auditlog.VerifyOptions{Keys: keys, Head: head})
+	var witnesses [][]byte
+	for _, w := range c.StringSlice("witness") {
+		data, err := os.ReadFile(w)
+		if err != nil {
+			return err
+		}
+		witnesses = append(witnesses, data)
+	}
+	rep, err := auditlog.Verify(f, auditlog.VerifyOptions{Keys: keys, Head: head, Witnesses: witnesses})
 	if err != nil {
 		return withHint(err, "the log is not as kiln wrote it: keep it as evidence and compare it with a backup")
 	}
@@ -208,6 +222,11 @@ func runLogVerify(c *cli.Context) error {
 	fmt.Fprintf(e.stdout, "audit log ok: %s: %d records, %d signed checkpoints (key %s)\n", p, rep.Records, rep.Checkpoints, rep.KeyID)
 	if head == nil {
 		fmt.Fprintf(e.stdout, "note: no head file: a log cut back past its last checkpoint would not be noticed\n")
+	}
+	if len(witnesses) == 0 {
+		fmt.Fprintf(e.stdout, "note: no --witness: a log cut back to an earlier checkpoint (head file copied back) would not be noticed; kiln log checkpoint exports one\n")
+	} else {
+		fmt.Fprintf(e.stdout, "witnesses    %d: the log holds each, unchanged\n", len(witnesses))
 	}
 	if rep.Unsealed > 0 {
 		fmt.Fprintf(e.stdout, "note: the last %d records are not sealed by a checkpoint yet (an interrupted kiln?)\n", rep.Unsealed)
@@ -295,4 +314,45 @@ func groupBoard(f *fleet.File, name string) string {
 		}
 	}
 	return ""
+}
+
+// runLogCheckpoint seals the log with a new signed checkpoint and exports
+// it: kept elsewhere, it lets kiln log verify --witness notice the log cut
+// back or rewritten to any point before it.
+func runLogCheckpoint(c *cli.Context) error {
+	if err := argN(c, 0, "no arguments"); err != nil {
+		return err
+	}
+	e := envOf(c)
+	p := logPath(c)
+	if p == "" {
+		return usagef("log checkpoint: --log off names no log")
+	}
+	key, err := logSigningKey()
+	if err != nil {
+		return err
+	}
+	if key == nil {
+		return withHint(fmt.Errorf("log checkpoint: no signing key (%s)", logKeyPath()), "kiln keygen makes one (an encrypted key cannot sign unattended)")
+	}
+	l, err := auditlog.Open(p, key, auditlog.Options{})
+	if err != nil {
+		return err
+	}
+	head, err := l.Head()
+	if cerr := l.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if out := c.String("out"); out != "" {
+		if err := store.Publish(filepath.Dir(out), []store.File{{Name: filepath.Base(out), Data: head}}); err != nil {
+			return fmt.Errorf("log checkpoint: %w", err)
+		}
+		fmt.Fprintf(e.stderr, "signed head of %s written to %s: keep it where the log's writers cannot change it\n", p, out)
+		return nil
+	}
+	_, err = e.stdout.Write(head)
+	return err
 }

@@ -76,7 +76,7 @@ func runStation(c *cli.Context) error {
 		if opts.LogKey, err = trust.ParseSecretKey(data, nil); err != nil {
 			return fmt.Errorf("station: log key %s: %w", cfg.LogKey, err)
 		}
-	} else if opts.LogKey, err = logSigningKey(log); err != nil {
+	} else if opts.LogKey, err = logSigningKey(); err != nil {
 		return withHint(err, "set log_key in the station file or KILN_LOG_KEY to a minisign secret key")
 	}
 	// The policy: --policy, else the file's, else $KILN_POLICY.
