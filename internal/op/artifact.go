@@ -218,6 +218,14 @@ func LoadDisk(path string, opts LoadOptions) (a *Artifact, err error) {
 	if a.Bmap, err = readBmap(path, opts.Bmap); err != nil {
 		return nil, err
 	}
+	if a.Bmap != nil {
+		// The bmap must describe the image before a byte goes out: data it
+		// leaves out, or a range whose checksum differs, is refused here
+		// (the write checks it again as it streams).
+		if err := a.checkBmap(); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -265,6 +273,19 @@ func readBmap(img, name string) (*disk.Bmap, error) {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return bm, nil
+}
+
+// checkBmap reads the private plain image through its bmap's check.
+func (a *Artifact) checkBmap() error {
+	f, err := os.Open(a.plain)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := a.Bmap.Stream(f, func(int64, []byte) error { return nil }); err != nil {
+		return fmt.Errorf("%s: %w", a.Path, err)
+	}
+	return nil
 }
 
 // DiskPath is the private plain image a disk back end writes from.
