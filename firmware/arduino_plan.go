@@ -140,6 +140,11 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, []mount, er
 		return nil, nil, fmt.Errorf("%s: input %s: %w", b.r.File, spec.Core, err)
 	}
 	sel := arduino.Selection{Board: spec.Board, Options: spec.Options, Props: map[string]string{}}
+	for k, v := range spec.Properties {
+		sel.Props[k] = v
+	}
+	// The board the core describes, with the recipe's options and
+	// properties, must be the kiln board: same MCU, clock, flash.
 	if err := pl.Check(sel, arduino.Target{Name: b.board.Name, MCU: b.board.MCU, CPUHz: b.board.CPUHz, FlashSize: b.board.Flash.Size}); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", b.r.File, err)
 	}
@@ -173,7 +178,11 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, []mount, er
 			if err != nil {
 				return nil, nil, fmt.Errorf("%s: input %s: %w", b.r.File, name, err)
 			}
-			folder := LibraryFolder(root, name)
+			fallback := name
+			if root != b.inputs[name] {
+				fallback = filepath.Base(root) // a legacy library's folder in its archive
+			}
+			folder := LibraryFolder(root, fallback)
 			if other, dup := folders[folder]; dup {
 				return nil, nil, fmt.Errorf("%s: %w: inputs %s and %s hold the same library %s", b.r.File, recipes.ErrInvalid, other, name, folder)
 			}
@@ -183,6 +192,7 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, []mount, er
 			if rel != "." {
 				target += "/" + filepath.ToSlash(rel)
 			}
+			b.libMap = append(b.libMap, p.build+"/"+arduinoLibDir+"/"+folder, root)
 			if err := os.Symlink(target, filepath.Join(libs, folder)); err != nil {
 				return nil, nil, err
 			}
@@ -227,6 +237,7 @@ func (b *builder) planArduino(hostBuild string, p paths) ([]command, []mount, er
 // entries, the build directory to where it was kept.
 func (b *builder) pathMap(p paths, hostBuild, sketchDir, base string) *strings.Replacer {
 	pairs := []string{p.build + "/" + arduinoSketchDir + "/" + base, sketchDir}
+	pairs = append(pairs, b.libMap...)
 	names := make([]string, 0, len(b.inputs))
 	for n := range b.inputs {
 		names = append(names, n)

@@ -267,8 +267,10 @@ type builder struct {
 	inputRoots map[string][2]string
 	impure     []Impurity
 	sandboxed  bool
-	// arduinoMap maps an arduino build's sandbox paths back to the host's.
+	// arduinoMap maps an arduino build's sandbox paths back to the host's;
+	// libMap holds the library pairs for it.
 	arduinoMap *strings.Replacer
+	libMap     []string
 }
 
 // prepare fetches (or finds) the toolchain and inputs, verifies their store
@@ -399,14 +401,14 @@ func (b *builder) run(ctx context.Context) (map[string][]byte, *Manifest, error)
 		t := time.Now()
 		rep, err := runSandboxed(ctx, pl)
 		if err != nil {
-			return nil, nil, b.wrapErr(err)
+			return nil, nil, b.keepLog(hostBuild, b.wrapErr(err))
 		}
 		b.logStages(pl, rep, time.Since(t))
 	} else {
 		t := time.Now()
 		rep := runPlan(ctx, pl)
 		if !rep.OK {
-			return nil, nil, b.wrapErr(rep.err())
+			return nil, nil, b.keepLog(hostBuild, b.wrapErr(rep.err()))
 		}
 		b.logStages(pl, &rep, time.Since(t))
 	}
@@ -457,6 +459,26 @@ func (b *builder) logStages(pl *plan, rep *report, total time.Duration) {
 // ldOverflow is how GNU ld reports a program too big for a memory region
 // (older versions say only that a section "will not fit").
 var ldOverflow = regexp.MustCompile("(?:region `([^']+)' overflowed by ([0-9]+) bytes|will not fit in region `([^']+)')")
+
+// keepLog copies a failed build's build.log (paths mapped to the host's)
+// to the output directory and names it in the error.
+func (b *builder) keepLog(hostBuild string, err error) error {
+	var ce *CommandError
+	data, rerr := os.ReadFile(filepath.Join(hostBuild, outDir, BuildLogName))
+	if rerr != nil || b.opts.Out == "" || !errors.As(err, &ce) {
+		return err
+	}
+	if b.arduinoMap != nil {
+		data = []byte(b.arduinoMap.Replace(string(data)))
+	}
+	if os.MkdirAll(b.opts.Out, 0o755) == nil {
+		p := filepath.Join(b.opts.Out, BuildLogName)
+		if os.WriteFile(p, data, 0o644) == nil {
+			ce.Log = p
+		}
+	}
+	return err
+}
 
 func (b *builder) wrapErr(err error) error {
 	var ce *CommandError

@@ -106,6 +106,8 @@ type CommandError struct {
 	Argv   []string
 	Output string
 	Err    string
+	// Log is where the failed build's build.log was kept ("" if nowhere).
+	Log string
 }
 
 func (e *CommandError) Error() string {

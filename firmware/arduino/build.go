@@ -654,8 +654,8 @@ func (b *builder) compileAll(ctx context.Context, cs []compile) error {
 		jobs = 1
 	}
 	type result struct {
-		out []byte
-		err error
+		cmd, out []byte
+		err      error
 	}
 	res := make([]result, len(cs))
 	work := make(chan int)
@@ -665,7 +665,7 @@ func (b *builder) compileAll(ctx context.Context, cs []compile) error {
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				res[i].out, res[i].err = b.compileOne(ctx, cs[i])
+				res[i].cmd, res[i].out, res[i].err = b.compileOne(ctx, cs[i])
 			}
 		}()
 	}
@@ -677,11 +677,12 @@ func (b *builder) compileAll(ctx context.Context, cs []compile) error {
 	var failed []string
 	var first error
 	for i, r := range res {
+		b.log.Write(r.cmd)
 		b.log.Write(r.out)
 		if r.err != nil {
 			failed = append(failed, string(r.out))
 			if first == nil {
-				first = &CompileError{What: "compile " + cs[i].src, Err: r.err}
+				first = &CompileError{What: "compile " + b.sourceName(cs[i].src), Err: r.err}
 			}
 		}
 	}
@@ -693,31 +694,44 @@ func (b *builder) compileAll(ctx context.Context, cs []compile) error {
 	return nil
 }
 
-// compileOne runs one compile and returns its log text (command line and
-// output).
-func (b *builder) compileOne(ctx context.Context, c compile) ([]byte, error) {
+// sourceName names a compiled file for messages: a sketch file by its
+// path in the sketch (the merged .ino.cpp by the main .ino).
+func (b *builder) sourceName(src string) string {
+	rel, err := filepath.Rel(b.sketchBuild, src)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return src
+	}
+	if rel == filepath.Base(b.sk.Main.Path)+".cpp" {
+		return b.sk.Main.Path
+	}
+	return filepath.Join(b.sk.Dir, rel)
+}
+
+// compileOne runs one compile and returns its command line (for the log)
+// and output.
+func (b *builder) compileOne(ctx context.Context, c compile) ([]byte, []byte, error) {
 	p := b.props.Clone()
 	p["includes"] = joinIncludes(c.includes)
 	p["source_file"] = c.src
 	p["object_file"] = c.obj
 	argv, err := SplitCommand(p.Expand(p[c.recipe]))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(c.obj), 0o755); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	cmdline := []byte(commandLine(argv) + "\n")
 	key := b.cacheKey("obj", c.src, argv...)
 	if key != "" {
 		if data, err := os.ReadFile(key); err == nil {
-			return []byte(commandLine(argv) + "\n"), os.WriteFile(c.obj, data, 0o644)
+			return cmdline, nil, os.WriteFile(c.obj, data, 0o644)
 		}
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = b.env
 	cmd.Dir = b.job.BuildPath
 	var out bytes.Buffer
-	out.WriteString(commandLine(argv) + "\n")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()
 	if err == nil && key != "" {
@@ -725,5 +739,5 @@ func (b *builder) compileOne(ctx context.Context, c compile) ([]byte, error) {
 			putCache(key, data)
 		}
 	}
-	return out.Bytes(), err
+	return cmdline, out.Bytes(), err
 }

@@ -268,6 +268,7 @@ type Target struct {
 // larger than the target's application flash.
 func (pl *Platform) Check(sel Selection, t Target) error {
 	p, err := pl.BuildProps(sel, "", "", 0)
+	p = expandAll(p)
 	if err != nil {
 		return err
 	}
@@ -296,4 +297,13 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// expandAll expands every value (for checks of values that name others).
+func expandAll(p Props) Props {
+	q := Props{}
+	for k, v := range p {
+		q[k] = p.Expand(v)
+	}
+	return q
 }

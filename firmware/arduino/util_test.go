@@ -29,3 +29,13 @@ func hasMain(dir string) bool {
 	}
 	return false
 }
+
+// makeWritable lets the test clean up a store (entries are read-only).
+func makeWritable(dir string) {
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.IsDir() {
+			os.Chmod(p, 0o755)
+		}
+		return nil
+	})
+}

@@ -77,6 +77,13 @@ func runBuild(c *cli.Context) error {
 	prev, _ := firmware.ReadManifest(out)
 	res, err := firmware.Build(c.Context, opts)
 	if err != nil {
+		var ce *firmware.CommandError
+		if errors.As(err, &ce) && ce.Log != "" {
+			// An arduino build: the compiler's whole output, with host
+			// paths (file:line:col), then kiln's line.
+			fmt.Fprint(e.stderr, strings.TrimRight(ce.Output, "\n")+"\n")
+			return withHint(err, "every command and its output: "+ce.Log)
+		}
 		return buildHints(err)
 	}
 	// Evidence beside manifest.json (sign.go): sbom.cdx.json, provenance.json.
