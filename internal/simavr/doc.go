@@ -28,4 +28,16 @@
 // A flashing tool sees Sim.Port as it would see /dev/ttyACM0 on a real Uno.
 // Sim.Stats counts the bytes that crossed the line and any receive overruns
 // (bytes a real ATmega would have lost).
+//
+// A second harness (harness/firmware_sim.c, RunFirmware) runs a whole flash
+// image, application and optionally bootloader, for a number of core cycles
+// and reports what the firmware did, each at its cycle: the bytes UART0
+// sent (timed at the true frame length), level changes of chosen port pins,
+// the bootloader handing over to the application, watchdog resets, halts.
+// Bytes for UART0's receiver go on the line with the same wire model as
+// above; ADC channels and input pins can be driven. It keeps MCUSR's reset
+// flags across resets as a real ATmega does (simavr clears them, and then
+// Optiboot, started by an external reset and timing out through the
+// watchdog, cannot turn the watchdog off). FirmwareHarness compiles it once
+// into the user's cache. kiln run and kiln test use it (package sim).
 package simavr
