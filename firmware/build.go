@@ -769,7 +769,7 @@ func (b *builder) manifest(files map[string][]byte, imgs *Images) *Manifest {
 		if len(pk.Sources) > 0 {
 			src = pk.Sources[0]
 		}
-		m.Toolchain.Packages = append(m.Toolchain.Packages, PackageRef{Name: pk.Name, Source: src, SHA256: pk.SHA256})
+		m.Toolchain.Packages = append(m.Toolchain.Packages, PackageRef{Name: pk.Name, Source: src, SHA256: pk.SHA256, Linked: pk.Linked})
 	}
 	for _, in := range b.r.Inputs {
 		m.Inputs = append(m.Inputs, InputRef{Name: in.Name, SHA256: in.SHA256, Sources: in.Sources})

@@ -70,6 +70,8 @@ type PackageRef struct {
 	Name   string `json:"name"`
 	Source string `json:"source,omitempty"`
 	SHA256 string `json:"sha256"`
+	// Linked: its code is linked into the firmware (libc, libgcc, newlib).
+	Linked bool `json:"linked,omitempty"`
 }
 
 // InputRef is one pinned input of the recipe.

@@ -93,6 +93,11 @@ type Input struct {
 	// content) unpacked, with the path rules of a .deb: no "..", no
 	// absolute paths, no links leaving the tree. Library archives are.
 	Unpack bool `toml:"unpack,omitempty" json:"unpack,omitempty"`
+	// Linked marks a toolchain package whose code is linked into the
+	// firmware (the C library, libgcc, newlib): the SBOM lists it as
+	// required, where the compiler that only ran is excluded. It is not
+	// part of the derivation.
+	Linked bool `toml:"linked,omitempty" json:"linked,omitempty"`
 	// Dir is the base of relative file: sources (the recipe directory);
 	// Load sets it. It is not part of the derivation.
 	Dir string `toml:"-" json:"-"`

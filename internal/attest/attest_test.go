@@ -51,7 +51,7 @@ func blinkSubject(t *testing.T) *Subject {
 		Sources: []File{{Name: "src/blink.cpp", SHA256: strings.Repeat("04", 32)}},
 	}
 	for _, p := range tc.Packages {
-		s.Packages = append(s.Packages, Package{Name: p.Name, SHA256: p.SHA256, Sources: p.Sources, Arch: "amd64"})
+		s.Packages = append(s.Packages, Package{Name: p.Name, SHA256: p.SHA256, Sources: p.Sources, Arch: "amd64", Linked: p.Linked})
 	}
 	for _, in := range r.Inputs {
 		s.Inputs = append(s.Inputs, Package{Name: in.Name, SHA256: in.SHA256, Sources: in.Sources, Arch: "all"})
@@ -382,5 +382,52 @@ contents = [{ from = "src:files", to = "/" }]
 	}
 	if !strings.Contains(string(payload), `"name":"image.img"`) || !strings.Contains(string(payload), `"derivation":"`+res.Derivation+`"`) {
 		t.Errorf("statement: %s", payload)
+	}
+}
+
+// Code linked into the firmware (avr-libc, libgcc in gcc-avr) is
+// "required", the rest of the toolchain "excluded"; a foreign-architecture
+// package's purl names the package and its architecture; the tool entry
+// names kiln's version and the builder digest.
+func TestSBOMScopesAndForeignPURL(t *testing.T) {
+	s := blinkSubject(t)
+	s.BuilderDigest = strings.Repeat("cd", 32)
+	sbom, err := SBOM(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Metadata struct {
+			Tools struct {
+				Components []struct {
+					Name, Version string
+					Properties    []struct{ Name, Value string }
+				}
+			}
+		}
+		Components []struct {
+			Name, Scope string
+		}
+	}
+	if err := json.Unmarshal(sbom, &doc); err != nil {
+		t.Fatal(err)
+	}
+	scope := map[string]string{}
+	for _, c := range doc.Components {
+		scope[c.Name] = c.Scope
+	}
+	for name, want := range map[string]string{"avr-libc": "required", "gcc-avr": "required", "binutils-avr": "excluded",
+		"libmpc3": "excluded", "arduino-core-avr": "required"} {
+		if scope[name] != want {
+			t.Errorf("%s: scope %q, want %q", name, scope[name], want)
+		}
+	}
+	tools := doc.Metadata.Tools.Components
+	if len(tools) != 1 || tools[0].Name != "kiln" || tools[0].Version == "" || !strings.Contains(string(sbom), s.BuilderDigest) {
+		t.Errorf("tool entry: %+v", tools)
+	}
+	p := Package{Name: "kernel", Sources: []string{"deb:linux-image-6.1.0-50-arm64:arm64=6.1.176-1"}, Arch: "amd64"}
+	if got, want := p.PURL(), "pkg:deb/debian/linux-image-6.1.0-50-arm64@6.1.176-1?arch=arm64"; got != want {
+		t.Errorf("purl %s, want %s", got, want)
 	}
 }

@@ -44,7 +44,7 @@ func FromManifest(m *firmware.Manifest, recipe any, arch func([]Package) map[str
 		if p.Source != "" {
 			srcs = []string{p.Source}
 		}
-		s.Packages = append(s.Packages, Package{Name: p.Name, SHA256: p.SHA256, Sources: srcs})
+		s.Packages = append(s.Packages, Package{Name: p.Name, SHA256: p.SHA256, Sources: srcs, Linked: p.Linked})
 	}
 	for _, in := range m.Inputs {
 		s.Inputs = append(s.Inputs, Package{Name: in.Name, SHA256: in.SHA256, Sources: in.Sources})
@@ -84,6 +84,9 @@ func DebArchs(ps []Package) map[string]string {
 	byDeb := map[string]string{} // "name=version" -> package name in the manifest
 	args := []string{"show", "--no-all-versions"}
 	for _, p := range ps {
+		if p.debArch() != "" {
+			continue // the source names it: deb:NAME:ARCH=VERSION
+		}
 		if n, v, ok := p.Deb(); ok && v != "" {
 			byDeb[n+"="+v] = p.Name
 			args = append(args, n+"="+v)

@@ -77,18 +77,35 @@ type Package struct {
 	// Arch is the Debian architecture of a deb: package ("amd64", "all").
 	// Empty leaves the purl without an arch qualifier.
 	Arch string
+	// Linked: a toolchain package whose code is linked into the firmware
+	// (scope "required"; the rest of a toolchain only ran: "excluded").
+	Linked bool
 }
 
 // Deb returns the Debian package name and version of p's first deb:
-// source.
+// source. A foreign-architecture source (deb:NAME:ARCH=VERSION) gives
+// NAME; debArch returns ARCH.
 func (p Package) Deb() (name, version string, ok bool) {
 	for _, s := range p.Sources {
 		if rest, found := strings.CutPrefix(s, "deb:"); found {
 			name, version, _ = strings.Cut(rest, "=")
+			name, _, _ = strings.Cut(name, ":")
 			return name, version, true
 		}
 	}
 	return "", "", false
+}
+
+// debArch is the architecture a deb:NAME:ARCH=VERSION source names ("").
+func (p Package) debArch() string {
+	for _, s := range p.Sources {
+		if rest, found := strings.CutPrefix(s, "deb:"); found {
+			name, _, _ := strings.Cut(rest, "=")
+			_, arch, _ := strings.Cut(name, ":")
+			return arch
+		}
+	}
+	return ""
 }
 
 // PURL returns the package URL: pkg:deb/debian/NAME@VERSION?arch=ARCH for
@@ -100,8 +117,12 @@ func (p Package) PURL() string {
 		if version != "" {
 			s += "@" + purlEscape(version)
 		}
-		if p.Arch != "" {
-			s += "?arch=" + purlEscape(p.Arch)
+		arch := p.debArch()
+		if arch == "" {
+			arch = p.Arch
+		}
+		if arch != "" {
+			s += "?arch=" + purlEscape(arch)
 		}
 		return s
 	}
@@ -199,10 +220,16 @@ func SBOM(s *Subject) ([]byte, error) {
 		deps = append(deps, c.BOMRef)
 	}
 	for _, p := range s.Packages {
+		// A compiler that only ran is excluded from what ships; a C
+		// library, libgcc or newlib linked into the firmware is required.
+		typ, scope, role := cdx.ComponentTypeApplication, cdx.ScopeExcluded, "toolchain"
+		if p.Linked {
+			typ, scope, role = cdx.ComponentTypeLibrary, cdx.ScopeRequired, "toolchain-linked"
+		}
 		add(cdx.Component{
-			BOMRef: "toolchain:" + p.Name, Type: cdx.ComponentTypeApplication, Name: p.Name,
-			Version: p.Version(), Hashes: hashes(p.SHA256), PackageURL: p.PURL(), Scope: cdx.ScopeExcluded,
-			Properties: props("kiln:role", "toolchain", "kiln:toolchain", s.Toolchain,
+			BOMRef: "toolchain:" + p.Name, Type: typ, Name: p.Name,
+			Version: p.Version(), Hashes: hashes(p.SHA256), PackageURL: p.PURL(), Scope: scope,
+			Properties: props("kiln:role", role, "kiln:toolchain", s.Toolchain,
 				"kiln:source", strings.Join(p.Sources, " ")),
 		})
 	}

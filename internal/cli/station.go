@@ -32,7 +32,7 @@ func init() {
 			"log; a serial number is consumed only by a verified device. On an interrupt, jobs in flight finish " +
 			"(or are recorded as aborted after the file's grace period). The audit log is verified at start and exit.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "http", Usage: "serve the live dashboard on `ADDR` (such as 127.0.0.1:8080)"},
+			&cli.StringFlag{Name: "http", Usage: "serve the live dashboard on `ADDR` (a bare :PORT is loopback only; 0.0.0.0:PORT for the network)"},
 			&cli.IntFlag{Name: "jobs", Usage: "stop after `N` jobs have finished"},
 			policyFlag, logFlag, jsonFlag,
 		},
@@ -121,11 +121,11 @@ func runStation(c *cli.Context) error {
 		return err
 	}
 	if addr := c.String("http"); addr != "" {
-		ln, err := net.Listen("tcp", addr)
+		ln, err := net.Listen("tcp", dashboard.Addr(addr))
 		if err != nil {
 			return fmt.Errorf("station: dashboard: %w", err)
 		}
-		srv := &http.Server{Handler: dashboard.Handler(s), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: dashboard.GuardHost(ln.Addr(), dashboard.Handler(s)), ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(ln)
 		defer func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
