@@ -183,7 +183,7 @@ type Provision struct {
 
 var (
 	arches    = map[string]bool{"avr": true, "cortex-m": true, "aarch64": true, "armv7": true}
-	protocols = map[string]bool{"stk500v1": true, "stk500v2": true, "stm32-uart": true, "dfuse": true, "ssh": true, "blockdev": true, "swd": true}
+	protocols = map[string]bool{"stk500v1": true, "avr109": true, "stk500v2": true, "stm32-uart": true, "dfuse": true, "ssh": true, "blockdev": true, "swd": true}
 )
 
 // KnownProtocols lists the protocol names a board file may use, sorted.

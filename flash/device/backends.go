@@ -9,6 +9,8 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/avr109"
+	"kiln.dev/kiln/flash/avr109/avr109test"
 	"kiln.dev/kiln/flash/dfu"
 	"kiln.dev/kiln/flash/dfu/dfutest"
 	"kiln.dev/kiln/flash/ssh"
@@ -89,6 +91,37 @@ var table = map[string]*Backend{
 		Hints: func(err error, port string) []string {
 			if errors.Is(err, stk500.ErrNoSync) {
 				return noAnswerHints(port)
+			}
+			return nil
+		},
+	},
+	"avr109": {
+		// Caterina (ATmega32u4: Leonardo, Micro): the board's USB serial
+		// port restarts into the bootloader on a 1200 bps touch and comes
+		// back as a new port (flash/serialport finds it).
+		Protocol: "avr109", Resets: serialResets,
+		Connect: func(ctx context.Context, line *Line, b *boards.Board, opts Options) (Session, error) {
+			sig, err := b.AVRSignature()
+			if err != nil {
+				return nil, err
+			}
+			c := avr109.New(line, avr109.Config{Signature: sig, PageSize: int(b.Flash.Page), Timeout: opts.Timeout, Tries: opts.Tries})
+			if err := c.Connect(ctx); err != nil {
+				return nil, err
+			}
+			return NewSession(c, c, c, line), nil
+		},
+		Emulate: func(b *boards.Board, opts EmulatorOptions) (Emulator, error) {
+			cfg, err := avr109test.ForBoard(b)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Pace = opts.Pace
+			return avr109test.New(cfg), nil
+		},
+		Hints: func(err error, port string) []string {
+			if errors.Is(err, avr109.ErrNoSync) {
+				return []string{"is the board in its bootloader? a Leonardo or Micro enters it on a 1200 bps touch (its reset = \"1200bps\") or a double press of reset, for 8 s"}
 			}
 			return nil
 		},

@@ -182,7 +182,7 @@ func openLine(ctx context.Context, spec string, b *boards.Board, protocol string
 	if err != nil {
 		return nil, err
 	}
-	l := &Line{ReadWriteCloser: p, Name: path}
+	l := &Line{ReadWriteCloser: p, Name: p.Name()} // the bootloader may have come back on another port
 	if reset != "" && reset != "none" && reset != "1200bps" {
 		l.Reset = p.Reset
 	}

@@ -79,8 +79,13 @@ func Open(ctx context.Context, path string, opts Options) (*Port, error) {
 			return nil, fmt.Errorf("serialport: reset pin %q: no such GPIO (is the fixture's GPIO driver loaded?)", name)
 		}
 	case opts.Reset == "1200bps":
-		if err := touch1200(ctx, path); err != nil {
+		boot, err := touch1200(ctx, path)
+		if err != nil {
 			return nil, err
+		}
+		if boot != path {
+			opts.Note(fmt.Sprintf("%s restarted into its bootloader at %s", path, boot))
+			path, pt.name = boot, boot
 		}
 	}
 	p, err := serial.Open(path, &serial.Mode{BaudRate: opts.Baud})
@@ -192,27 +197,50 @@ func wait(ctx context.Context, d time.Duration) error {
 }
 
 // touch1200 opens the port at 1200 baud and closes it: boards with a native
-// USB port restart into their bootloader, often under a new device node.
-// It waits (polling) for the port to exist again.
-func touch1200(ctx context.Context, path string) error {
+// USB port (the ATmega32u4's Caterina) restart into their bootloader, which
+// enumerates as a port of its own. It returns the bootloader's port: one that
+// appeared after the touch, else path once it has gone and come back, else
+// path if it never went away (a pty, an adapter that does not re-enumerate).
+func touch1200(ctx context.Context, path string) (string, error) {
+	before := portSet()
 	p, err := serial.Open(path, &serial.Mode{BaudRate: 1200})
 	if err != nil {
-		return fmt.Errorf("serialport: 1200 bps touch of %s: %w", path, err)
+		return "", fmt.Errorf("serialport: 1200 bps touch of %s: %w", path, err)
 	}
 	_ = p.SetDTR(false)
 	p.Close()
-	deadline := time.Now().Add(4 * time.Second)
+	start := time.Now()
+	gone := false
 	for {
-		if err := wait(ctx, 100*time.Millisecond); err != nil {
-			return err
+		if err := wait(ctx, 50*time.Millisecond); err != nil {
+			return "", err
 		}
-		if _, err := os.Stat(path); err == nil {
-			return nil
+		for name := range portSet() {
+			if !before[name] && name != path {
+				return name, nil
+			}
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("serialport: %s did not come back after the 1200 bps touch: %w", path, flash.ErrNoDevice)
+		_, err := os.Stat(path)
+		switch {
+		case err != nil:
+			gone = true
+		case gone || time.Since(start) > time.Second:
+			return path, nil
+		}
+		if time.Since(start) > 8*time.Second {
+			return "", fmt.Errorf("serialport: %s did not come back after the 1200 bps touch, and no new port appeared: %w", path, flash.ErrNoDevice)
 		}
 	}
+}
+
+// portSet names the serial ports ListPorts sees now.
+func portSet() map[string]bool {
+	set := map[string]bool{}
+	ports, _ := ListPorts()
+	for _, p := range ports {
+		set[p.Name] = true
+	}
+	return set
 }
 
 // ListPorts lists the serial ports; tests replace it.

@@ -151,3 +151,44 @@ func TestTouch1200(t *testing.T) {
 		t.Fatalf("missing port: %v", err)
 	}
 }
+
+// A board whose bootloader enumerates as a new port after the touch (a
+// Leonardo's Caterina under another USB product ID): Open ends up on the new
+// port and says so.
+func TestTouch1200NewPort(t *testing.T) {
+	app, appTTY, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	defer appTTY.Close()
+	boot, bootTTY, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer boot.Close()
+	defer bootTTY.Close()
+	calls := 0
+	ListPorts = func() ([]*enumerator.PortDetails, error) {
+		calls++
+		if calls == 1 { // before the touch: only the sketch's port
+			return []*enumerator.PortDetails{{Name: appTTY.Name(), IsUSB: true, VID: "2341", PID: "8036"}}, nil
+		}
+		return []*enumerator.PortDetails{{Name: bootTTY.Name(), IsUSB: true, VID: "2341", PID: "0036"}}, nil
+	}
+	defer func() { ListPorts = enumerator.GetDetailedPortsList }()
+	var notes []string
+	p, err := Open(context.Background(), appTTY.Name(), Options{Reset: "1200bps", Note: func(s string) { notes = append(notes, s) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.Name() != bootTTY.Name() || len(notes) != 1 || !strings.Contains(notes[0], "bootloader at "+bootTTY.Name()) {
+		t.Fatalf("port %s, notes %q: want the bootloader's new port %s", p.Name(), notes, bootTTY.Name())
+	}
+	p.Write([]byte("S"))
+	buf := make([]byte, 1)
+	if _, err := boot.Read(buf); err != nil || buf[0] != 'S' {
+		t.Fatalf("the byte went elsewhere: %q %v", buf, err)
+	}
+}
