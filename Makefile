@@ -8,7 +8,7 @@ export GOFLAGS ?= -mod=mod
 # the real peers (avrdude, stm32flash, simavr, dfu-util, sshd, qemu) and the
 # real validators (fsck.vfat, e2fsck, sfdisk, unsquashfs, minisign, bmaptool).
 DEB_PACKAGES := \
-	gcc-avr binutils-avr avr-libc arduino-core-avr arduino-builder \
+	gcc-avr binutils-avr avr-libc arduino-core-avr arduino-builder arduino \
 	gcc-arm-none-eabi binutils-arm-none-eabi libnewlib-arm-none-eabi libnewlib-dev \
 	avrdude stm32flash dfu-util simavr libsimavr-dev libelf-dev gcc libc6-dev pkg-config \
 	libusb-1.0-0-dev openssh-server openssh-client iproute2 util-linux fdisk \
