@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -63,6 +64,9 @@ func runQEMU(ctx context.Context, opts Options) (*Result, error) {
 		// The exact bytes a flasher writes, at the board's flash base.
 		"-device", fmt.Sprintf("loader,file=%s,addr=0x%x,force-raw=on", imgFile, base))
 	cmd := exec.Command(bin, args...)
+	// QEMU dies with kiln: killed by a signal (a closed stdout pipe), kiln
+	// runs no deferred clean-up, and QEMU would run on, flat out.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	if opts.Stderr != nil {

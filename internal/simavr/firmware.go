@@ -180,6 +180,8 @@ func RunFirmware(ctx context.Context, opts RunOptions, on func(Event)) (End, err
 	}
 	args = append(args, flashFile)
 	cmd := exec.Command(harness, args...)
+	// The harness dies with kiln (see the harness's own check of its stdout).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr strings.Builder
 	if opts.Stderr != nil {
 		cmd.Stderr = io.MultiWriter(opts.Stderr, &stderr)

@@ -453,6 +453,9 @@ int main(int argc, char **argv)
 			}
 		}
 		wire_kick(&wire);
+		/* Nobody reads the events any more (kiln is gone): stop. */
+		if (ferror(out))
+			break;
 		if (speed > 0) {
 			fflush(out);
 			uint64_t sim_ns = (uint64_t)((double)(avr->cycle - cyc0) * 1e9 / freq / speed);
