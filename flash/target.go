@@ -13,6 +13,18 @@ import (
 // phase is "erase", "write", "read" or "verify". It may be nil.
 type Progress func(phase string, done, total int64)
 
+// Note is how kiln's packages tell the user something that is not an
+// error (a port without modem lines, a retried block): printf-style, and
+// the only note signature in kiln. It may be nil.
+type Note func(format string, args ...any)
+
+// Printf calls n if it is not nil.
+func (n Note) Printf(format string, args ...any) {
+	if n != nil {
+		n(format, args...)
+	}
+}
+
 // Report calls p if it is not nil.
 func (p Progress) Report(phase string, done, total int64) {
 	if p != nil {

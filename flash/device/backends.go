@@ -162,7 +162,7 @@ var table = map[string]*Backend{
 		Connect: func(ctx context.Context, line *Line, b *boards.Board, opts Options) (Session, error) {
 			t, err := stm32.Open(ctx, line, b, stm32.Options{
 				Baud: baudOf(b, opts), Timeout: opts.Timeout, SyncTries: opts.Tries, Reset: line.Reset,
-				Note: func(format string, args ...any) { opts.Note(fmt.Sprintf(format, args...)) },
+				Note: opts.Note,
 			})
 			if err != nil {
 				return nil, err
@@ -224,7 +224,7 @@ var table = map[string]*Backend{
 		// Both are the same swd.Target.
 		Protocol: "swd", Ports: []string{"swd:"}, PortKind: "SWD debug probe", Resets: []string{"none"},
 		Open: func(ctx context.Context, spec string, b *boards.Board, opts Options) (Session, error) {
-			return swd.OpenUSB(ctx, spec, b, swd.Options{Unprotect: opts.Unprotect, Note: opts.Note})
+			return swd.OpenUSB(ctx, spec, b, swd.Options{Unprotect: opts.Unprotect, Note: noteLine(opts.Note)})
 		},
 		OpenEmulator: func(model, b *boards.Board, opts Options) (Session, error) {
 			chip, err := swdtest.NewChip(model)
@@ -234,7 +234,7 @@ var table = map[string]*Backend{
 			if opts.Emulator.Pace {
 				chip.TimeScale = 1
 			}
-			return swd.Open(context.Background(), swdtest.NewProbe(chip, "EMU-"+model.Name), b, swd.Options{Unprotect: opts.Unprotect, Note: opts.Note})
+			return swd.Open(context.Background(), swdtest.NewProbe(chip, "EMU-"+model.Name), b, swd.Options{Unprotect: opts.Unprotect, Note: noteLine(opts.Note)})
 		},
 		Hints: func(err error, port string) []string {
 			switch {
@@ -358,6 +358,11 @@ func Hints(err error, port string) []string {
 func noAnswerHints(port string) []string {
 	return []string{"is the board in bootloader mode? (press reset just before flashing if the port cannot reset it)",
 		"is the baud rate right (--baud)?", "is " + port + " the board's port, and is no other program using it?"}
+}
+
+// noteLine adapts a note to a back end that still takes whole lines.
+func noteLine(n flash.Note) func(string) {
+	return func(s string) { n.Printf("%s", s) }
 }
 
 func baudOf(b *boards.Board, opts Options) int {

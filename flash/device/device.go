@@ -35,7 +35,7 @@ type Options struct {
 	// Pins resolves gpio:NAME resets (tests pass periph's gpiotest pins).
 	Pins map[string]serialport.Pin
 	// Note receives remarks for the user, such as a port without modem lines.
-	Note func(string)
+	Note flash.Note
 	// Timeout is a protocol's per-answer timeout; Tries its sync attempts.
 	// Zero keeps the back end's defaults.
 	Timeout time.Duration
@@ -56,9 +56,6 @@ func Open(ctx context.Context, spec string, b *boards.Board, protocol string, op
 	be, err := Resolve(spec, b, protocol)
 	if err != nil {
 		return nil, err
-	}
-	if opts.Note == nil {
-		opts.Note = func(string) {}
 	}
 	if name, ok := strings.CutPrefix(spec, "emu:"); ok && be.OpenEmulator != nil {
 		// emu:BOARD#N is the Nth of several emulated boards of one kind
@@ -197,7 +194,7 @@ func openEmulator(name, protocol string, opts Options) (*Line, error) {
 		return nil, fmt.Errorf("device: emu:%s: %w", name, err)
 	}
 	if !eb.Supports(protocol) {
-		opts.Note(fmt.Sprintf("emu:%s speaks %s, not %s", name, eb.Protocol, protocol))
+		opts.Note.Printf("emu:%s speaks %s, not %s", name, eb.Protocol, protocol)
 	}
 	emu, _, err := NewEmulator(eb, protocol, opts.Emulator)
 	if err != nil {

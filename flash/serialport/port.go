@@ -45,7 +45,7 @@ type Options struct {
 	// periph.io's gpioreg.
 	Pins map[string]Pin
 	// Note receives remarks for the user (a port without modem lines).
-	Note func(string)
+	Note flash.Note
 }
 
 // Port is an open serial line.
@@ -63,9 +63,6 @@ type Port struct {
 func Open(ctx context.Context, path string, opts Options) (*Port, error) {
 	if opts.Baud <= 0 {
 		opts.Baud = 115200
-	}
-	if opts.Note == nil {
-		opts.Note = func(string) {}
 	}
 	pt := &Port{name: path, opts: opts, modem: true}
 	switch {
@@ -139,7 +136,7 @@ func (p *Port) setLines(on bool) (bool, error) {
 		if noModem(err) {
 			p.modem = false
 			p.noted.Do(func() {
-				p.opts.Note(fmt.Sprintf("port %s has no modem lines (a pseudo-terminal?): kiln cannot reset the board; start its bootloader by hand", p.name))
+				p.opts.Note.Printf("port %s has no modem lines (a pseudo-terminal?): kiln cannot reset the board; start its bootloader by hand", p.name)
 			})
 			return false, nil
 		}

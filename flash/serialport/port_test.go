@@ -3,6 +3,7 @@ package serialport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -24,7 +25,7 @@ func TestPTYHasNoModemLines(t *testing.T) {
 	defer ptmx.Close()
 	defer tty.Close()
 	var notes []string
-	p, err := Open(context.Background(), tty.Name(), Options{Baud: 115200, Reset: "dtr", Note: func(s string) { notes = append(notes, s) }})
+	p, err := Open(context.Background(), tty.Name(), Options{Baud: 115200, Reset: "dtr", Note: func(f string, a ...any) { notes = append(notes, fmt.Sprintf(f, a...)) }})
 	if err != nil {
 		t.Fatal(err)
 	}

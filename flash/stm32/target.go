@@ -35,7 +35,7 @@ type Options struct {
 	Reset func(ctx context.Context) error
 	// Note, if set, is told about recoveries (a retried block, a re-erased
 	// page) and about what could not be read (the unique ID).
-	Note func(format string, args ...any)
+	Note flash.Note
 }
 
 // Info is what the bootloader said about itself.

@@ -66,6 +66,12 @@ type env struct {
 	json           bool
 }
 
+// note prints a remark for the user on stderr ("note: ..."): the
+// flash.Note every library is given.
+func (e *env) note(format string, a ...any) {
+	fmt.Fprintf(e.stderr, "note: "+format+"\n", a...)
+}
+
 // printJSON writes v as one JSON object.
 func (e *env) printJSON(v any) error {
 	enc := json.NewEncoder(e.stdout)

@@ -245,8 +245,7 @@ func compareDevice(c *cli.Context, port string, rebuilt []byte, m *firmware.Mani
 	}
 	bar := newProgress(e.stderr, c.Bool("json"))
 	req := op.Request{Port: port, Protocol: c.String("protocol"), Progress: bar.Func(), Open: openDevice,
-		Device: device.Options{Baud: c.Int("baud"), Note: func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) }},
-		Note:   func(format string, a ...any) { fmt.Fprintf(e.stderr, "note: "+format+"\n", a...) }}
+		Device: device.Options{Baud: c.Int("baud"), Note: e.note}, Note: e.note}
 	dev, id, err := op.Read(c.Context, req, b, want.Regions())
 	bar.Done()
 	if err != nil {

@@ -61,7 +61,7 @@ func flashRequest(c *cli.Context) (op.Request, error) {
 		Device: device.Options{
 			Baud:      c.Int("baud"),
 			Unprotect: c.Bool("unprotect"),
-			Note:      func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) },
+			Note:      e.note,
 		},
 		Disk:   sshOptions(c),
 		Record: func(en auditlog.Entry) error { return appendAudit(c, en) },

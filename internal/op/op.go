@@ -45,15 +45,8 @@ type Request struct {
 	Open func(ctx context.Context, spec string, b *boards.Board, protocol string, opts device.Options) (device.Session, error)
 }
 
-// Note is how packages tell the user something that is not an error.
-type Note func(format string, args ...any)
-
-// Printf calls n if it is not nil.
-func (n Note) Printf(format string, args ...any) {
-	if n != nil {
-		n(format, args...)
-	}
-}
+// Note is flash.Note: the one printf-style note signature.
+type Note = flash.Note
 
 // Report is what every device operation returns, whatever the back end:
 // the CLI prints it (and --json is this object).
@@ -144,8 +137,8 @@ func firmware(ctx context.Context, req Request, write bool) (rep *Report, err er
 		open = device.Open
 	}
 	opts := req.Device
-	if opts.Note == nil && req.Note != nil {
-		opts.Note = func(s string) { req.Note.Printf("%s", s) }
+	if opts.Note == nil {
+		opts.Note = req.Note
 	}
 	sess, err := open(ctx, req.Port, b, be.Protocol, opts)
 	if err != nil {
