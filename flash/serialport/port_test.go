@@ -179,7 +179,7 @@ func TestTouch1200NewPort(t *testing.T) {
 	}
 	defer func() { ListPorts = enumerator.GetDetailedPortsList }()
 	var notes []string
-	p, err := Open(context.Background(), appTTY.Name(), Options{Reset: "1200bps", Note: func(s string) { notes = append(notes, s) }})
+	p, err := Open(context.Background(), appTTY.Name(), Options{Reset: "1200bps", Note: func(f string, a ...any) { notes = append(notes, fmt.Sprintf(f, a...)) }})
 	if err != nil {
 		t.Fatal(err)
 	}
