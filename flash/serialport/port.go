@@ -81,7 +81,7 @@ func Open(ctx context.Context, path string, opts Options) (*Port, error) {
 			return nil, err
 		}
 		if boot != path {
-			opts.Note(fmt.Sprintf("%s restarted into its bootloader at %s", path, boot))
+			opts.Note.Printf("%s restarted into its bootloader at %s", path, boot)
 			path, pt.name = boot, boot
 		}
 	}
