@@ -648,3 +648,78 @@ func TestBuildJSON(t *testing.T) {
 		t.Errorf("no durations: %v", got.Durations)
 	}
 }
+
+// TestSandboxSeesOnlyItsMounts: a pre command in the sandbox cannot see
+// files the host has in /tmp, /run, /dev/shm or $HOME, nor a unix socket;
+// it cannot write the toolchain or its inputs; only /build (and its own
+// /tmp) take writes, and / holds the sandbox's mounts alone.
+func TestSandboxSeesOnlyItsMounts(t *testing.T) {
+	dir := t.TempDir()
+	probe, sum := buildProbe(t, dir)
+	var markers []string
+	for _, d := range []string{os.TempDir(), "/run", "/dev/shm", os.Getenv("HOME")} {
+		if d == "" {
+			continue
+		}
+		f, err := os.CreateTemp(d, "kiln-sandbox-marker-")
+		if err != nil {
+			t.Logf("no marker in %s: %v", d, err)
+			continue
+		}
+		f.Close()
+		t.Cleanup(func() { os.Remove(f.Name()) })
+		markers = append(markers, f.Name())
+	}
+	sock := filepath.Join(dir, "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	markers = append(markers, sock)
+	if len(markers) < 3 {
+		t.Fatalf("only %d host markers could be made", len(markers))
+	}
+	args := `"$in/probe/probe", "look", "/build", "/toolchain", "/toolchain/usr", "/inputs/probe", "/"`
+	for _, m := range markers {
+		args += fmt.Sprintf(", %q", m)
+	}
+	rdir := filepath.Join(dir, "look-probe")
+	writeRecipe(t, rdir, fmt.Sprintf(`name = "look-probe"
+version = "1.0.0"
+board = "bluepill"
+toolchain = "arm-none-eabi-12.2"
+sources = ["src/*.c"]
+
+[[inputs]]
+name = "probe"
+sources = ["file:%s"]
+sha256 = "%s"
+executable = true
+
+[build]
+pre = [[%s]]
+`, probe, sum, args), map[string]string{"src/main.c": "int main(void) { for (;;) {} }\n"})
+	_, err = firmware.Build(context.Background(), firmware.Options{Dir: rdir, Store: sharedStore(t)})
+	var ce *firmware.CommandError
+	if !errors.As(err, &ce) || !strings.Contains(ce.Output, "probe: look done") {
+		t.Fatalf("the probe did not run: %v", err)
+	}
+	t.Logf("the sandbox, as the probe saw it:\n%s", ce.Output)
+	want := []string{"writable: /build", "read-only: /toolchain", "read-only: /toolchain/usr", "read-only: /inputs/probe", "read-only: /"}
+	for _, m := range markers {
+		want = append(want, "hidden: "+m)
+	}
+	for _, w := range want {
+		if !strings.Contains(ce.Output, w+"\n") {
+			t.Errorf("the probe did not report %q", w)
+		}
+	}
+	allowed := map[string]bool{"/build": true, "/dev": true, "/homeless": true, "/inputs": true, "/proc": true, "/tmp": true,
+		"/toolchain": true, "/hostlib": true, "/lib64": true}
+	for _, l := range strings.Split(ce.Output, "\n") {
+		if r, ok := strings.CutPrefix(l, "root: "); ok && !allowed[r] {
+			t.Errorf("the sandbox's / holds %s", r)
+		}
+	}
+}
