@@ -326,22 +326,7 @@ func TestSandboxHasNoNetwork(t *testing.T) {
 		}
 	}()
 
-	rdir := filepath.Join(dir, "net-probe")
-	writeRecipe(t, rdir, fmt.Sprintf(`name = "net-probe"
-version = "1.0.0"
-board = "bluepill"
-toolchain = "arm-none-eabi-12.2"
-sources = ["src/*.c"]
-
-[[inputs]]
-name = "probe"
-sources = ["file:%s"]
-sha256 = "%s"
-executable = true
-
-[build]
-pre = [["$in/probe/probe", "%s"]]
-`, probe, sum, ln.Addr()), map[string]string{"src/main.c": "int main(void) { for (;;) {} }\n"})
+	rdir := writeProbeRecipe(t, dir, "net-probe", probe, sum, fmt.Sprintf(`"$in/probe/probe", %q`, ln.Addr().String()), "", "", nil)
 	s := sharedStore(t)
 	_, err = firmware.Build(context.Background(), firmware.Options{Dir: rdir, Store: s})
 	var ce *firmware.CommandError
@@ -357,6 +342,34 @@ pre = [["$in/probe/probe", "%s"]]
 		t.Fatal("the listener on the host accepted a connection from the sandbox")
 	case <-time.After(200 * time.Millisecond):
 	}
+}
+
+// writeProbeRecipe writes a bluepill recipe in dir/name whose input is the
+// probe and whose one pre command is argv (TOML strings, comma-separated);
+// top and build are more TOML lines for the recipe and its [build], files
+// the recipe's files (default: an empty main.c).
+func writeProbeRecipe(t *testing.T, dir, name, probe, sum, argv, top, build string, files map[string]string) string {
+	t.Helper()
+	rdir := filepath.Join(dir, name)
+	if files == nil {
+		files = map[string]string{"src/main.c": "int main(void) { for (;;) {} }\n"}
+	}
+	writeRecipe(t, rdir, fmt.Sprintf(`name = %q
+version = "1.0.0"
+board = "bluepill"
+toolchain = "arm-none-eabi-12.2"
+sources = ["src/*.c"]
+%s
+[[inputs]]
+name = "probe"
+sources = ["file:%s"]
+sha256 = "%s"
+executable = true
+
+[build]
+pre = [[%s]]
+%s`, name, top, probe, sum, argv, build), files)
+	return rdir
 }
 
 // buildProbe builds testdata/probe as a static program (no C library: it
@@ -382,30 +395,15 @@ func buildProbe(t *testing.T, dir string) (string, string) {
 func TestCheckFindsNondeterminism(t *testing.T) {
 	dir := t.TempDir()
 	probe, sum := buildProbe(t, dir)
-	rdir := filepath.Join(dir, "random")
-	writeRecipe(t, rdir, fmt.Sprintf(`name = "random"
-version = "1.0.0"
-board = "bluepill"
-toolchain = "arm-none-eabi-12.2"
-sources = ["src/*.c"]
-files = ["src/*.ld"]
-
-[[inputs]]
-name = "probe"
-sources = ["file:%s"]
-sha256 = "%s"
-executable = true
-
-[build]
-pre = [["$in/probe/probe", "write", "src/random.h"]]
-ldflags = ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections"]
+	rdir := writeProbeRecipe(t, dir, "random", probe, sum, `"$in/probe/probe", "write", "src/random.h"`, `files = ["src/*.ld"]`,
+		`ldflags = ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections"]
 linker_script = "$src/src/stm32f103c8.ld"
-`, probe, sum), map[string]string{"src/main.c": `#include "random.h"
+`, map[string]string{"src/main.c": `#include "random.h"
 volatile unsigned int value = RANDOM_VALUE;
 int main(void) { for (;;) { value++; } }
 `, "src/random.h": "#define RANDOM_VALUE 0u\n",
-		"src/startup.c":      readFile(t, filepath.Join(recipeDir("blink-bluepill"), "src", "startup.c")),
-		"src/stm32f103c8.ld": readFile(t, filepath.Join(recipeDir("blink-bluepill"), "src", "stm32f103c8.ld"))})
+			"src/startup.c":      readFile(t, filepath.Join(recipeDir("blink-bluepill"), "src", "startup.c")),
+			"src/stm32f103c8.ld": readFile(t, filepath.Join(recipeDir("blink-bluepill"), "src", "stm32f103c8.ld"))})
 	_, err := firmware.Build(context.Background(), firmware.Options{Dir: rdir, Store: sharedStore(t), Check: true})
 	if !errors.Is(err, firmware.ErrNotReproducible) {
 		t.Fatalf("--check of a random build: %v, want ErrNotReproducible", err)
@@ -684,22 +682,7 @@ func TestSandboxSeesOnlyItsMounts(t *testing.T) {
 	for _, m := range markers {
 		args += fmt.Sprintf(", %q", m)
 	}
-	rdir := filepath.Join(dir, "look-probe")
-	writeRecipe(t, rdir, fmt.Sprintf(`name = "look-probe"
-version = "1.0.0"
-board = "bluepill"
-toolchain = "arm-none-eabi-12.2"
-sources = ["src/*.c"]
-
-[[inputs]]
-name = "probe"
-sources = ["file:%s"]
-sha256 = "%s"
-executable = true
-
-[build]
-pre = [[%s]]
-`, probe, sum, args), map[string]string{"src/main.c": "int main(void) { for (;;) {} }\n"})
+	rdir := writeProbeRecipe(t, dir, "look-probe", probe, sum, args, "", "", nil)
 	_, err = firmware.Build(context.Background(), firmware.Options{Dir: rdir, Store: sharedStore(t)})
 	var ce *firmware.CommandError
 	if !errors.As(err, &ce) || !strings.Contains(ce.Output, "probe: look done") {
