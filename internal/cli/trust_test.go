@@ -533,27 +533,8 @@ func TestAuditBlinkUno(t *testing.T) {
 func TestSSHWritesCheckPolicyFirst(t *testing.T) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "audit.jsonl")
-	trusted, _, _ := policyFixture(t, dir)
-	policy := filepath.Join(dir, "pi-policy.toml")
-	os.WriteFile(policy, []byte("[[key]]\nname = \"release\"\npublic_key = \""+trusted.Public().String()+"\"\n\n"+
-		"[[rule]]\ngroups = [\"robots\"]\nports = [\"ssh://*\"]\nrequire_signature = true\n"), 0o644)
-	img := filepath.Join(dir, "robot.img")
-	os.WriteFile(img, randomBytes(21, 64<<10), 0o644)
-	port := "ssh://root@127.0.0.1:1/dev/mmcblk0"
-	fleetFile := filepath.Join(dir, "fleet.toml")
-	os.WriteFile(fleetFile, []byte("[[group]]\nname = \"robots\"\nimage = \"robot.img\"\n\n[[device]]\nname = \"arm-1\"\nurl = \""+port+"\"\ngroup = \"robots\"\n"), 0o644)
-
-	cmds := map[string][]string{
-		"update":       {"update", "--port", port, "--group", "robots", "--policy", policy, "--log", log, img},
-		"flash ssh":    {"flash", "--port", "ssh://root@127.0.0.1:1/dev/sdb", "--group", "robots", "--policy", policy, "--log", log, img},
-		"fleet deploy": {"fleet", "deploy", "--policy", policy, "--log", log, fleetFile},
-	}
-	for name, args := range cmds {
-		code, _, errOut := kiln(t, args...)
-		if code != ExitUntrusted || !strings.Contains(errOut, "has no signature") {
-			t.Errorf("%s, unsigned: exit %d: %s", name, code, errOut)
-		}
-	}
+	trusted, img, cmds := sshWrites(t, dir, log, `groups = ["robots"]`+"\n"+`ports = ["ssh://*"]`, "--group", "robots")
+	refusedUnsigned(t, cmds)
 	signFile(t, trusted, img, img+".minisig")
 	for name, args := range cmds {
 		code, _, errOut := kiln(t, args...)
@@ -704,73 +685,43 @@ func TestSignWithEncryptedKey(t *testing.T) {
 // any connection).
 func TestSSHPolicyWithoutBoard(t *testing.T) {
 	dir := t.TempDir()
-	log := filepath.Join(dir, "audit.jsonl")
+	_, _, cmds := sshWrites(t, dir, filepath.Join(dir, "audit.jsonl"), `boards = ["rpi-*"]`)
+	refusedUnsigned(t, cmds)
+}
+
+// sshWrites writes a policy with one signature rule (its selectors given),
+// an unsigned image and a fleet file, and returns the trusted key, the
+// image and the three commands that write it to a device over SSH (to an
+// address where nothing listens), each with extra flags.
+func sshWrites(t *testing.T, dir, log, selectors string, extra ...string) (*trust.SecretKey, string, map[string][]string) {
+	t.Helper()
 	trusted, _, _ := policyFixture(t, dir)
-	policy := filepath.Join(dir, "rpi-policy.toml")
+	policy := filepath.Join(dir, "ssh-policy.toml")
 	os.WriteFile(policy, []byte("[[key]]\nname = \"release\"\npublic_key = \""+trusted.Public().String()+"\"\n\n"+
-		"[[rule]]\nboards = [\"rpi-*\"]\nrequire_signature = true\n"), 0o644)
+		"[[rule]]\n"+selectors+"\nrequire_signature = true\n"), 0o644)
 	img := filepath.Join(dir, "robot.img")
-	os.WriteFile(img, randomBytes(22, 64<<10), 0o644)
+	os.WriteFile(img, randomBytes(21, 64<<10), 0o644)
 	port := "ssh://root@127.0.0.1:1/dev/mmcblk0"
 	fleetFile := filepath.Join(dir, "fleet.toml")
 	os.WriteFile(fleetFile, []byte("[[group]]\nname = \"robots\"\nimage = \"robot.img\"\n\n[[device]]\nname = \"arm-1\"\nurl = \""+port+"\"\ngroup = \"robots\"\n"), 0o644)
-	for name, args := range map[string][]string{
-		"update":       {"update", "--port", port, "--policy", policy, "--log", log, img},
-		"flash ssh":    {"flash", "--port", "SSH://root@127.0.0.1:1/dev/sdb", "--policy", policy, "--log", log, img},
+	with := func(args ...string) []string {
+		return append(append(args[:len(args)-1:len(args)-1], extra...), args[len(args)-1])
+	}
+	return trusted, img, map[string][]string{
+		"update":       with("update", "--port", port, "--policy", policy, "--log", log, img),
+		"flash ssh":    with("flash", "--port", "SSH://root@127.0.0.1:1/dev/sdb", "--policy", policy, "--log", log, img),
 		"fleet deploy": {"fleet", "deploy", "--policy", policy, "--log", log, fleetFile},
-	} {
-		code, _, errOut := kiln(t, args...)
-		if code != ExitUntrusted || !strings.Contains(errOut, "has no signature") {
-			t.Errorf("%s, unsigned, no --board: exit %d: %s", name, code, errOut)
-		}
 	}
 }
 
-// kiln log checkpoint exports a head signed with the operator's kiln key;
-// kiln log verify --witness reports the log cut back before it even when
-// the head file was copied back (which verify alone cannot see).
-func TestLogCheckpointWitness(t *testing.T) {
-	dir := t.TempDir()
-	key, _ := trust.GenerateKey(nil)
-	kp := filepath.Join(dir, "kiln.key")
-	os.WriteFile(kp, key.Encode(), 0o600)
-	os.WriteFile(filepath.Join(dir, "kiln.pub"), key.Public().Encode(), 0o644)
-	t.Setenv("KILN_KEY", kp)
-	t.Setenv("KILN_LOG_KEY", "")
-	log := filepath.Join(dir, "audit.jsonl")
-	hex := writeHex(t, dir, "a.hex", 0, randomBytes(5, 200))
-	flash := func() {
-		if code, _, errOut := kiln(t, "flash", "--board", "arduino-uno", "--port", "emu:arduino-uno", "--log", log, hex); code != 0 {
-			t.Fatalf("flash: %d %s", code, errOut)
+// refusedUnsigned runs each command and requires the unsigned-artifact
+// refusal (exit 4).
+func refusedUnsigned(t *testing.T, cmds map[string][]string) {
+	t.Helper()
+	for name, args := range cmds {
+		code, _, errOut := kiln(t, args...)
+		if code != ExitUntrusted || !strings.Contains(errOut, "has no signature") {
+			t.Errorf("%s, unsigned: exit %d: %s", name, code, errOut)
 		}
-	}
-	flash()
-	early, _ := os.ReadFile(log)
-	earlyHead, _ := os.ReadFile(log + ".head")
-	flash()
-	witness := filepath.Join(dir, "elsewhere", "witness")
-	if code, _, errOut := kiln(t, "log", "checkpoint", "--log", log, "--out", witness); code != 0 {
-		t.Fatalf("log checkpoint: %d %s", code, errOut)
-	}
-	if w, _ := os.ReadFile(witness); !strings.Contains(string(w), key.Public().String()) {
-		t.Fatalf("the witness is not signed with the operator's kiln key: %s", w)
-	}
-	flash()
-	if code, out, errOut := kiln(t, "log", "verify", "--log", log, "--witness", witness); code != 0 || !strings.Contains(out, "witnesses    1") {
-		t.Fatalf("intact log: %d %s %s", code, out, errOut)
-	}
-	// The last records removed and the older head copied back.
-	os.WriteFile(log, early, 0o644)
-	os.WriteFile(log+".head", earlyHead, 0o644)
-	if code, out, errOut := kiln(t, "log", "verify", "--log", log); code != 0 || !strings.Contains(out, "no --witness") {
-		t.Fatalf("without a witness the cut is not visible (documented), yet: %d %s %s", code, out, errOut)
-	}
-	if code, _, errOut := kiln(t, "log", "verify", "--log", log, "--witness", witness); code != ExitFailure || !strings.Contains(errOut, "witness 1 checkpoint") {
-		t.Fatalf("cut log with a witness: exit %d: %s", code, errOut)
-	}
-	// No kiln key: the command says what to do.
-	t.Setenv("KILN_KEY", filepath.Join(dir, "none.key"))
-	if code, _, errOut := kiln(t, "log", "checkpoint", "--log", log); code != ExitFailure || !strings.Contains(errOut, "kiln keygen") {
-		t.Fatalf("no key: exit %d: %s", code, errOut)
 	}
 }

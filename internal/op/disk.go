@@ -66,6 +66,24 @@ func diskBoard(name string, a *Artifact) (string, error) {
 	return b.Name, nil
 }
 
+// diskArtifact is load → board check → trust gate for both disk
+// operations: the image's private copy, the report filled from it.
+func diskArtifact(req Request, rep *Report) (*Artifact, error) {
+	a, err := LoadDisk(req.Artifact, req.Load)
+	if err != nil {
+		return nil, err
+	}
+	rep.Image, rep.ArtifactSHA256, rep.ImageSHA256, rep.Bytes, rep.Derivation = a.Path, a.SHA256, a.DiskSHA256, a.DiskSize, a.Derivation
+	if rep.Board, err = diskBoard(req.Board, a); err == nil {
+		rep.Trust, err = Trust(req.Policy, a, trust.Target{Board: rep.Board, Group: req.Group, Port: req.Port})
+	}
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
 // FlashDisk writes a whole disk image to the block device an ssh:// port
 // names, from the artifact's private copy, and proves it with the
 // device's own hash.
@@ -79,19 +97,12 @@ func FlashDisk(ctx context.Context, req Request) (rep *Report, err error) {
 	if !strings.HasPrefix(addr.Path, "/dev/") {
 		return rep, fmt.Errorf("%w: flash --port %s: name the block device, e.g. ssh://root@host/dev/sdb (for A/B updates use kiln update)", ErrUsage, req.Port)
 	}
-	a, err := LoadDisk(req.Artifact, req.Load)
+	defer func() { err = record(req, rep, err) }()
+	a, err := diskArtifact(req, rep)
 	if err != nil {
 		return rep, err
 	}
 	defer a.Close()
-	rep.Image, rep.ArtifactSHA256, rep.ImageSHA256, rep.Bytes, rep.Derivation = a.Path, a.SHA256, a.DiskSHA256, a.DiskSize, a.Derivation
-	if rep.Board, err = diskBoard(req.Board, a); err != nil {
-		return rep, err
-	}
-	defer func() { err = record(req, rep, err) }()
-	if rep.Trust, err = Trust(req.Policy, a, trust.Target{Board: rep.Board, Group: req.Group, Port: req.Port}); err != nil {
-		return rep, err
-	}
 	c, err := req.Disk.dialer(addr)(ctx)
 	if err != nil {
 		return rep, err
@@ -125,19 +136,12 @@ func Update(ctx context.Context, req Request) (rep *Report, err error) {
 	if err != nil {
 		return rep, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	a, err := LoadDisk(req.Artifact, req.Load)
+	defer func() { err = record(req, rep, err) }()
+	a, err := diskArtifact(req, rep)
 	if err != nil {
 		return rep, err
 	}
 	defer a.Close()
-	rep.Image, rep.ArtifactSHA256, rep.ImageSHA256, rep.Bytes, rep.Derivation = a.Path, a.SHA256, a.DiskSHA256, a.DiskSize, a.Derivation
-	if rep.Board, err = diskBoard(req.Board, a); err != nil {
-		return rep, err
-	}
-	defer func() { err = record(req, rep, err) }()
-	if rep.Trust, err = Trust(req.Policy, a, trust.Target{Board: rep.Board, Group: req.Group, Port: req.Port}); err != nil {
-		return rep, err
-	}
 	dial := req.Disk.dialer(addr)
 	opts := req.Disk.Update
 	opts.Disk = addr.Path
