@@ -82,3 +82,40 @@ func DecodeEnv(b []byte) (map[string]string, error) {
 	}
 	return vars, nil
 }
+
+// The variables of kiln's U-Boot A/B (see recipebuild's boot.scr).
+const (
+	VarSlot      = "boot_slot"
+	VarFallback  = "boot_fallback"
+	VarTrial     = "upgrade_available"
+	VarBootCount = "bootcount"
+	VarBootLimit = "bootlimit"
+)
+
+// ArmTrial sets env so that U-Boot boots slot on trial: the slot booted
+// now becomes the fallback, the boot counter restarts. Unless the system in
+// slot marks itself good (MarkGood) within bootlimit boots, U-Boot returns
+// to the fallback by itself.
+func ArmTrial(env map[string]string, slot string) error {
+	cur := env[VarSlot]
+	if cur == "" {
+		return fmt.Errorf("%w: no %s: not a kiln U-Boot A/B environment", ErrBadEnv, VarSlot)
+	}
+	if cur == slot && env[VarTrial] == "1" {
+		return fmt.Errorf("uboot env: slot %s is already on trial", slot)
+	}
+	env[VarFallback] = cur
+	env[VarSlot] = slot
+	env[VarTrial] = "1"
+	env[VarBootCount] = "0"
+	return nil
+}
+
+// MarkGood commits the slot U-Boot boots: no trial, counter cleared, the
+// slot is its own fallback. It is what `fw_setenv upgrade_available 0;
+// fw_setenv bootcount 0` does on the device, plus the fallback.
+func MarkGood(env map[string]string) {
+	env[VarTrial] = "0"
+	env[VarBootCount] = "0"
+	env[VarFallback] = env[VarSlot]
+}

@@ -1,0 +1,272 @@
+package blockdev
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/image"
+)
+
+// Refusals, each returned (wrapped) before anything is written.
+var (
+	ErrNotBlockDevice = errors.New("not a block device")
+	ErrMounted        = errors.New("device is mounted")
+	ErrSystemDisk     = errors.New("device holds the running system")
+	ErrTooSmall       = errors.New("device is smaller than the image")
+	ErrNotRemovable   = errors.New("device is not removable")
+	// ErrBadBmap: the bmap does not describe the image (size, or a range
+	// whose checksum differs, found while writing).
+	ErrBadBmap = errors.New("bmap does not match the image")
+)
+
+// Options tune Write.
+type Options struct {
+	Bmap     *image.Bmap // nil: every byte of the image is written
+	Force    bool        // write to a non-removable disk
+	Progress func(phase string, done, total int64)
+	// proc is where mountinfo and swaps are read ("" is /proc/self and
+	// /proc); tests point it at a fake one.
+	proc string
+	// beforeVerify runs between the write and the read-back (tests inject
+	// corruption there).
+	beforeVerify func(dev string) error
+}
+
+// Report is what Write did.
+type Report struct {
+	Device         string  `json:"device"`          // as given
+	Path           string  `json:"path"`            // resolved /dev node
+	ImageSize      int64   `json:"image_size"`      // bytes
+	DeviceSize     int64   `json:"device_size"`     // bytes
+	BytesWritten   int64   `json:"bytes_written"`   // mapped bytes
+	Ranges         int     `json:"ranges"`          // bmap ranges written
+	ArtifactSHA256 string  `json:"artifact_sha256"` // the whole image, holes included
+	WrittenSHA256  string  `json:"written_sha256"`  // the mapped ranges of the image
+	ReadbackSHA256 string  `json:"readback_sha256"` // the same ranges read back from the device
+	Verified       bool    `json:"verified"`
+	WriteSec       float64 `json:"write_sec"`
+	VerifySec      float64 `json:"verify_sec"`
+}
+
+const chunk = 4 << 20 // write and read unit; a multiple of every sector size
+
+// alignedBuf returns n bytes starting on a 4 KiB boundary, as O_DIRECT needs.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := int(4096 - uintptr(unsafe.Pointer(&b[0]))%4096)
+	return b[off : off+n]
+}
+
+// Write writes the image at imgPath (.img or .img.xz) to the block device
+// dev (/dev/sdX, /dev/disk/by-id/…) and proves it by reading it back.
+func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, error) {
+	rep := &Report{Device: dev}
+	path, err := filepath.EvalSymlinks(dev)
+	if err != nil {
+		return rep, fmt.Errorf("blockdev: %w", err)
+	}
+	rep.Path = path
+	f, err := os.Open(imgPath)
+	if err != nil {
+		return rep, fmt.Errorf("blockdev: %w", err)
+	}
+	defer f.Close()
+	var src io.Reader = f
+	size := int64(-1)
+	if strings.HasSuffix(imgPath, ".xz") {
+		xr := image.NewXZReader(f, 0)
+		defer xr.Close()
+		src = xr
+	} else if st, err := f.Stat(); err == nil {
+		size = st.Size()
+	}
+	bm := opts.Bmap
+	switch {
+	case bm == nil && size < 0:
+		return rep, fmt.Errorf("blockdev: %s: a compressed image needs its bmap (image.bmap beside it, or --bmap)", imgPath)
+	case bm == nil:
+		bm = &image.Bmap{ImageSize: size, BlockSize: 512, Ranges: []image.BmapRange{{First: 0, Last: (size+511)/512 - 1}}}
+	case size >= 0 && size != bm.ImageSize:
+		return rep, fmt.Errorf("blockdev: %w: %s is %d bytes, its bmap says %d", ErrBadBmap, imgPath, size, bm.ImageSize)
+	}
+	rep.ImageSize, rep.Ranges = bm.ImageSize, len(bm.Ranges)
+	for _, rg := range bm.Ranges {
+		off, n := rg.Offset(bm.BlockSize, bm.ImageSize)
+		if off%512 != 0 || n%512 != 0 {
+			return rep, fmt.Errorf("blockdev: %w: range at %d+%d is not whole 512-byte sectors", ErrBadBmap, off, n)
+		}
+		rep.BytesWritten += n
+	}
+
+	// Refusals, before the device is opened for writing.
+	if rep.DeviceSize, err = check(path, opts); err != nil {
+		return rep, err
+	}
+	if rep.DeviceSize < bm.ImageSize {
+		return rep, fmt.Errorf("blockdev: %s: %w: %d bytes, the image %d", path, ErrTooSmall, rep.DeviceSize, bm.ImageSize)
+	}
+
+	// O_EXCL on a block device: the kernel refuses it while anything has
+	// it (or a partition of it) mounted, a second guard against a race
+	// with an automounter.
+	out, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT|os.O_EXCL, 0)
+	if err != nil {
+		return rep, fmt.Errorf("blockdev: open %s: %w", path, err)
+	}
+	start := time.Now()
+	wh, full := sha256.New(), sha256.New()
+	err = writeRanges(ctx, src, out, bm, wh, full, opts.Progress)
+	if err == nil {
+		err = out.Sync()
+	}
+	if err == nil {
+		err = flushBuffers(out)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	rep.WriteSec = time.Since(start).Seconds()
+	if err != nil {
+		return rep, fmt.Errorf("blockdev: write %s: %w", path, err)
+	}
+	rep.WrittenSHA256 = hex.EncodeToString(wh.Sum(nil))
+	rep.ArtifactSHA256 = hex.EncodeToString(full.Sum(nil))
+
+	if opts.beforeVerify != nil {
+		if err := opts.beforeVerify(path); err != nil {
+			return rep, err
+		}
+	}
+	start = time.Now()
+	rep.ReadbackSHA256, err = readBack(ctx, path, bm, opts.Progress)
+	rep.VerifySec = time.Since(start).Seconds()
+	if err != nil {
+		return rep, fmt.Errorf("blockdev: read back %s: %w", path, err)
+	}
+	if rep.ReadbackSHA256 != rep.WrittenSHA256 {
+		return rep, fmt.Errorf("blockdev: %s: read back sha256 %s, image %s: %w", path, rep.ReadbackSHA256, rep.WrittenSHA256, flash.ErrVerify)
+	}
+	rep.Verified = true
+	rereadPartitions(path)
+	return rep, nil
+}
+
+// writeRanges streams src (the whole image) and writes the mapped ranges to
+// out at their offsets; wh hashes the mapped bytes, full every byte.
+func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *image.Bmap, wh, full io.Writer, progress func(string, int64, int64)) error {
+	buf := alignedBuf(chunk)
+	var pos, done, total int64
+	for _, rg := range bm.Ranges {
+		_, n := rg.Offset(bm.BlockSize, bm.ImageSize)
+		total += n
+	}
+	for _, rg := range bm.Ranges {
+		off, n := rg.Offset(bm.BlockSize, bm.ImageSize)
+		if _, err := io.CopyN(full, src, off-pos); err != nil { // a hole: hashed, not written
+			return fmt.Errorf("read image: %w", err)
+		}
+		rh := sha256.New()
+		for left := n; left > 0; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			k := min(int64(chunk), left)
+			if _, err := io.ReadFull(src, buf[:k]); err != nil {
+				return fmt.Errorf("read image: %w", err)
+			}
+			rh.Write(buf[:k])
+			wh.Write(buf[:k])
+			full.Write(buf[:k])
+			if _, err := out.WriteAt(buf[:k], off+n-left); err != nil {
+				return err
+			}
+			left -= k
+			done += k
+			if progress != nil {
+				progress("write", done, total)
+			}
+		}
+		if rg.SHA256 != "" && hex.EncodeToString(rh.Sum(nil)) != rg.SHA256 {
+			return fmt.Errorf("%w: blocks %d-%d differ from the bmap's checksum (the device now holds part of the image)", ErrBadBmap, rg.First, rg.Last)
+		}
+		pos = off + n
+	}
+	if _, err := io.CopyN(full, src, bm.ImageSize-pos); err != nil {
+		return fmt.Errorf("read image: %w", err)
+	}
+	if k, _ := io.CopyN(io.Discard, src, 1); k != 0 {
+		return fmt.Errorf("%w: the image is longer than the bmap's %d bytes", ErrBadBmap, bm.ImageSize)
+	}
+	return nil
+}
+
+// readBack hashes the mapped ranges of the device, read with O_DIRECT.
+func readBack(ctx context.Context, path string, bm *image.Bmap, progress func(string, int64, int64)) (string, error) {
+	in, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	if err := flushBuffers(in); err != nil {
+		return "", err
+	}
+	buf := alignedBuf(chunk)
+	h := sha256.New()
+	var done, total int64
+	for _, rg := range bm.Ranges {
+		_, n := rg.Offset(bm.BlockSize, bm.ImageSize)
+		total += n
+	}
+	for _, rg := range bm.Ranges {
+		off, n := rg.Offset(bm.BlockSize, bm.ImageSize)
+		for left := n; left > 0; {
+			if err := ctx.Err(); err != nil {
+				return "", err
+			}
+			k := min(int64(chunk), left)
+			if _, err := in.ReadAt(buf[:k], off+n-left); err != nil {
+				return "", err
+			}
+			h.Write(buf[:k])
+			left -= k
+			done += k
+			if progress != nil {
+				progress("verify", done, total)
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// flushBuffers drops the device's buffer cache (BLKFLSBUF), so a later read
+// comes from the medium, not from memory.
+func flushBuffers(f *os.File) error {
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.BLKFLSBUF, 0); err != nil {
+		return fmt.Errorf("BLKFLSBUF: %w", err)
+	}
+	return nil
+}
+
+// rereadPartitions asks the kernel to re-read the partition table
+// (BLKRRPART). A loop device without partition scanning says EINVAL; that
+// is not a failed flash.
+func rereadPartitions(path string) {
+	f, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	unix.IoctlSetInt(int(f.Fd()), unix.BLKRRPART, 0)
+}

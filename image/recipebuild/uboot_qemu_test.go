@@ -1,0 +1,245 @@
+package recipebuild_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/image/uboot"
+)
+
+// cachedBuild builds the image recipe in dir with the kiln binary, or takes
+// it from $HOME/.cache/kiln-test/image-<derivation> (outside the checkout,
+// keyed by the recipe's derivation hash, which covers every input).
+func cachedBuild(t *testing.T, dir string) string {
+	t.Helper()
+	kiln := filepath.Join(work, "kiln")
+	hash := strings.TrimSpace(run(t, kiln, "hash", dir))
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(home, ".cache", "kiln-test", "image-"+hash)
+	if _, err := os.Stat(filepath.Join(out, recipebuild.ManifestFile)); err == nil {
+		return out
+	}
+	tmp := out + ".tmp"
+	os.RemoveAll(tmp)
+	run(t, kiln, "image", "build", "--store", stores[0], "--out", tmp, dir)
+	if err := os.Rename(tmp, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// copyPartition copies partition from (of image src, layout ms) over
+// partition to of the card (layout mc): a slot written as an updater would.
+func copyPartition(t *testing.T, src string, ms *recipebuild.Result, from string, card string, mc *recipebuild.Result, to string) {
+	t.Helper()
+	var pf, pt recipebuild.MetaPartition
+	for _, p := range ms.Metadata.Partitions {
+		if p.Name == from {
+			pf = p
+		}
+	}
+	for _, p := range mc.Metadata.Partitions {
+		if p.Name == to {
+			pt = p
+		}
+	}
+	if pf.Size == 0 || pf.Size != pt.Size {
+		t.Fatalf("partitions %s (%d bytes) and %s (%d bytes)", from, pf.Size, to, pt.Size)
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	b := make([]byte, pf.Size)
+	if _, err := in.ReadAt(b, pf.Start); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.OpenFile(card, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if _, err := out.WriteAt(b, pt.Start); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cardEnv reads uboot.env from the card's first partition with kiln's
+// decoder and with the real fw_printenv, which must agree.
+func cardEnv(t *testing.T, fat string) map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	run(t, "mcopy", "-n", "-i", fat, "::"+recipebuild.UBootEnv, dir)
+	b, _ := os.ReadFile(filepath.Join(dir, recipebuild.UBootEnv))
+	env, err := uboot.DecodeEnv(b)
+	if err != nil {
+		t.Fatalf("uboot.env on the card: %v", err)
+	}
+	fw := fwPrintenv(t, fat)
+	for k, v := range env {
+		if fw[k] != v {
+			t.Errorf("fw_printenv says %s=%q, kiln reads %q", k, fw[k], v)
+		}
+	}
+	return env
+}
+
+// putEnv writes env as the card's uboot.env (kiln's encoding, put in place
+// with mtools).
+func putEnv(t *testing.T, fat string, env map[string]string) {
+	t.Helper()
+	b, err := uboot.EncodeEnv(env, uboot.EnvSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), recipebuild.UBootEnv)
+	os.WriteFile(f, b, 0o644)
+	run(t, "mcopy", "-o", "-n", "-i", fat, f, "::"+recipebuild.UBootEnv)
+}
+
+// bootUBoot boots the card on QEMU's raspi3b the way the Pi firmware would
+// go on: U-Boot and the device tree from the card's first partition, then
+// whatever U-Boot's boot.scr decides. The card is writable (U-Boot's
+// saveenv and the system's mark-good land on it). It returns the console
+// once a line holds until.
+func bootUBoot(t *testing.T, card, fat, until string) string {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-aarch64"); err != nil {
+		t.Fatalf("qemu-system-aarch64 is not installed (make deps installs qemu-system-arm): %v", err)
+	}
+	dir := t.TempDir()
+	run(t, "mcopy", "-n", "-i", fat, "::"+recipebuild.UBootBin, "::bcm2837-rpi-3-b.dtb", dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// U-Boot talks on the mini UART (serial1), Linux on the PL011
+	// (serial0): both go to one multiplexed stdio.
+	cmd := exec.CommandContext(ctx, "qemu-system-aarch64", "-M", "raspi3b", "-display", "none", "-no-reboot",
+		"-chardev", "stdio,mux=on,id=c0", "-serial", "chardev:c0", "-serial", "chardev:c0", "-monitor", "none",
+		"-kernel", filepath.Join(dir, recipebuild.UBootBin), "-dtb", filepath.Join(dir, "bcm2837-rpi-3-b.dtb"),
+		"-drive", "file="+card+",if=sd,format=raw")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var console bytes.Buffer
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		console.WriteString(line + "\n")
+		if strings.Contains(line, until) {
+			return console.String()
+		}
+		if strings.Contains(line, "Kernel panic") || strings.Contains(line, "SCRIPT FAILED") || strings.Contains(line, "kiln-boot: booting slot") {
+			break
+		}
+	}
+	t.Fatalf("no %q within the time bound (%v); console:\n%s", until, ctx.Err(), tail(console.String(), 40))
+	return ""
+}
+
+func mustContain(t *testing.T, what, console string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(console, w) {
+			t.Fatalf("%s: the console has no %q:\n%s", what, w, tail(console, 30))
+		}
+	}
+}
+
+// TestUBootABInQEMU: the A/B decision made by the real U-Boot of the image
+// (Debian's u-boot-rpi from its first partition) running kiln's boot.scr on
+// QEMU's raspi3b, with nothing on the test's side deciding: a fresh card
+// boots slot a; after slot b is written and a trial armed, U-Boot boots b; a
+// b that never marks itself good is abandoned for a once the boot limit is
+// passed; a b that marks itself good (its initramfs rewrites uboot.env)
+// stays. After every boot the environment is read back with fw_printenv.
+func TestUBootABInQEMU(t *testing.T) {
+	buildTwice(t)
+	m1 := manifest(t, builds[0])
+	// v2: another motd, and no health marker: it never marks itself good.
+	v2src := filepath.Join(work, "v2-unhealthy", "rpi-appliance")
+	if err := copyDir("../../recipes/rpi-appliance", v2src); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(v2src, "rootfs/etc/motd"), []byte("kiln appliance, version 2 (fails its health check)\n"), 0o644)
+	if err := os.Rename(filepath.Join(v2src, "rootfs/etc/kiln/healthy"), filepath.Join(v2src, "rootfs/etc/kiln/unhealthy")); err != nil {
+		t.Fatal(err)
+	}
+	v2 := cachedBuild(t, v2src)
+	m2 := manifest(t, v2)
+	if m2.Derivation == m1.Derivation {
+		t.Fatal("v2 has v1's derivation")
+	}
+
+	card := filepath.Join(t.TempDir(), "card.img")
+	run(t, "cp", "--sparse=always", filepath.Join(builds[0], "image.img"), card)
+	fat, _ := part(card, m1, "config")
+
+	// 1. A fresh card: slot a, nothing on trial, so nothing is written.
+	c := bootUBoot(t, card, fat, "kiln-initramfs: done")
+	mustContain(t, "fresh card", c, "kiln-boot: slot a ", "mounted /dev/mmcblk0p5", "kiln: derivation "+m1.Derivation)
+	if env := cardEnv(t, fat); env["boot_slot"] != "a" || env["upgrade_available"] != "0" {
+		t.Fatalf("fresh card env: %v", env)
+	}
+
+	// 2. kiln writes slot b (v2's slot) and arms a trial with a boot limit of 1.
+	copyPartition(t, filepath.Join(v2, "image.img"), m2, "boot-a", card, m1, "boot-b")
+	copyPartition(t, filepath.Join(v2, "image.img"), m2, "root-a", card, m1, "root-b")
+	env := cardEnv(t, fat)
+	if err := uboot.ArmTrial(env, "b"); err != nil {
+		t.Fatal(err)
+	}
+	env["bootlimit"] = "1"
+	putEnv(t, fat, env)
+	if got := cardEnv(t, fat); got["boot_slot"] != "b" || got["boot_fallback"] != "a" || got["upgrade_available"] != "1" {
+		t.Fatalf("armed env: %v", got)
+	}
+	c = bootUBoot(t, card, fat, "kiln-initramfs: done")
+	mustContain(t, "trial of b", c, "kiln-boot: slot b ", "bootcount=1 bootlimit=1", "mounted /dev/mmcblk0p6", "kiln: derivation "+m2.Derivation)
+	if strings.Contains(c, "marked slot good") {
+		t.Fatal("the unhealthy v2 marked itself good")
+	}
+	if env := cardEnv(t, fat); env["boot_slot"] != "b" || env["bootcount"] != "1" || env["upgrade_available"] != "1" {
+		t.Fatalf("after one trial boot: %v", env)
+	}
+	// Never marked good: the next boot passes the limit and U-Boot itself
+	// goes back to slot a.
+	c = bootUBoot(t, card, fat, "Starting kernel")
+	mustContain(t, "trial limit passed", c, "slot b was not marked good in 1 boots: back to slot a", "kiln-boot: slot a ")
+	if env := cardEnv(t, fat); env["boot_slot"] != "a" || env["upgrade_available"] != "0" || env["bootcount"] != "0" {
+		t.Fatalf("after the fallback: %v", env)
+	}
+
+	// 3. A healthy slot b (v1's slot, which marks itself good) on trial.
+	copyPartition(t, filepath.Join(builds[0], "image.img"), m1, "boot-a", card, m1, "boot-b")
+	copyPartition(t, filepath.Join(builds[0], "image.img"), m1, "root-a", card, m1, "root-b")
+	env = cardEnv(t, fat)
+	if err := uboot.ArmTrial(env, "b"); err != nil {
+		t.Fatal(err)
+	}
+	putEnv(t, fat, env)
+	c = bootUBoot(t, card, fat, "kiln-initramfs: done")
+	mustContain(t, "healthy trial", c, "kiln-boot: slot b ", "mounted /dev/mmcblk0p6", "kiln: derivation "+m1.Derivation, "marked slot good")
+	if env := cardEnv(t, fat); env["boot_slot"] != "b" || env["upgrade_available"] != "0" || env["bootcount"] != "0" {
+		t.Fatalf("after marking good: %v", env)
+	}
+	c = bootUBoot(t, card, fat, "Starting kernel")
+	mustContain(t, "committed b", c, "kiln-boot: slot b (boot mmc 0:3, root mmc 0:6) upgrade_available=0")
+}
