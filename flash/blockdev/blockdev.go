@@ -17,6 +17,7 @@ import (
 
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/disk"
 )
 
 // Refusals, each returned (wrapped) before anything is written.
@@ -26,15 +27,16 @@ var (
 	ErrSystemDisk     = errors.New("device holds the running system")
 	ErrTooSmall       = errors.New("device is smaller than the image")
 	ErrNotRemovable   = errors.New("device is not removable")
-	// ErrBadBmap: the bmap does not describe the image (size, or a range
-	// whose checksum differs, found while writing).
-	ErrBadBmap = errors.New("bmap does not match the image")
+	// ErrBadBmap is disk.ErrBmap: the bmap does not describe the image
+	// (its size; a range whose checksum differs or data outside the ranges,
+	// found while writing, before that range's last bytes go out).
+	ErrBadBmap = disk.ErrBmap
 )
 
 // Options tune Write.
 type Options struct {
-	Bmap     *image.Bmap // nil: every byte of the image is written
-	Force    bool        // write to a non-removable disk
+	Bmap     *disk.Bmap // nil: every byte of the image is written
+	Force    bool       // write to a non-removable disk
 	Progress func(phase string, done, total int64)
 	// proc is where mountinfo and swaps are read ("" is /proc/self and
 	// /proc); tests point it at a fake one.
@@ -97,7 +99,7 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	case bm == nil && size < 0:
 		return rep, fmt.Errorf("blockdev: %s: a compressed image needs its bmap (image.bmap beside it, or --bmap)", imgPath)
 	case bm == nil:
-		bm = &image.Bmap{ImageSize: size, BlockSize: 512, Ranges: []image.BmapRange{{First: 0, Last: (size+511)/512 - 1}}}
+		bm = disk.WholeImage(size)
 	case size >= 0 && size != bm.ImageSize:
 		return rep, fmt.Errorf("blockdev: %w: %s is %d bytes, its bmap says %d", ErrBadBmap, imgPath, size, bm.ImageSize)
 	}
@@ -126,8 +128,8 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 		return rep, fmt.Errorf("blockdev: open %s: %w", path, err)
 	}
 	start := time.Now()
-	wh, full := sha256.New(), sha256.New()
-	err = writeRanges(ctx, src, out, bm, wh, full, opts.Progress)
+	full := sha256.New()
+	rep.WrittenSHA256, err = writeRanges(ctx, src, out, bm, full, opts.Progress)
 	if err == nil {
 		err = out.Sync()
 	}
@@ -141,7 +143,6 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	if err != nil {
 		return rep, fmt.Errorf("blockdev: write %s: %w", path, err)
 	}
-	rep.WrittenSHA256 = hex.EncodeToString(wh.Sum(nil))
 	rep.ArtifactSHA256 = hex.EncodeToString(full.Sum(nil))
 
 	if opts.beforeVerify != nil {
@@ -163,57 +164,49 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	return rep, nil
 }
 
-// writeRanges streams src (the whole image) and writes the mapped ranges to
-// out at their offsets; wh hashes the mapped bytes, full every byte.
-func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *image.Bmap, wh, full io.Writer, progress func(string, int64, int64)) error {
+// writeRanges streams src (the whole image) through the bmap and writes
+// the mapped ranges to out at their offsets, gathered into aligned chunks
+// for O_DIRECT. It returns the SHA-256 of the mapped bytes; full hashes
+// every byte.
+func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *disk.Bmap, full io.Writer, progress func(string, int64, int64)) (string, error) {
 	buf := alignedBuf(chunk)
-	var pos, done, total int64
-	for _, rg := range bm.Ranges {
-		_, n := rg.Offset(bm.BlockSize, bm.ImageSize)
-		total += n
-	}
-	for _, rg := range bm.Ranges {
-		off, n := rg.Offset(bm.BlockSize, bm.ImageSize)
-		if _, err := io.CopyN(full, src, off-pos); err != nil { // a hole: hashed, not written
-			return fmt.Errorf("read image: %w", err)
+	var fill, at, done int64 // bytes in buf, their device offset, written so far
+	total := bm.Mapped()
+	flush := func() error {
+		if fill == 0 {
+			return nil
 		}
-		rh := sha256.New()
-		for left := n; left > 0; {
-			if err := ctx.Err(); err != nil {
+		if _, err := out.WriteAt(buf[:fill], at); err != nil {
+			return err
+		}
+		done += fill
+		fill = 0
+		if progress != nil {
+			progress("write", done, total)
+		}
+		return ctx.Err()
+	}
+	sum, err := bm.Stream(io.TeeReader(src, full), func(off int64, p []byte) error {
+		if fill > 0 && (at+fill != off || fill+int64(len(p)) > chunk) {
+			if err := flush(); err != nil {
 				return err
 			}
-			k := min(int64(chunk), left)
-			if _, err := io.ReadFull(src, buf[:k]); err != nil {
-				return fmt.Errorf("read image: %w", err)
-			}
-			rh.Write(buf[:k])
-			wh.Write(buf[:k])
-			full.Write(buf[:k])
-			if _, err := out.WriteAt(buf[:k], off+n-left); err != nil {
-				return err
-			}
-			left -= k
-			done += k
-			if progress != nil {
-				progress("write", done, total)
-			}
 		}
-		if rg.SHA256 != "" && hex.EncodeToString(rh.Sum(nil)) != rg.SHA256 {
-			return fmt.Errorf("%w: blocks %d-%d differ from the bmap's checksum (the device now holds part of the image)", ErrBadBmap, rg.First, rg.Last)
+		if fill == 0 {
+			at = off
 		}
-		pos = off + n
+		copy(buf[fill:], p)
+		fill += int64(len(p))
+		return nil
+	})
+	if err != nil {
+		return "", err
 	}
-	if _, err := io.CopyN(full, src, bm.ImageSize-pos); err != nil {
-		return fmt.Errorf("read image: %w", err)
-	}
-	if k, _ := io.CopyN(io.Discard, src, 1); k != 0 {
-		return fmt.Errorf("%w: the image is longer than the bmap's %d bytes", ErrBadBmap, bm.ImageSize)
-	}
-	return nil
+	return sum, flush()
 }
 
 // readBack hashes the mapped ranges of the device, read with O_DIRECT.
-func readBack(ctx context.Context, path string, bm *image.Bmap, progress func(string, int64, int64)) (string, error) {
+func readBack(ctx context.Context, path string, bm *disk.Bmap, progress func(string, int64, int64)) (string, error) {
 	in, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		return "", err

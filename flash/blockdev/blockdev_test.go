@@ -18,6 +18,7 @@ import (
 
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/image"
+	"kiln.dev/kiln/image/disk"
 )
 
 // loopDevice attaches a loop device to a new file of size bytes filled
@@ -45,12 +46,12 @@ func loopDevice(t testing.TB, size int64) (dev, backing string) {
 
 // testImage writes a size-byte disk image with data in some 4 KiB blocks
 // and holes elsewhere, its bmap and its .img.xz, and returns the paths.
-func testImage(t testing.TB, dir string, size int64) (img, xz string, bm *image.Bmap) {
+func testImage(t testing.TB, dir string, size int64) (img, xz string, bm *disk.Bmap) {
 	return testImageMapped(t, dir, size, func(i int) bool { return i%5 == 0 || i < 16 }) // a table, then scattered data
 }
 
 // testImageMapped is testImage with the mapped 4 KiB blocks chosen by isMapped.
-func testImageMapped(t testing.TB, dir string, size int64, isMapped func(block int) bool) (img, xz string, bm *image.Bmap) {
+func testImageMapped(t testing.TB, dir string, size int64, isMapped func(block int) bool) (img, xz string, bm *disk.Bmap) {
 	t.Helper()
 	b := make([]byte, size)
 	rng := rand.New(rand.NewSource(1))
@@ -68,7 +69,7 @@ func testImageMapped(t testing.TB, dir string, size int64, isMapped func(block i
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "image.bmap"), bmap.Bytes(), 0o644)
-	bm, err := image.ReadBmap(bytes.NewReader(bmap.Bytes()))
+	bm, err := disk.ReadBmap(bytes.NewReader(bmap.Bytes()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// disk is a whole block device and its partitions, as sysfs shows them.
-type disk struct {
+// blk is a whole block device and its partitions, as sysfs shows them.
+type blk struct {
 	name  string          // sda, mmcblk0, loop3
 	devs  map[string]bool // "major:minor" of the disk and every partition
 	parts []string        // partition names
@@ -21,7 +21,7 @@ type disk struct {
 
 // diskOf finds the disk whose device number is dev ("major:minor"). For a
 // partition it returns the disk it is on, and isPart.
-func diskOf(dev string) (*disk, bool, error) {
+func diskOf(dev string) (*blk, bool, error) {
 	p, err := filepath.EvalSymlinks("/sys/dev/block/" + dev)
 	if err != nil {
 		return nil, false, err
@@ -30,7 +30,7 @@ func diskOf(dev string) (*disk, bool, error) {
 	if _, err := os.Stat(filepath.Join(p, "partition")); err == nil {
 		p, isPart = filepath.Dir(p), true
 	}
-	d := &disk{name: filepath.Base(p), devs: map[string]bool{}, sys: p}
+	d := &blk{name: filepath.Base(p), devs: map[string]bool{}, sys: p}
 	if b, err := os.ReadFile(filepath.Join(p, "dev")); err == nil {
 		d.devs[strings.TrimSpace(string(b))] = true
 	}
