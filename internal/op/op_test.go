@@ -3,7 +3,6 @@ package op_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"os"
@@ -20,34 +19,9 @@ import (
 	"kiln.dev/kiln/flash/ssh/sshtest"
 	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/op"
+	"kiln.dev/kiln/internal/op/optest"
 	"kiln.dev/kiln/internal/trust"
 )
-
-// avrELF is a minimal AVR ELF32 (one PT_LOAD segment at addr) with the
-// architecture arch in e_flags, as avr-gcc writes it (link-relax bit set).
-func avrELF(arch uint32, addr uint32, data []byte) []byte {
-	const ehsize, phsize = 52, 32
-	b := make([]byte, ehsize+phsize)
-	copy(b, "\x7fELF\x01\x01\x01")
-	le := binary.LittleEndian
-	le.PutUint16(b[16:], 2)  // ET_EXEC
-	le.PutUint16(b[18:], 83) // EM_AVR
-	le.PutUint32(b[20:], 1)  // EV_CURRENT
-	le.PutUint32(b[28:], 52) // e_phoff
-	le.PutUint32(b[36:], 0x80|arch)
-	le.PutUint16(b[40:], ehsize)
-	le.PutUint16(b[42:], phsize)
-	le.PutUint16(b[44:], 1) // e_phnum
-	p := b[ehsize:]
-	le.PutUint32(p[0:], 1) // PT_LOAD
-	le.PutUint32(p[4:], ehsize+phsize)
-	le.PutUint32(p[8:], addr)
-	le.PutUint32(p[12:], addr)
-	le.PutUint32(p[16:], uint32(len(data)))
-	le.PutUint32(p[20:], uint32(len(data)))
-	le.PutUint32(p[24:], 5)
-	return append(b, data...)
-}
 
 // build writes a build output directory as kiln build does: the ELF and a
 // manifest.json naming the board and the ELF's hash.
@@ -55,7 +29,7 @@ func build(t *testing.T, board string, arch uint32) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), board)
 	os.MkdirAll(dir, 0o755)
-	elf := avrELF(arch, 0, bytes.Repeat([]byte("kiln"), 64))
+	elf := optest.AVRELF(arch, 0, bytes.Repeat([]byte("kiln"), 64))
 	if err := os.WriteFile(filepath.Join(dir, "firmware.elf"), elf, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -124,13 +98,13 @@ func TestWrongBoardFirmware(t *testing.T) {
 	}
 	// A file with no manifest and no --board: the board is unknown.
 	bare := filepath.Join(t.TempDir(), "fw.elf")
-	os.WriteFile(bare, avrELF(5, 0, []byte("x")), 0o644)
+	os.WriteFile(bare, optest.AVRELF(5, 0, []byte("x")), 0o644)
 	if _, err := op.Flash(ctx, op.Request{Artifact: bare, Port: "emu:arduino-uno", Open: neverOpen(t)}); !errors.Is(err, op.ErrNoBoard) {
 		t.Errorf("no board anywhere: %v", err)
 	}
 	// A manifest that does not list the file's hash says nothing about it.
 	edited := build(t, "arduino-mega2560", 5)
-	os.WriteFile(filepath.Join(edited, "firmware.elf"), avrELF(5, 0, []byte("edited")), 0o644)
+	os.WriteFile(filepath.Join(edited, "firmware.elf"), optest.AVRELF(5, 0, []byte("edited")), 0o644)
 	if a, err := op.LoadFirmware(edited, op.LoadOptions{}); err != nil || a.Board != "" {
 		t.Errorf("manifest not listing the file: board %q %v", a.Board, err)
 	}
@@ -156,7 +130,7 @@ func TestSwapAfterCheck(t *testing.T) {
 	}
 	os.WriteFile(elf+".minisig", sig.Encode(), 0o644)
 	want, _ := flash.Parse(elf, data, flash.LoadOptions{})
-	evil := avrELF(5, 0, bytes.Repeat([]byte("evil"), 64))
+	evil := optest.AVRELF(5, 0, bytes.Repeat([]byte("evil"), 64))
 	rep, err := op.Flash(context.Background(), op.Request{Artifact: dir, Port: "emu:arduino-uno", Policy: pol,
 		Open: func(ctx context.Context, spec string, b *boards.Board, p string, o device.Options) (device.Session, error) {
 			os.WriteFile(elf, evil, 0o644) // the swap, after the check

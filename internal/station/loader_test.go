@@ -3,7 +3,6 @@ package station_test
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -11,30 +10,9 @@ import (
 	"testing"
 
 	"kiln.dev/kiln/internal/op"
+	"kiln.dev/kiln/internal/op/optest"
 	"kiln.dev/kiln/internal/station"
 )
-
-// avrELF is a minimal avr5 ELF32 with one loadable segment at 0.
-func avrELF(data []byte) []byte {
-	b := make([]byte, 52+32)
-	copy(b, "\x7fELF\x01\x01\x01")
-	le := binary.LittleEndian
-	le.PutUint16(b[16:], 2)
-	le.PutUint16(b[18:], 83) // EM_AVR
-	le.PutUint32(b[20:], 1)
-	le.PutUint32(b[28:], 52)
-	le.PutUint32(b[36:], 0x85) // avr5, link-relax
-	le.PutUint16(b[40:], 52)
-	le.PutUint16(b[42:], 32)
-	le.PutUint16(b[44:], 1)
-	p := b[52:]
-	le.PutUint32(p[0:], 1)
-	le.PutUint32(p[4:], 84)
-	le.PutUint32(p[16:], uint32(len(data)))
-	le.PutUint32(p[20:], uint32(len(data)))
-	le.PutUint32(p[24:], 5)
-	return append(b, data...)
-}
 
 // TestSameLoaderAsFlash: the station and kiln flash read artifacts through
 // one loader (op.LoadFirmware), so they accept and refuse the same
@@ -42,7 +20,7 @@ func avrELF(data []byte) []byte {
 // and not a file that is none of them.
 func TestSameLoaderAsFlash(t *testing.T) {
 	l := newLine(t, 512)
-	elf := avrELF(l.fw)
+	elf := optest.AVRELF(5, 0, l.fw)
 	os.WriteFile(filepath.Join(l.dir, "blink.elf"), elf, 0o644)
 	os.WriteFile(filepath.Join(l.dir, "blink.bin"), l.fw, 0o644)
 	os.WriteFile(filepath.Join(l.dir, "blink.txt"), []byte("not firmware\n"), 0o644)
