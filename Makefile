@@ -14,6 +14,7 @@ DEB_PACKAGES := \
 	libusb-1.0-0-dev openssh-server openssh-client iproute2 util-linux fdisk \
 	dosfstools mtools e2fsprogs squashfs-tools genimage bmap-tools minisign xz-utils cpio \
 	qemu-system-arm qemu-user-static busybox-static ca-certificates chromium \
+	nginx-light awscli rclone curl \
 	mmdebstrap arch-test dpkg-dev \
 	openocd stlink-tools \
 	gtkwave \
@@ -22,7 +23,7 @@ DEB_PACKAGES := \
 KILN := bin/kiln
 STAMP := .deps-installed
 
-.PHONY: all demo test bench lint deps build clean
+.PHONY: all demo test bench lint deps build clean seaweedfs
 
 all: build
 
@@ -44,13 +45,18 @@ build:
 		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=6 $(GO) build -trimpath -ldflags=-s -o bin/kiln-helper-$$arch ./cmd/kiln-helper || exit 1; \
 	done
 
+# SeaweedFS's S3 gateway for the binary-cache tests (internal/cache): built once from its
+# Go module (about 8 minutes on 2 cores) into $$HOME/.cache/kiln-test, keyed by version.
+seaweedfs:
+	nice $(GO) run ./internal/cache/cachetest/buildweed
+
 demo: deps build
 	@echo "== build recipes/blink-uno"
 	$(KILN) build recipes/blink-uno --out out/blink-uno
 	@echo "== flash it to the emulated Arduino Uno, then prove it by reading it back"
 	$(KILN) flash --board arduino-uno --port emu:arduino-uno out/blink-uno
 
-test: deps build
+test: deps build seaweedfs
 	$(GO) vet ./...
 	$(GO) test -race -timeout 60m -count=1 ./...
 	# Count-based fuzz budgets: a duration -fuzztime can fail with a bare "context deadline
@@ -72,9 +78,11 @@ test: deps build
 	$(GO) test -run '^$$' -fuzz='^FuzzParseELF$$' -fuzztime=50000x ./flash
 	$(GO) test -run '^$$' -fuzz='^FuzzDeltaOutput$$' -fuzztime=20000x ./flash/ssh
 	$(GO) test -run '^$$' -fuzz='^FuzzProbeAnswers$$' -fuzztime=20000x ./flash/swd
+	$(GO) test -run '^$$' -fuzz='^FuzzOpenRecord$$' -fuzztime=20000x ./internal/cache
+	$(GO) test -run '^$$' -fuzz='^FuzzUnpack$$' -fuzztime=20000x ./internal/cache
 	@echo "make test: all packages passed"
 
-bench: deps build
+bench: deps build seaweedfs
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
 
 lint:

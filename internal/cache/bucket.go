@@ -52,7 +52,10 @@ type Bucket interface {
 
 // Open returns the bucket for a cache URL: s3://BUCKET/PREFIX?endpoint=..,
 // https://.., http://.. (read-only) or file:///DIR.
-func Open(raw string) (Bucket, error) {
+func Open(raw string) (Bucket, error) { return OpenClient(raw, http.DefaultClient) }
+
+// OpenClient is Open with the HTTP client for http:// and https:// mirrors.
+func OpenClient(raw string, client *http.Client) (Bucket, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w: %v", ErrBadURL, err)
@@ -72,7 +75,7 @@ func Open(raw string) (Bucket, error) {
 		}
 		base := *u
 		base.RawQuery, base.Fragment = "", ""
-		return &httpBucket{base: strings.TrimSuffix(base.String(), "/") + "/", client: http.DefaultClient}, nil
+		return &httpBucket{base: strings.TrimSuffix(base.String(), "/") + "/", client: client}, nil
 	case "s3":
 		return openS3(u)
 	}

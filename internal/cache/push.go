@@ -163,26 +163,41 @@ func (p *Pusher) pushOne(ctx context.Context, dir string, m *meter) (Pushed, err
 	return res, nil
 }
 
-// present reports whether the cache holds a usable record of key: one that
-// opens (signed by the pusher's key, when it has one) and whose content
-// object is there with the recorded size. A record that is not is
-// replaced by the push.
+// present reports whether the cache holds a usable record of key, whose
+// content object is there with the recorded size. A record signed by the
+// pusher's key must verify; one signed by another key is someone else's
+// and is left alone. A record that is malformed, does not verify or lost
+// its content is replaced by the push.
 func (p *Pusher) present(ctx context.Context, key string) (bool, error) {
-	var keys []*trust.PublicKey
-	if p.Key != nil {
-		keys = []*trust.PublicKey{p.Key.Public()}
-	}
-	rec, _, err := FetchRecord(ctx, p.Bucket, key, keys)
-	switch {
-	case errors.Is(err, ErrNotFound):
+	data, err := getRecord(ctx, p.Bucket, key)
+	if errors.Is(err, ErrNotFound) {
 		return false, nil
-	case errors.Is(err, ErrUnsigned) && p.Key == nil: // a dry run cannot check signatures
-		return true, nil
-	case errors.Is(err, ErrUnsigned) || errors.Is(err, ErrBadRecord):
+	}
+	if err != nil && !errors.Is(err, ErrBadRecord) {
+		return false, err
+	}
+	var rec *Record
+	if err == nil {
+		signer := signerOf(data)
+		switch {
+		case p.Key != nil && signer == p.Key.ID.String():
+			rec, _, err = OpenRecord(data, []*trust.PublicKey{p.Key.Public()})
+		case signer != "":
+			// Another key's record: read it without judging its signature.
+			rec, err = parseUnverified(data)
+			if err == nil {
+				p.logf("%s: the cache's record is signed by key %s, not this push's", key, signer)
+			}
+		default:
+			err = fmt.Errorf("%w: no signature", ErrBadRecord)
+		}
+	}
+	if err == nil && rec.Key != key {
+		err = fmt.Errorf("%w: record names key %s", ErrBadRecord, rec.Key)
+	}
+	if err != nil {
 		p.logf("replacing the record of %s: %v", key, err)
 		return false, nil
-	case err != nil:
-		return false, err
 	}
 	var size int64
 	err = retry(ctx, func() error {

@@ -152,6 +152,35 @@ func OpenRecord(data []byte, keys []*trust.PublicKey) (*Record, *trust.PublicKey
 	return &r, pk, nil
 }
 
+// parseUnverified reads a record object's record without checking its
+// signature: only for deciding whether a push has work to do, never for
+// using the content.
+func parseUnverified(data []byte) (*Record, error) {
+	var env envelope
+	if err := json.Unmarshal(data, &env); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
+	}
+	var r Record
+	if err := json.Unmarshal([]byte(env.Record), &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadRecord, err)
+	}
+	return &r, r.check()
+}
+
+// signerOf returns the key ID a record object says it is signed by ("" if
+// it cannot be read), without checking the signature.
+func signerOf(data []byte) string {
+	var env envelope
+	if json.Unmarshal(data, &env) != nil {
+		return ""
+	}
+	sig, err := trust.ParseSignature([]byte(env.Signature))
+	if err != nil {
+		return ""
+	}
+	return sig.KeyID.String()
+}
+
 // check validates a record's fields (not its signature).
 func (r *Record) check() error {
 	bad := func(f string, a ...any) error {

@@ -198,6 +198,22 @@ func saveOrigin(st *store.Store, o *Origin) error {
 // FetchRecord reads the record of key from b and checks its signature
 // against keys and that it is the record of key.
 func FetchRecord(ctx context.Context, b Bucket, key string, keys []*trust.PublicKey) (*Record, *trust.PublicKey, error) {
+	data, err := getRecord(ctx, b, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, pk, err := OpenRecord(data, keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	if rec.Key != key {
+		return nil, nil, fmt.Errorf("%w: record names key %s, asked for %s", ErrBadRecord, rec.Key, key)
+	}
+	return rec, pk, nil
+}
+
+// getRecord reads the record object of key, bounded in size.
+func getRecord(ctx context.Context, b Bucket, key string) ([]byte, error) {
 	var data []byte
 	err := retry(ctx, func() error {
 		rc, err := b.Get(ctx, RecordObject(key), 0)
@@ -212,19 +228,12 @@ func FetchRecord(ctx context.Context, b Bucket, key string, keys []*trust.Public
 		return nil
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if len(data) > maxRecordSize {
-		return nil, nil, fmt.Errorf("%w: record larger than %d bytes", ErrBadRecord, maxRecordSize)
+		return nil, fmt.Errorf("%w: record larger than %d bytes", ErrBadRecord, maxRecordSize)
 	}
-	rec, pk, err := OpenRecord(data, keys)
-	if err != nil {
-		return nil, nil, err
-	}
-	if rec.Key != key {
-		return nil, nil, fmt.Errorf("%w: record names key %s, asked for %s", ErrBadRecord, rec.Key, key)
-	}
-	return rec, pk, nil
+	return data, nil
 }
 
 // pull streams the content of rec into dir: downloading (resuming a dropped

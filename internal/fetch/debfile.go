@@ -35,6 +35,11 @@ func (f *Fetcher) DebFile(ctx context.Context, in recipes.Input) (string, error)
 	if p, ok := f.DebFilePath(in); ok {
 		return p, nil
 	}
+	if f.Substitute != nil {
+		if p, ok := f.Substitute(ctx, debFileKey(in), in.Name); ok {
+			return filepath.Join(p, in.StoredName()), nil
+		}
+	}
 	dl, err := f.download(ctx, in)
 	if err != nil {
 		return "", err
