@@ -461,3 +461,25 @@ func TestUnpackRefusesEscapes(t *testing.T) {
 	}
 	_ = hex.EncodeToString
 }
+
+// gc's view of a push: referenced while it runs, free after, and a
+// reference left by a dead process does not count.
+func TestReferences(t *testing.T) {
+	st := newStore(t)
+	_, p := entry(t, st, "blink", 7)
+	release, err := Reference(st, []string{p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Referenced(st)[filepath.Base(p)] {
+		t.Fatal("not referenced during the push")
+	}
+	release()
+	if Referenced(st)[filepath.Base(p)] {
+		t.Fatal("still referenced after the push")
+	}
+	os.WriteFile(filepath.Join(st.Root, RefDir, filepath.Base(p)+"@999999999"), nil, 0o644)
+	if Referenced(st)[filepath.Base(p)] {
+		t.Fatal("a dead process's reference kept the entry")
+	}
+}

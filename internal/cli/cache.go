@@ -74,6 +74,12 @@ func runStorePush(c *cli.Context) error {
 			return err
 		}
 	}
+	// gc keeps what a push is uploading.
+	release, err := cache.Reference(st, paths)
+	if err != nil {
+		return err
+	}
+	defer release()
 	bar := newProgress(e.stderr, c.Bool("json"))
 	p.Progress = cache.Progress(bar.Func())
 	res, err := p.Push(c.Context, paths)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"kiln.dev/kiln/internal/cache"
 	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
 )
@@ -40,7 +41,8 @@ func init() {
 				Description: "gc always removes the temporary directories of writes whose process is gone. With\n" +
 					"--keep RECIPE_DIR (repeatable) it also removes every entry that none of those recipes\n" +
 					"uses (its toolchain, its inputs, its build output, matched by hash); with --all and no\n" +
-					"--keep it removes every entry. --dry-run lists what would go.",
+					"--keep it removes every entry. An entry a running kiln store push is uploading is kept.\n" +
+					"--dry-run lists what would go.",
 				Flags: []cli.Flag{jsonFlag, storeFlag,
 					&cli.StringSliceFlag{Name: "keep", Usage: "keep what this recipe uses (repeatable)"},
 					&cli.BoolFlag{Name: "all", Usage: "with no --keep: remove every entry"},
@@ -159,7 +161,10 @@ func runStoreGC(c *cli.Context) error {
 		}
 	}
 	pruneEntries := len(keepDirs) > 0 || c.Bool("all")
-	keepFn := func(en store.Entry) bool { return !pruneEntries || keep[en.Hash] }
+	pushing := cache.Referenced(st) // entries a running kiln store push is uploading
+	keepFn := func(en store.Entry) bool {
+		return !pruneEntries || keep[en.Hash] || pushing[filepath.Base(en.Path)]
+	}
 	var removed []store.Entry
 	if c.Bool("dry-run") {
 		list, err := st.List()
