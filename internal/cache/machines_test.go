@@ -366,7 +366,11 @@ func TestConcurrentClients(t *testing.T) {
 					}
 				}
 			}
-			m.run(0, "store", "push", "--to", url, recipe)
+			push := []string{"store", "push", "--to", url}
+			for _, e := range entries {
+				push = append(push, filepath.Join(m.dir, "store", filepath.Base(e)))
+			}
+			m.run(0, push...)
 			outs[i], _ = m.run(0, "fetch", "--store", filepath.Join(m.dir, "fresh"), "--substituter", url, recipe)
 		}()
 	}

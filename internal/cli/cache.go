@@ -15,7 +15,6 @@ import (
 	"kiln.dev/kiln/internal/cache"
 	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/internal/trust"
-	"kiln.dev/kiln/recipes"
 )
 
 // substituterFlag names binary caches a build or fetch asks first.
@@ -156,8 +155,7 @@ func pushPaths(st *store.Store, args []string) ([]string, error) {
 }
 
 // recipeEntries are the store entries a recipe's build uses and makes: its
-// toolchain, its inputs, and its output when it was built (image recipes
-// keep only their inputs in the store).
+// toolchain, its inputs and its output (firmware or image).
 func recipeEntries(st *store.Store, dir string) ([]string, error) {
 	d, err := derive(dir)
 	if err != nil {
@@ -180,14 +178,11 @@ func recipeEntries(st *store.Store, dir string) ([]string, error) {
 		}
 		out = append(out, p)
 	}
-	if r.Kind != recipes.KindImage {
-		p, ok := st.Lookup(d.Hash(), r.Name)
-		if !ok {
-			return nil, withHint(fmt.Errorf("store push: %s: not built (derivation %s)", dir, d.Hash()), "kiln build "+dir+" first")
-		}
-		out = append(out, p)
+	p, ok := st.Lookup(d.Hash(), r.Name)
+	if !ok {
+		return nil, withHint(fmt.Errorf("store push: %s: not built (derivation %s)", dir, d.Hash()), "kiln build "+dir+" first")
 	}
-	return out, nil
+	return append(out, p), nil
 }
 
 // cacheKeys are the keys whose records are accepted from the cache at url:
