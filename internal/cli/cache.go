@@ -353,6 +353,8 @@ func runCacheVerify(c *cli.Context, url string) error {
 		for _, u := range rep.Unreferenced {
 			fmt.Fprintf(e.stdout, "unreferenced\t%s\n", u)
 		}
+		fmt.Fprintf(e.stdout, "%d records, %d bad; %d content objects no record names (left by interrupted pushes)\n",
+			len(rep.Records), rep.Bad, len(rep.Unreferenced))
 	}
 	if rep.Bad > 0 {
 		return withHint(fmt.Errorf("store verify: cache %s: %d of %d records bad", url, rep.Bad, len(rep.Records)),
