@@ -51,10 +51,19 @@ func Verify(ctx context.Context, b Bucket, keys []*trust.PublicKey, jobs int) (*
 	var used = make([]string, len(keysFound))
 	parallel(ctx, len(keysFound), jobs, func(ctx context.Context, i int) error {
 		c := Checked{Key: keysFound[i]}
-		rec, _, err := FetchRecord(ctx, b, keysFound[i], keys)
+		data, err := getRecord(ctx, b, keysFound[i])
+		var rec *Record
 		if err == nil {
-			c.Name = rec.Name
-			used[i] = rec.Content.Object()
+			if r, perr := parseUnverified(data); perr == nil {
+				// Whatever its signature, the content it names is not an orphan.
+				c.Name, used[i] = r.Name, r.Content.Object()
+			}
+			rec, _, err = OpenRecord(data, keys)
+		}
+		if err == nil && rec.Key != keysFound[i] {
+			err = fmt.Errorf("%w: record names key %s", ErrBadRecord, rec.Key)
+		}
+		if err == nil {
 			err = checkContent(ctx, b, rec)
 		}
 		c.OK = err == nil

@@ -357,8 +357,11 @@ func runCacheVerify(c *cli.Context, url string) error {
 			len(rep.Records), rep.Bad, len(rep.Unreferenced))
 	}
 	if rep.Bad > 0 {
-		return withHint(fmt.Errorf("store verify: cache %s: %d of %d records bad", url, rep.Bad, len(rep.Records)),
-			"a bad record is never used; push the entry again from a good store to replace it")
+		hints := []string{"a bad record is never used; push the entry again from a good store to replace it"}
+		if len(keys) == 0 {
+			hints = append(hints, "no key is accepted: name the pushing key in the trust policy ([[key]], and [[cache]] url/keys), or run kiln keygen")
+		}
+		return withHint(fmt.Errorf("store verify: cache %s: %d of %d records bad", url, rep.Bad, len(rep.Records)), hints...)
 	}
 	return nil
 }
