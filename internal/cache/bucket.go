@@ -277,6 +277,9 @@ func (b *httpBucket) Get(ctx context.Context, name string, offset int64) (io.Rea
 	return resp.Body, nil
 }
 
+// ReadOnly is true: a web mirror takes no uploads.
+func (b *httpBucket) ReadOnly() bool { return true }
+
 func (b *httpBucket) Put(ctx context.Context, name string, r io.Reader, size int64) error {
 	return fmt.Errorf("cache: %s: %w (push to the bucket it mirrors)", b, ErrReadOnly)
 }

@@ -55,6 +55,9 @@ func (p *Pusher) Push(ctx context.Context, paths []string) ([]Pushed, error) {
 	if p.Key == nil && !p.DryRun {
 		return nil, errors.New("cache: push: no signing key")
 	}
+	if ro, ok := p.Bucket.(interface{ ReadOnly() bool }); ok && ro.ReadOnly() && !p.DryRun {
+		return nil, fmt.Errorf("cache: push to %v: %w (push to the bucket it mirrors)", p.Bucket, ErrReadOnly)
+	}
 	jobs := p.Jobs
 	if jobs <= 0 {
 		jobs = 4
