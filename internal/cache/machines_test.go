@@ -103,7 +103,9 @@ func newMachine(t testing.TB, n *cachetest.Net, name string, seed []string) *mac
 	home := filepath.Join(m.dir, "home")
 	os.MkdirAll(home, 0o755)
 	os.MkdirAll(filepath.Join(m.dir, "store"), 0o755)
-	t.Cleanup(func() { exec.Command("chmod", "-R", "u+w", m.dir).Run() })
+	// Directories only: the seeded files are hard links to the default
+	// store's, whose modes are part of their entries' seals.
+	t.Cleanup(func() { exec.Command("find", m.dir, "-type", "d", "-exec", "chmod", "u+w", "{}", "+").Run() })
 	for _, e := range seed {
 		if out, err := exec.Command("cp", "-al", e, filepath.Join(m.dir, "store")).CombinedOutput(); err != nil {
 			t.Fatalf("seed %s: %v: %s", name, err, out)

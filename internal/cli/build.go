@@ -197,6 +197,7 @@ func buildJSON(res *firmware.Result) map[string]any {
 		"store_path":   res.StorePath,
 		"out":          res.Out,
 		"hit":          res.Hit,
+		"substituted":  res.Substituted,
 		"checked":      res.Checked,
 		"sandbox":      res.Manifest.Sandbox,
 		"outputs":      outs,

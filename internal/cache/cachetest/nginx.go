@@ -80,7 +80,7 @@ http {
 	cmd := exec.Command(args[0], args[1:]...)
 	out, _ := os.Create(filepath.Join(dir, "nginx.out"))
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -195,7 +195,15 @@ func DialIn(ns string) func(ctx context.Context, network, addr string) (net.Conn
 		}
 		ch := make(chan result, 1)
 		go func() {
-			runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+			// The thread goes back to this process's namespace afterwards;
+			// if it cannot, it stays locked and ends with the goroutine.
+			runtime.LockOSThread()
+			home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+			if err != nil {
+				ch <- result{nil, err}
+				return
+			}
+			defer home.Close()
 			f, err := os.Open("/run/netns/" + ns)
 			if err != nil {
 				ch <- result{nil, err}
@@ -208,6 +216,9 @@ func DialIn(ns string) func(ctx context.Context, network, addr string) (net.Conn
 			}
 			c, err := d.DialContext(ctx, network, addr)
 			ch <- result{c, err}
+			if unix.Setns(int(home.Fd()), unix.CLONE_NEWNET) == nil {
+				runtime.UnlockOSThread()
+			}
 		}()
 		r := <-ch
 		return r.c, r.err
@@ -234,7 +245,8 @@ func (w *Weed) Start() error {
 	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it fires when the forking thread ends, not the process.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		return fmt.Errorf("cachetest: start weed: %w", err)
