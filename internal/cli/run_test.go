@@ -327,6 +327,17 @@ func TestRunWithOptiboot(t *testing.T) {
 	}
 }
 
+// TestRunLeonardo: an ATmega32u4 board runs in simavr's 32u4 core:
+// Debian's Blink built for the Leonardo toggles LED_BUILTIN (PC7) every
+// second of simulated time, checked by the recipe's own [[test]].
+func TestRunLeonardo(t *testing.T) {
+	t.Parallel()
+	res := runKiln(t, nil, "test", "../../testdata/sketches/blink-leonardo")
+	if res.code != 0 || !strings.Contains(res.stdout, "PASS blinks at 0.5 Hz") {
+		t.Fatalf("kiln test: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+}
+
 // TestSketchesAreDebians: the sketches under testdata/sketches are the
 // examples Debian's arduino package installs, byte for byte.
 func TestSketchesAreDebians(t *testing.T) {

@@ -329,20 +329,25 @@ int main(int argc, char **argv)
 
 	wire.avr = avr;
 	wire.uart = NULL;
+	/* The board's UART is UART0, or the chip's first one where it has no
+	 * UART0 (the ATmega32u4's is USART1: its USB is the other serial port). */
 	for (avr_io_t *io = avr->io_port; io; io = io->next)
-		if (io->kind && strcmp(io->kind, "uart") == 0 && ((avr_uart_t *)io)->name == '0')
+		if (io->kind && strcmp(io->kind, "uart") == 0 &&
+		    (!wire.uart || ((avr_uart_t *)io)->name == '0' ||
+		     (wire.uart->name != '0' && ((avr_uart_t *)io)->name < wire.uart->name)))
 			wire.uart = (avr_uart_t *)io;
-	wire.in = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ('0'), UART_IRQ_INPUT);
+	char un = wire.uart ? wire.uart->name : '0';
+	wire.in = avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(un), UART_IRQ_INPUT);
 	if (!wire.uart || !wire.in) {
-		fprintf(stderr, "firmware_sim: %s has no UART0\n", mcu);
+		fprintf(stderr, "firmware_sim: %s has no UART\n", mcu);
 		return 1;
 	}
 	wire.start = rx_start;
 	uint32_t flags = 0;
-	avr_ioctl(avr, AVR_IOCTL_UART_GET_FLAGS('0'), &flags);
+	avr_ioctl(avr, AVR_IOCTL_UART_GET_FLAGS(un), &flags);
 	flags &= ~(AVR_UART_FLAG_POLL_SLEEP | AVR_UART_FLAG_STDIO);
-	avr_ioctl(avr, AVR_IOCTL_UART_SET_FLAGS('0'), &flags);
-	avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ('0'), UART_IRQ_OUTPUT), uart_out, &wire);
+	avr_ioctl(avr, AVR_IOCTL_UART_SET_FLAGS(un), &flags);
+	avr_irq_register_notify(avr_io_getirq(avr, AVR_IOCTL_UART_GETIRQ(un), UART_IRQ_OUTPUT), uart_out, &wire);
 
 	if (pinlist) {
 		char *list = strdup(pinlist), *save = NULL;
