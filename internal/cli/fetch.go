@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"kiln.dev/kiln/internal/debian"
 	"kiln.dev/kiln/internal/fetch"
 	"kiln.dev/kiln/internal/store"
 	"kiln.dev/kiln/recipes"
@@ -62,6 +63,24 @@ func runFetch(c *cli.Context) error {
 			return fetchHint(err)
 		}
 		got = append(got, fetchedPath{"input", in.Name, p})
+	}
+	// A Debian root: every locked .deb, kept whole for assembly.
+	if spec, ok := d.Recipe().KindData.(*recipes.ImageSpec); ok && spec.Rootfs != nil {
+		l, err := spec.Rootfs.Lock(d.Recipe().Dir)
+		if err != nil {
+			return recipeHint(err)
+		}
+		ins, err := recipes.LockInputs(l, debian.SnapshotBase)
+		if err != nil {
+			return err
+		}
+		for _, in := range ins {
+			p, err := f.DebFile(c.Context, in)
+			if err != nil {
+				return fetchHint(err)
+			}
+			got = append(got, fetchedPath{"deb", in.Name, p})
+		}
 	}
 	if tc := d.ToolchainDef(); tc != nil {
 		p, err := f.Toolchain(c.Context, tc)

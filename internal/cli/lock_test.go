@@ -92,6 +92,31 @@ func TestLockCLI(t *testing.T) {
 	if h2 := runKiln(t, nil, "hash", dir); h2.code != 0 || h2.stdout == h1.stdout {
 		t.Fatalf("derivation did not change with the lock: %s %s", h1.stdout, h2.stdout)
 	}
+	// kiln fetch brings every locked .deb into the store, checked.
+	res = runKiln(t, nil, "fetch", "--store", st, dir)
+	if res.code != 0 || strings.Count(res.stdout, "deb\tdeb-kiln-") != 2 {
+		t.Fatalf("fetch: %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	// A lock whose sha256 does not match the .deb: refused, nothing stored.
+	lockText, _ := os.ReadFile(filepath.Join(dir, "rootfs.lock"))
+	var lk debian.Lock
+	json.Unmarshal(lockText, &lk)
+	lk.Packages[0].SHA256 = strings.Repeat("0", 64)
+	os.WriteFile(filepath.Join(dir, "rootfs.lock"), lk.Marshal(), 0o644)
+	st2 := t.TempDir()
+	res = runKiln(t, nil, "fetch", "--store", st2, dir)
+	if res.code != 1 || !strings.Contains(res.stderr, "sha256 mismatch") || !strings.Contains(res.stderr, "hint:") {
+		t.Fatalf("fetch with a wrong sha256: %d\n%s", res.code, res.stderr)
+	}
+	if ents, _ := os.ReadDir(st2); len(ents) > 0 {
+		for _, e := range ents {
+			if strings.Contains(e.Name(), "deb-kiln-lib") {
+				t.Fatalf("a mismatching .deb entered the store: %s", e.Name())
+			}
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "rootfs.lock"), lockText, 0o644)
+
 	// A package that does not exist: apt's words, a hint, exit 1, the lock untouched.
 	before, _ := os.ReadFile(filepath.Join(dir, "rootfs.lock"))
 	bad := strings.ReplaceAll(strings.ReplaceAll(lockRecipe, "REPO", repo), `["kiln-app"]`, `["kiln-app", "kiln-nonesuch"]`)

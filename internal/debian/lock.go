@@ -122,6 +122,9 @@ type Package struct {
 	Archive string `json:"archive,omitempty"`
 	// Essential is Debian's Essential: yes.
 	Essential bool `json:"essential,omitempty"`
+	// Base marks the essential set's closure: what mmdebstrap's essential
+	// phase unpacks and installs first with dpkg --force-depends.
+	Base bool `json:"base,omitempty"`
 }
 
 // ID is name:arch=version, apt's spelling of one exact package.

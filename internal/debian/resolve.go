@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path"
@@ -90,6 +91,18 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (*Lock, error) {
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("lock: %w: apt would install nothing", ErrAPT)
 	}
+	base := map[string]bool{}
+	if req.Essential {
+		// The essential set's own closure is what mmdebstrap installs
+		// first, with dpkg alone; the rest comes on top.
+		out, err := r.apt(ctx, conf, "apt-get", "install", "-q", "--simulate", EssentialPattern(req.Suites[0], req.Arch))
+		if err != nil {
+			return nil, fmt.Errorf("lock: essential set: %w", classify(out, err))
+		}
+		for _, id := range parseInst(out) {
+			base[id] = true
+		}
+	}
 	uris, err := r.apt(ctx, conf, "apt-get", append([]string{"install", "-qq", "--print-uris", "--no-install-recommends"}, args[4:]...)...)
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", classify(uris, err))
@@ -99,7 +112,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (*Lock, error) {
 		return nil, fmt.Errorf("lock: %w: apt-cache show: %s", ErrAPT, aptErrors(show, err))
 	}
 	meta := parseStanzas(show)
-	base := repoURIs(uris)
+	uriOf := repoURIs(uris)
 	l := &Lock{Format: LockFormat, Resolved: resolved, Request: req, RequestHash: req.Hash()}
 	for _, id := range ids {
 		p, ok := meta[id]
@@ -111,10 +124,13 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (*Lock, error) {
 			p.Filename = strings.TrimPrefix(p.Filename, strings.TrimSuffix(strings.TrimPrefix(req.Mirror, "file:"), "/")+"/")
 		}
 		if req.Mirror == "" {
-			if uri, ok := base[path.Base(p.Filename)]; ok {
-				p.Archive = path.Base(strings.TrimSuffix(strings.TrimSuffix(uri, p.Filename), "/"))
+			if uri, ok := uriOf[path.Base(p.Filename)]; ok {
+				p.Archive = archiveOf(uri, p.Filename)
 			}
 		}
+		// Without the essential set, the whole closure is installed at
+		// once with dpkg, as mmdebstrap's custom variant does.
+		p.Base = base[id] || !req.Essential
 		l.Packages = append(l.Packages, p)
 	}
 	if _, err := ParseLock(l.Marshal()); err != nil {
@@ -298,6 +314,12 @@ func parseInst(out string) []string {
 	return ids
 }
 
+// archiveOf names the archive a package URI is in: the last path element
+// before the pool path ("debian", "debian-security").
+func archiveOf(uri, filename string) string {
+	return path.Base(strings.TrimSuffix(strings.TrimSuffix(uri, filename), "/"))
+}
+
 // repoURIs maps a .deb file name to the URI --print-uris gave it.
 func repoURIs(out string) map[string]string {
 	m := map[string]string{}
@@ -305,6 +327,9 @@ func repoURIs(out string) map[string]string {
 		f := strings.Fields(l)
 		if len(f) >= 2 && strings.HasPrefix(f[0], "'") {
 			uri := strings.Trim(f[0], "'")
+			if u, err := url.PathUnescape(uri); err == nil {
+				uri = u // apt escapes '+' and the epoch's ':' in URIs
+			}
 			m[path.Base(uri)] = uri
 		}
 	}

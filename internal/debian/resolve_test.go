@@ -228,3 +228,15 @@ func union(a, b []string) []string {
 	sort.Strings(out)
 	return out
 }
+
+func TestRepoURIs(t *testing.T) {
+	out := "'http://mirror.invalid/debian/pool/main/g/gcc-12/libstdc%2b%2b6_12.2.0-14%2bdeb12u1_arm64.deb' libstdc++6_12.2.0-14+deb12u1_arm64.deb 1 MD5Sum:x\n" +
+		"'http://mirror.invalid/debian-security/pool/updates/main/o/openssl/libssl3_3.0.17-1~deb12u2_arm64.deb' libssl3_3.0.17-1~deb12u2_arm64.deb 2 MD5Sum:y\n"
+	m := debian.RepoURIs(out)
+	if m["libstdc++6_12.2.0-14+deb12u1_arm64.deb"] != "http://mirror.invalid/debian/pool/main/g/gcc-12/libstdc++6_12.2.0-14+deb12u1_arm64.deb" {
+		t.Errorf("%v", m)
+	}
+	if debian.ArchiveOf(m["libssl3_3.0.17-1~deb12u2_arm64.deb"], "pool/updates/main/o/openssl/libssl3_3.0.17-1~deb12u2_arm64.deb") != "debian-security" {
+		t.Errorf("archive of the security mirror")
+	}
+}

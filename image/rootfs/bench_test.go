@@ -1,0 +1,72 @@
+package rootfs
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"kiln.dev/kiln/internal/fetch"
+)
+
+// BenchmarkAssembleVsMmdebstrap assembles the small locked set with kiln
+// and with mmdebstrap (root mode, custom variant, the same .debs already
+// fetched, both under qemu-user) and prints the ratio.
+func BenchmarkAssembleVsMmdebstrap(b *testing.B) {
+	needSandbox(b)
+	if _, err := exec.LookPath("mmdebstrap"); err != nil {
+		b.Skip("mmdebstrap not installed")
+	}
+	_, debs := smallLock(b)
+	repo := localRepo(b, filepath.Join(b.TempDir(), "repo"), debs)
+	var kiln, mm time.Duration
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		assemble(b, debs)
+		kiln += time.Since(t0)
+		t0 = time.Now()
+		runMmdebstrap(b, filepath.Join(b.TempDir(), "mm"), repo, debs)
+		mm += time.Since(t0)
+	}
+	b.ReportMetric(kiln.Seconds()/float64(b.N), "kiln-s")
+	b.ReportMetric(mm.Seconds()/float64(b.N), "mmdebstrap-s")
+	b.ReportMetric(kiln.Seconds()/mm.Seconds(), "kiln/mmdebstrap")
+}
+
+// BenchmarkUnpackVsDpkgDeb unpacks every .deb of the small set with kiln's
+// Go unpacker and with dpkg-deb -x, and prints the ratio.
+func BenchmarkUnpackVsDpkgDeb(b *testing.B) {
+	if _, err := exec.LookPath("dpkg-deb"); err != nil {
+		b.Skip("dpkg-deb not installed")
+	}
+	_, debs := smallLock(b)
+	var kiln, dpkg time.Duration
+	for i := 0; i < b.N; i++ {
+		dk, dd := b.TempDir(), b.TempDir()
+		t0 := time.Now()
+		for _, d := range debs {
+			f, err := os.Open(d.Path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			err = fetch.UnpackDeb(f, dk)
+			f.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		kiln += time.Since(t0)
+		t0 = time.Now()
+		for _, d := range debs {
+			if out, err := exec.CommandContext(context.Background(), "dpkg-deb", "-x", d.Path, dd).CombinedOutput(); err != nil {
+				b.Fatalf("dpkg-deb -x: %v %s", err, out)
+			}
+		}
+		dpkg += time.Since(t0)
+	}
+	b.ReportMetric(kiln.Seconds()/float64(b.N), "kiln-s")
+	b.ReportMetric(dpkg.Seconds()/float64(b.N), "dpkg-deb-s")
+	b.ReportMetric(kiln.Seconds()/dpkg.Seconds(), "kiln/dpkg-deb")
+}

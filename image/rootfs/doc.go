@@ -1,0 +1,12 @@
+// Package rootfs assembles a Debian root filesystem from a locked package
+// closure the way mmdebstrap's essential variant does, inside kiln's build
+// sandbox: every essential package's data is unpacked, then dpkg itself
+// (the root's own, for the root's architecture) installs the essential set
+// with --force-depends and then the rest, running every maintainer script
+// in dpkg's order. A foreign architecture's programs run through
+// qemu-user-static, registered with flag F in the sandbox's own user
+// namespace's binfmt_misc (the host's registrations are neither needed nor
+// touched). The sandbox has no network, a fixed SOURCE_DATE_EPOCH, and the
+// result is cleaned of what differs between runs (logs, caches, the
+// machine ID, SSH host keys), so two assemblies are bit-identical.
+package rootfs

@@ -1,0 +1,6 @@
+package debian
+
+var (
+	RepoURIs  = repoURIs
+	ArchiveOf = archiveOf
+)
