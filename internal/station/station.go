@@ -1,7 +1,6 @@
 package station
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -551,50 +550,6 @@ func (s *Station) provision(ctx context.Context, pl plug, j *jobRun, emit func(E
 	if s.cfg.Tries > 0 {
 		opts.Tries = s.cfg.Tries
 	}
-	sess, err := device.Open(ctx, pl.Port, b, tg.Protocol, opts)
-	if err != nil {
-		return err
-	}
-	defer sess.Close()
-	j.device = sess.Identity()
-
-	j.phase = "serial"
-	serial, err := s.serials.Reserve()
-	if err != nil {
-		return err
-	}
-	j.serial = serial
-	rec := &Record{Version: RecordVersion, Serial: serial, Time: time.Now().UTC()}
-	if s.cfg.Keys.Ed25519 {
-		pub, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return err
-		}
-		rec.PrivateKey, rec.PublicKey = priv, pub
-		j.prov["public_key"] = "ed25519:" + base64.StdEncoding.EncodeToString(pub)
-	}
-	pr := b.Provision
-	recData, err := rec.Encode(int(pr.Size))
-	if err != nil {
-		return err
-	}
-	recImg, err := flash.NewImage("provision record", flash.Segment{Addr: pr.Base, Data: recData})
-	if err != nil {
-		return err
-	}
-	whole, err := flash.NewImage(tg.Artifact, append(append([]flash.Segment(nil), tg.image.Segments...), recImg.Segments...)...)
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(recData)
-	j.prov["record_version"] = strconv.Itoa(RecordVersion)
-	j.prov["record_region"] = pr.Region
-	j.prov["record_address"] = fmt.Sprintf("0x%x", pr.Base)
-	j.prov["record_size"] = strconv.Itoa(int(pr.Size))
-	j.prov["record_sha256"] = hex.EncodeToString(sum[:])
-	j.prov["record_crc32"] = fmt.Sprintf("%08x", crc32.ChecksumIEEE(recData))
-	emit(Event{Port: pl.Port, Board: b.Name, Job: j.id, State: StateRunning, Phase: "write", Serial: serial, Device: j.device})
-
 	var last time.Time
 	lastPhase := ""
 	progress := func(phase string, done, total int64) {
@@ -603,29 +558,65 @@ func (s *Station) provision(ctx context.Context, pl plug, j *jobRun, emit func(E
 			emit(ev(phase, done, total))
 		}
 	}
-	j.phase = "write"
-	if err := sess.Write(ctx, whole, progress); err != nil {
-		return err
+	pr := b.Provision
+	var serial string
+	var rec *Record
+	var recData []byte
+	// The device work (open through the back-end table, write firmware
+	// and record in one session, prove both) is op.Provision's; the
+	// station makes the record once the device has said who it is.
+	done, err := op.Provision(ctx, op.Request{Port: pl.Port, Protocol: tg.Protocol, Device: opts, Progress: progress}, op.Provisioning{
+		Board: b, Firmware: tg.image,
+		Phase: func(p string) {
+			if p == "record" {
+				p = "serial"
+			}
+			j.phase = p
+		},
+		Record: func(identity string) (*flash.Image, error) {
+			j.device = identity
+			var err error
+			if serial, err = s.serials.Reserve(); err != nil {
+				return nil, err
+			}
+			j.serial = serial
+			rec = &Record{Version: RecordVersion, Serial: serial, Time: time.Now().UTC()}
+			if s.cfg.Keys.Ed25519 {
+				pub, priv, err := ed25519.GenerateKey(rand.Reader)
+				if err != nil {
+					return nil, err
+				}
+				rec.PrivateKey, rec.PublicKey = priv, pub
+				j.prov["public_key"] = "ed25519:" + base64.StdEncoding.EncodeToString(pub)
+			}
+			if recData, err = rec.Encode(int(pr.Size)); err != nil {
+				return nil, err
+			}
+			sum := sha256.Sum256(recData)
+			j.prov["record_version"] = strconv.Itoa(RecordVersion)
+			j.prov["record_region"] = pr.Region
+			j.prov["record_address"] = fmt.Sprintf("0x%x", pr.Base)
+			j.prov["record_size"] = strconv.Itoa(int(pr.Size))
+			j.prov["record_sha256"] = hex.EncodeToString(sum[:])
+			j.prov["record_crc32"] = fmt.Sprintf("%08x", crc32.ChecksumIEEE(recData))
+			emit(Event{Port: pl.Port, Board: b.Name, Job: j.id, State: StateRunning, Phase: "write", Serial: serial, Device: j.device})
+			return flash.NewImage("provision record", flash.Segment{Addr: pr.Base, Data: recData})
+		},
+	})
+	if done != nil {
+		if done.Device != "" {
+			j.device = done.Device
+		}
+		j.fwRes = done.Firmware
+		if done.Record != nil {
+			gsum := sha256.Sum256(done.Record)
+			j.prov["record_readback_sha256"] = hex.EncodeToString(gsum[:])
+		}
 	}
-	// The proof: the firmware read back hashes to the artifact's image,
-	// and the record read back is byte for byte what was written and
-	// decodes with its CRC.
-	j.phase = "verify firmware"
-	j.fwRes, err = flash.Verify(ctx, sess, tg.image, progress)
 	if err != nil {
 		return err
 	}
-	j.phase = "verify record"
-	emit(ev("verify record", 0, int64(pr.Size)))
-	got, err := sess.ReadBack(ctx, flash.Region{Addr: pr.Base, Size: int(pr.Size)}, nil)
-	if err != nil {
-		return fmt.Errorf("read back record: %w", err)
-	}
-	gsum := sha256.Sum256(got)
-	j.prov["record_readback_sha256"] = hex.EncodeToString(gsum[:])
-	if !bytes.Equal(got, recData) {
-		return fmt.Errorf("provision record at 0x%x: %w", pr.Base, flash.ErrVerify)
-	}
+	got := done.Record
 	back, err := DecodeRecord(got)
 	if err != nil {
 		return err
