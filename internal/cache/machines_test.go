@@ -180,6 +180,7 @@ func TestMachines(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds firmware and an image on three machines")
 	}
+	t.Parallel() // mostly waiting on kiln processes: overlap with the other tests
 	seed := closure(t, "blink-uno", "rpi-appliance")
 	n := cachetest.NewNet(t)
 	w := cachetest.StartWeed(t, n.Server, n.ServerIP)
@@ -337,6 +338,7 @@ contents = [{ from = "blob0:blob0", to = "blob0" }]
 // cache verifies clean: concurrent pushes of one entry write the same
 // bytes, and a record never comes before its content.
 func TestConcurrentClients(t *testing.T) {
+	t.Parallel()
 	const clients = 16
 	recipe, entries := sharedInputs(t, 4)
 	n := cachetest.NewNet(t)
