@@ -79,6 +79,9 @@ func smallLock(t testing.TB) (*debian.Lock, []Deb) {
 		t.Fatal(err)
 	}
 	f := &fetch.Fetcher{Store: st}
+	if err := f.PrefetchDebs(context.Background(), ins); err != nil {
+		t.Fatalf("fetch the locked packages (network to Debian, once): %v", err)
+	}
 	var debs []Deb
 	for i, in := range ins {
 		p, err := f.DebFile(context.Background(), in)

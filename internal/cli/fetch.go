@@ -74,6 +74,9 @@ func runFetch(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := f.PrefetchDebs(c.Context, ins); err != nil {
+			return fetchHint(err)
+		}
 		for _, in := range ins {
 			p, err := f.DebFile(c.Context, in)
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -134,5 +135,44 @@ func TestDebPinGone(t *testing.T) {
 	_, err := f.Input(context.Background(), in)
 	if !errors.Is(err, fetch.ErrGone) || !errors.Is(err, fetch.ErrAPT) || !strings.Contains(err.Error(), "was not found") {
 		t.Fatalf("%v", err)
+	}
+}
+
+// TestPrefetchDebs: one apt-get run brings every deb: pin of a lock; a
+// file with another sha256 is not stored (DebFile then reports it).
+func TestPrefetchDebs(t *testing.T) {
+	dir := t.TempDir()
+	good := debtest.Build(t, dir, debtest.Deb{Name: "kiln-a", Version: "1.0-1", Arch: "amd64"})
+	other := debtest.Build(t, dir, debtest.Deb{Name: "kiln-b", Version: "1.0-1", Arch: "amd64"})
+	sumA, _ := store.HashFile(good)
+	log := filepath.Join(dir, "calls")
+	apt := filepath.Join(dir, "apt-get")
+	// A stand-in apt-get: records its call, "downloads" both files.
+	os.WriteFile(apt, []byte("#!/bin/sh\necho \"$@\" >> "+log+"\ncp "+good+" "+other+" .\n"), 0o755)
+	st, _ := store.Open(t.TempDir())
+	f := &fetch.Fetcher{Store: st, APTGet: apt}
+	host, err := exec.Command("dpkg", "--print-architecture").Output()
+	if err != nil {
+		t.Skip("no dpkg")
+	}
+	arch := strings.TrimSpace(string(host))
+	ins := []recipes.Input{
+		{Name: "deb-kiln-a", SHA256: sumA, File: filepath.Base(good), Sources: []string{"deb:kiln-a:" + arch + "=1.0-1"}},
+		{Name: "deb-kiln-b", SHA256: strings.Repeat("0", 64), File: filepath.Base(other), Sources: []string{"deb:kiln-b:" + arch + "=1.0-1"}},
+	}
+	if err := f.PrefetchDebs(context.Background(), ins); err != nil {
+		t.Fatal(err)
+	}
+	calls, _ := os.ReadFile(log)
+	if strings.Count(string(calls), "download") != 1 || !strings.Contains(string(calls), "kiln-a=1.0-1 kiln-b=1.0-1") {
+		t.Fatalf("apt-get calls: %q", calls)
+	}
+	if p, ok := f.DebFilePath(ins[0]); !ok {
+		t.Fatal("kiln-a not stored")
+	} else if s, _ := store.HashFile(p); s != sumA {
+		t.Fatal("kiln-a stored with other content")
+	}
+	if _, ok := f.DebFilePath(ins[1]); ok {
+		t.Fatal("kiln-b stored although its sha256 does not match")
 	}
 }
