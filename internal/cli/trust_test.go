@@ -366,7 +366,12 @@ func checkEvidence(t *testing.T, out, keyFile string) {
 			Digest map[string]string
 		}
 		Predicate struct {
-			RunDetails struct{ Metadata struct{ InvocationID string } }
+			BuildDefinition struct {
+				InternalParameters struct{ Derivation string }
+			}
+			RunDetails struct {
+				Metadata struct{ InvocationID, StartedOn, FinishedOn string }
+			}
 		}
 	}
 	if err := json.Unmarshal(payload, &st); err != nil {
@@ -381,8 +386,15 @@ func checkEvidence(t *testing.T, out, keyFile string) {
 			t.Errorf("provenance subject %s: %s, manifest %s", name, got[name], o.SHA256)
 		}
 	}
-	if st.Predicate.RunDetails.Metadata.InvocationID != "derivation:"+m.Derivation {
-		t.Errorf("invocation %q", st.Predicate.RunDetails.Metadata.InvocationID)
+	// The provenance is about this invocation: its own id and times; the
+	// derivation is an internal parameter.
+	md := st.Predicate.RunDetails.Metadata
+	if !strings.HasPrefix(md.InvocationID, "urn:uuid:") || md.StartedOn == "" || md.FinishedOn < md.StartedOn ||
+		strings.HasPrefix(md.StartedOn, "1980") {
+		t.Errorf("invocation %+v", md)
+	}
+	if st.Predicate.BuildDefinition.InternalParameters.Derivation != m.Derivation {
+		t.Errorf("provenance derivation %q, manifest %s", st.Predicate.BuildDefinition.InternalParameters.Derivation, m.Derivation)
 	}
 }
 
