@@ -11,7 +11,7 @@ func TestEveryShippedBoardLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"arduino-leonardo", "arduino-mega2560", "arduino-micro", "arduino-nano", "arduino-uno", "bluepill", "nucleo-f401re", "rpi-3b", "rpi-4b", "rpi-zero-2w"}
+	want := []string{"arduino-leonardo", "arduino-mega2560", "arduino-micro", "arduino-nano", "arduino-nano-old", "arduino-pro-mini-3v3", "arduino-pro-mini-5v", "arduino-uno", "bluepill", "nucleo-f401re", "rpi-3b", "rpi-4b", "rpi-zero-2w"}
 	if len(all) != len(want) {
 		t.Fatalf("got %d boards, want %d", len(all), len(want))
 	}

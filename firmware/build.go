@@ -778,6 +778,11 @@ func (b *builder) manifest(files map[string][]byte, imgs *Images) *Manifest {
 	for _, sf := range b.d.SourceFiles() {
 		m.Sources = append(m.Sources, FileRef{Path: sf.Path, SHA256: sf.SHA256})
 	}
+	if ad, ok := b.d.Extra.(*recipes.ArduinoDerivation); ok {
+		for _, sf := range ad.Files { // an arduino recipe's sketch files
+			m.Sources = append(m.Sources, FileRef{Path: path.Join(ad.Spec.Sketch, sf.Path), SHA256: sf.SHA256})
+		}
+	}
 	return m
 }
 

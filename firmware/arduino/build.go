@@ -615,6 +615,11 @@ func (b *builder) compileAndLink(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The one flag arduino-builder does not pass: an LTO link compiles into
+	// temporary files named at random, and the name lands in the ELF's
+	// debug information; -save-temps names them after the output (the
+	// flash image is the same either way — the corpus test compares it).
+	argv = append(argv, "-save-temps")
 	if _, stderr, err := b.exec(ctx, argv, true); err != nil {
 		return &CompileError{What: "link " + p["build.project_name"] + ".elf", Output: string(stderr), Err: err}
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/firmware"
+	"kiln.dev/kiln/firmware/arduino/sketchinit"
 )
 
 // corpusSketches lists every example sketch in Debian's arduino (the IDE
@@ -58,11 +59,13 @@ var corpusExceptions = map[string]string{}
 
 // TestCorpus builds Debian's example sketches with kiln (recipe of kind
 // arduino, the unmodified sketch directory) and with arduino-builder, and
-// compares the flash images byte for byte. Every sketch is built for the
-// Uno; every fourth for the Mega 2560 (a deterministic sample, to keep the
-// test within a few minutes on two cores). A sketch arduino-builder cannot
-// build for a board (AnalogWriteMega's pins on the Uno…) must fail in kiln
-// too.
+// compares the flash images byte for byte: kiln init writes the recipe
+// of the unmodified sketch directory, kiln build builds it. Every sketch is
+// built for the Uno; every sixth for the Mega 2560 and every fifteenth for
+// the Nano with the old bootloader and the 8 MHz Pro Mini (deterministic
+// samples, to keep the test within a few minutes on two cores). A sketch
+// arduino-builder cannot build for a board (the USB examples need
+// Keyboard/Mouse, which Debian does not ship) must fail in kiln too.
 func TestCorpus(t *testing.T) {
 	needPeer(t)
 	sketches := corpusSketches(t)
@@ -70,8 +73,11 @@ func TestCorpus(t *testing.T) {
 	ctx := context.Background()
 	boardsToBuild := []corpusBoard{
 		{kiln: "arduino-uno", fqbn: "arduino:avr:uno", every: 1},
-		{kiln: "arduino-mega2560", fqbn: "arduino:avr:mega:cpu=atmega2560", every: 4},
+		{kiln: "arduino-mega2560", fqbn: "arduino:avr:mega:cpu=atmega2560", every: 6},
+		{kiln: "arduino-nano-old", fqbn: "arduino:avr:nano:cpu=atmega328old", every: 15},
+		{kiln: "arduino-pro-mini-3v3", fqbn: "arduino:avr:pro:cpu=8MHzatmega328", every: 15},
 	}
+	srv := indexServer(t, nil)
 	type job struct {
 		board  corpusBoard
 		sketch string
@@ -100,11 +106,23 @@ func TestCorpus(t *testing.T) {
 				name := j.board.kiln + "/" + filepath.Base(j.sketch)
 				dir := filepath.Join(t.TempDir(), filepath.Base(j.sketch))
 				copySketch(t, j.sketch, dir)
-				writeRecipe(t, dir, j.board.kiln, "")
+				core := coreInput
+				ini, initErr := sketchinit.Init(ctx, sketchinit.Options{Sketch: dir, Board: j.board.kiln,
+					Index: srv.URL + "/library_index.json", Store: f.Store, HTTP: srv.Client(), Core: &core})
 				t0 := time.Now()
-				img, peerOut, peerErr := peerBuild{Sketch: dir, FQBN: j.board.fqbn, Prefs: []string{"compiler.cpp.extra_flags=" + decimalDig}}.run(t)
+				// arduino-builder gets the libraries kiln init pinned (the
+				// Starter Kit's Servo and LiquidCrystal come from the index).
+				pb := peerBuild{Sketch: dir, FQBN: j.board.fqbn, Prefs: []string{"compiler.cpp.extra_flags=" + decimalDig}}
+				if initErr == nil && len(ini.Libraries) > 0 {
+					pb.Libraries = peerLibraries(t, ini)
+				}
+				img, peerOut, peerErr := pb.run(t)
 				t1 := time.Now()
-				res, err := firmware.Build(ctx, firmware.Options{Dir: dir, Store: s, Fetcher: f, Jobs: 1})
+				var res *firmware.Result
+				err := initErr
+				if err == nil {
+					res, err = firmware.Build(ctx, firmware.Options{Dir: dir, Store: s, Fetcher: f, Jobs: 1})
+				}
 				if testing.Verbose() {
 					t.Logf("%s: arduino-builder %s, kiln %s", name, t1.Sub(t0).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
 				}
