@@ -11,6 +11,7 @@ import (
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/avr109"
 	"kiln.dev/kiln/flash/avr109/avr109test"
+	"kiln.dev/kiln/flash/blockdev"
 	"kiln.dev/kiln/flash/dfu"
 	"kiln.dev/kiln/flash/dfu/dfutest"
 	"kiln.dev/kiln/flash/ssh"
@@ -50,8 +51,9 @@ type Backend struct {
 	// against board b, for back ends that are not a byte stream.
 	OpenEmulator func(model, b *boards.Board, opts Options) (Session, error)
 	// Disk marks a back end that writes whole disk images (ssh whole-disk,
-	// a local block device); internal/op drives it.
-	Disk bool
+	// a local block device); internal/op drives it. Local marks the one
+	// that writes a block device of this machine.
+	Disk, Local bool
 	// Hints are lines a user can act on for an error of this back end.
 	Hints func(err error, port string) []string
 }
@@ -250,6 +252,27 @@ var table = map[string]*Backend{
 			return nil
 		},
 	},
+	"blockdev": {
+		// An SD card in a reader on this machine: a whole-disk write with
+		// read-back proof (kiln flash --port /dev/sdX IMAGE, or
+		// blockdev:/dev/disk/by-id/...). Driven by internal/op over
+		// flash/blockdev; its tests run on loop devices.
+		Protocol: "blockdev", Ports: []string{"blockdev:", "/dev/sd", "/dev/mmcblk", "/dev/disk/by-", "/dev/loop", "/dev/nvme", "/dev/vd"},
+		PortKind: "local block device", Resets: []string{"none"}, Disk: true, Local: true,
+		Hints: func(err error, port string) []string {
+			switch {
+			case errors.Is(err, blockdev.ErrNotRemovable):
+				return []string{"the disk does not say it is removable (a USB SD reader does): check it is the card, then pass --force"}
+			case errors.Is(err, blockdev.ErrMounted):
+				return []string{"unmount every partition of the card first (umount, or eject it in the desktop)"}
+			case errors.Is(err, blockdev.ErrSystemDisk):
+				return []string{"this is the disk the running system is on: name the card's device (lsblk lists disks)"}
+			case errors.Is(err, blockdev.ErrTooSmall):
+				return []string{"use a larger card"}
+			}
+			return nil
+		},
+	},
 	"ssh": {
 		// A Raspberry Pi (or any Linux device) over SSH: a whole-disk write
 		// (kiln flash --port ssh://host/dev/sdX) or an A/B update. Driven by
@@ -317,6 +340,12 @@ func Resolve(port string, b *boards.Board, protocol string) (*Backend, error) {
 func IsDisk(port string) bool {
 	be := byPort(port)
 	return be != nil && be.Disk
+}
+
+// IsLocalDisk reports whether port names a block device of this machine.
+func IsLocalDisk(port string) bool {
+	be := byPort(port)
+	return be != nil && be.Local
 }
 
 // byPort returns the back end that owns port's prefix, or nil.

@@ -14,14 +14,13 @@ import (
 // pending are protocols a board file names whose back end is being built
 // elsewhere; each must go from here when its entry lands (the test fails
 // when an entry exists and the name is still listed).
-var pending = map[string]string{
-	"blockdev": "local SD-card writer (helper blockdev)",
-}
+var pending = map[string]string{}
 
 // inProcessLess are table entries whose device model is not an in-process
 // emulator; each names where its model lives.
 var inProcessLess = map[string]string{
-	"ssh": "flash/ssh/sshtest runs real sshd devices in network namespaces",
+	"ssh":      "flash/ssh/sshtest runs real sshd devices in network namespaces",
+	"blockdev": "flash/blockdev's tests write loop devices",
 }
 
 // Every protocol any board file names has a back end, and every back end
@@ -105,8 +104,16 @@ func TestResolve(t *testing.T) {
 	if be, err := device.Resolve("SSH://pi@host/dev/sda", pi, ""); err != nil || !be.Disk {
 		t.Errorf("ssh port: %v %v", be, err)
 	}
-	if !device.IsDisk("ssh://pi@host/dev/sda") || device.IsDisk("/dev/sda") {
+	if !device.IsDisk("ssh://pi@host/dev/sda") || device.IsLocalDisk("ssh://pi@host/dev/sda") || device.IsDisk("/dev/ttyUSB0") {
 		t.Error("IsDisk")
+	}
+	for _, p := range []string{"/dev/sda", "/dev/mmcblk0", "blockdev:/dev/disk/by-id/usb-Card_Reader-0:0", "/dev/loop7"} {
+		if !device.IsDisk(p) || !device.IsLocalDisk(p) {
+			t.Errorf("%s is not a local disk", p)
+		}
+		if be, err := device.Resolve(p, pi, ""); err != nil || be.Protocol != "blockdev" {
+			t.Errorf("%s on a Pi: %v %v", p, be, err)
+		}
 	}
 	if _, err := device.Resolve("ssh://pi@host/dev/sda", board(t, "arduino-uno"), ""); err == nil || !strings.Contains(err.Error(), "device reached over SSH") {
 		t.Errorf("ssh port for an uno: %v", err)

@@ -34,7 +34,8 @@ func init() {
 		ArgsUsage: "ARTIFACT (.hex, .elf, .bin with --address, or a build output directory)",
 		Flags: []cli.Flag{boardFlag, portFlag, protocolFlag, addressFlag, baudFlag, jsonFlag, policyFlag, sigFlag, groupFlag, logFlag,
 			sshKeyFlag, knownHostsFlag, &cli.StringFlag{Name: "bmap", Usage: "block map `FILE` for an image over ssh:// (default: beside the image)"},
-			&cli.BoolFlag{Name: "unprotect", Usage: "remove the chip's read-out protection first; the chip erases its whole flash as it does (swd)"}},
+			&cli.BoolFlag{Name: "unprotect", Usage: "remove the chip's read-out protection first; the chip erases its whole flash as it does (swd)"},
+			&cli.BoolFlag{Name: "force", Usage: "write a local disk that does not say it is removable (blockdev)"}},
 		Action: func(c *cli.Context) error {
 			return runFlashOrVerify(c, true)
 		},
@@ -67,6 +68,7 @@ func flashRequest(c *cli.Context) (op.Request, error) {
 		Record: func(en auditlog.Entry) error { return appendAudit(c, en) },
 		Open:   openDevice,
 	}
+	req.Disk.Force = c.Bool("force")
 	if s := c.String("address"); s != "" {
 		a, err := strconv.ParseUint(s, 0, 32)
 		if err != nil {

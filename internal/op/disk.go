@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/flash/blockdev"
 	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/internal/trust"
 )
@@ -19,6 +20,8 @@ type DiskOptions struct {
 	KeyFiles   []string
 	// Update tunes an A/B update (health check, timeouts, delta, helper).
 	Update ssh.UpdateOptions
+	// Force writes a local block device that does not say it is removable.
+	Force bool
 	// Dialer replaces the real SSH dialer (tests).
 	Dialer func(a ssh.Addr, opts ssh.Options) ssh.Dialer
 }
@@ -120,6 +123,33 @@ func FlashDisk(ctx context.Context, req Request) (rep *Report, err error) {
 		}
 		rep.Verified = res.Verified && err == nil
 		rep.WriteSec = res.Seconds
+	}
+	rep.TotalSec = time.Since(start).Seconds()
+	return rep, err
+}
+
+// FlashLocal writes a whole disk image to a block device of this machine
+// (an SD card in a reader: /dev/sdX, blockdev:/dev/disk/by-id/...) and
+// proves it by reading it back past the cache.
+func FlashLocal(ctx context.Context, req Request) (rep *Report, err error) {
+	start := time.Now()
+	rep = &Report{Op: "flash", Port: req.Port, Protocol: "blockdev", Image: req.Artifact}
+	path := strings.TrimPrefix(req.Port, "blockdev:")
+	defer func() { err = record(req, rep, err) }()
+	a, err := diskArtifact(req, rep)
+	if err != nil {
+		return rep, err
+	}
+	defer a.Close()
+	var prog func(string, int64, int64)
+	if req.Progress != nil {
+		prog = func(phase string, d, t int64) { req.Progress(phase, d, t) }
+	}
+	res, err := blockdev.Write(ctx, path, a.DiskPath(), blockdev.Options{Bmap: a.Bmap, Force: req.Disk.Force, Progress: prog})
+	if res != nil {
+		rep.Device, rep.DeviceSHA256, rep.Local = res.Path, res.ReadbackSHA256, res
+		rep.Verified = res.Verified && err == nil
+		rep.WriteSec, rep.VerifySec = res.WriteSec, res.VerifySec
 	}
 	rep.TotalSec = time.Since(start).Seconds()
 	return rep, err

@@ -9,6 +9,7 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/blockdev"
 	"kiln.dev/kiln/flash/device"
 	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/internal/auditlog"
@@ -75,6 +76,7 @@ type Report struct {
 	Error        string          `json:"error,omitempty"`
 	// Disk and Update hold a back end's details (bytes sent, slots).
 	Disk   *ssh.WriteResult  `json:"disk,omitempty"`
+	Local  *blockdev.Report  `json:"blockdev,omitempty"`
 	Update *ssh.UpdateResult `json:"update,omitempty"`
 }
 
@@ -84,6 +86,9 @@ type Report struct {
 // refusal by the policy ErrUntrusted, an artifact for another board
 // ErrWrongBoard.
 func Flash(ctx context.Context, req Request) (*Report, error) {
+	if device.IsLocalDisk(req.Port) {
+		return FlashLocal(ctx, req)
+	}
 	if device.IsDisk(req.Port) {
 		return FlashDisk(ctx, req)
 	}

@@ -1,0 +1,84 @@
+package cli
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestFlashBlockdevThroughTheBinary: kiln flash --port /dev/loopN writes a
+// kiln-built image (.img.xz with its bmap) to a loop device standing in for
+// an SD card, proves it, and reports the artifact's hash; without --force a
+// non-removable disk is refused (exit 1, a hint, the card untouched).
+func TestFlashBlockdevThroughTheBinary(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("loop devices need root")
+	}
+	store, out := filepath.Join(t.TempDir(), "store"), filepath.Join(t.TempDir(), "out")
+	if o, e, code := runKilnSSH(t, "image", "build", "--store", store, "--out", out, "../../testdata/ab-appliance"); code != 0 {
+		t.Fatalf("kiln image build: exit %d\n%s%s", code, o, e)
+	}
+	st, err := os.Stat(filepath.Join(out, "image.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	backing := filepath.Join(t.TempDir(), "card")
+	if err := os.WriteFile(backing, make([]byte, st.Size()+(8<<20)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lo, err := exec.Command("losetup", "--find", "--show", backing).Output()
+	if err != nil {
+		t.Skipf("no loop device here: %v", err)
+	}
+	dev := strings.TrimSpace(string(lo))
+	defer exec.Command("losetup", "-d", dev).Run()
+	log := filepath.Join(t.TempDir(), "audit.jsonl")
+
+	_, errs, code := runKilnSSH(t, "flash", "--port", dev, "--log", log, filepath.Join(out, "image.img.xz"))
+	if code != 1 || !strings.Contains(errs, "not removable") || !strings.Contains(errs, "hint:") {
+		t.Fatalf("non-removable without --force: exit %d: %s", code, errs)
+	}
+	if b, _ := os.ReadFile(backing); strings.Trim(string(b), "\x00") != "" {
+		t.Fatal("a refused flash wrote to the card")
+	}
+
+	o, errs, code := runKilnSSH(t, "flash", "--port", "blockdev:"+dev, "--force", "--json", "--log", log, filepath.Join(out, "image.img.xz"))
+	if code != 0 {
+		t.Fatalf("kiln flash: exit %d\n%s%s", code, o, errs)
+	}
+	var rep struct {
+		Protocol       string
+		ArtifactSHA256 string `json:"artifact_sha256"`
+		DeviceSHA256   string `json:"device_sha256"`
+		Verified       bool
+		Local          struct {
+			Verified       bool
+			ArtifactSHA256 string `json:"artifact_sha256"`
+			ReadbackSHA256 string `json:"readback_sha256"`
+		} `json:"blockdev"`
+	}
+	if err := json.Unmarshal([]byte(o), &rep); err != nil {
+		t.Fatalf("%v\n%s", err, o)
+	}
+	if !rep.Verified || !rep.Local.Verified || rep.Local.ReadbackSHA256 == "" || rep.Protocol != "blockdev" {
+		t.Errorf("report: %s", o)
+	}
+	img, _ := os.ReadFile(filepath.Join(out, "image.img"))
+	card, _ := os.ReadFile(backing)
+	if string(card[:len(img)]) != string(img) {
+		t.Error("the card does not hold the image")
+	}
+	full := sha256.Sum256(img)
+	if rep.Local.ArtifactSHA256 != hex.EncodeToString(full[:]) {
+		t.Errorf("blockdev artifact hash %s, the image's %x", rep.Local.ArtifactSHA256, full)
+	}
+	if b, _ := os.ReadFile(log); !strings.Contains(string(b), `"readback_sha256":"`+rep.DeviceSHA256+`","derivation"`) ||
+		!strings.Contains(string(b), `"result":"ok"`) || rep.DeviceSHA256 != rep.Local.ReadbackSHA256 {
+		t.Errorf("audit log (device %s, readback %s, artifact %s): %s", rep.DeviceSHA256, rep.Local.ReadbackSHA256, rep.ArtifactSHA256, b)
+	}
+}
