@@ -23,9 +23,11 @@ var ErrSandbox = errors.New("build sandbox unavailable")
 
 // Deb is one package of the closure, in installation order.
 type Deb struct {
-	Name      string
-	Path      string // the .deb file
-	Essential bool
+	Name string
+	Path string // the .deb file
+	// Base: in the essential set's closure (lock.Package.Base), unpacked first
+	// and installed with dpkg --force-depends, as mmdebstrap's essential phase.
+	Base bool
 }
 
 // Options say what to assemble.
@@ -83,14 +85,14 @@ func Assemble(ctx context.Context, dir string, opts Options) error {
 		if err := linkOrCopy(d.Path, filepath.Join(work, name)); err != nil {
 			return fmt.Errorf("rootfs: %s: %w", d.Name, err)
 		}
-		if d.Essential {
+		if d.Base {
 			ess = append(ess, name)
 		} else {
 			rest = append(rest, name)
 		}
 	}
 	if len(ess) == 0 {
-		return fmt.Errorf("rootfs: the closure has no Essential: yes package (set essential = true)")
+		return fmt.Errorf("rootfs: no package is marked base: nothing to unpack dpkg from")
 	}
 	cmd := sandboxCmd(ctx, opts.Epoch, assembleScript, dir, work, binfmt, strings.Join(ess, " "), strings.Join(rest, " "), opts.Arch)
 	var out bytes.Buffer

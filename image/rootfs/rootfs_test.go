@@ -94,7 +94,7 @@ func smallLock(t testing.TB) (*debian.Lock, []Deb) {
 		if err != nil {
 			t.Fatalf("fetch the locked packages (network to Debian, once): %v", err)
 		}
-		debs = append(debs, Deb{Name: l.Packages[i].Name, Path: p, Essential: l.Packages[i].Base})
+		debs = append(debs, Deb{Name: l.Packages[i].Name, Path: p, Base: l.Packages[i].Base})
 	}
 	return l, debs
 }
@@ -351,7 +351,7 @@ func TestAssembleScriptFails(t *testing.T) {
 	bad := debtest.Build(t, t.TempDir(), debtest.Deb{Name: "kiln-fails", Version: "1.0-1",
 		Scripts: map[string]string{"preinst": "#!/bin/sh\necho 'kiln-fails: the device tree overlay is missing' >&2\nexit 3\n"}})
 	// First in line: dpkg runs its preinst before unpacking anything else.
-	debs = append([]Deb{{Name: "kiln-fails", Path: bad, Essential: true}}, debs...)
+	debs = append([]Deb{{Name: "kiln-fails", Path: bad, Base: true}}, debs...)
 	dir := filepath.Join(t.TempDir(), "root")
 	os.Mkdir(dir, 0o755)
 	err := Assemble(context.Background(), dir, Options{Arch: "arm64", Debs: debs, Epoch: epoch})
