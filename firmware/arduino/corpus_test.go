@@ -61,7 +61,8 @@ var corpusExceptions = map[string]string{}
 // arduino, the unmodified sketch directory) and with arduino-builder, and
 // compares the flash images byte for byte: kiln init writes the recipe
 // of the unmodified sketch directory, kiln build builds it. Every sketch is
-// built for the Uno; every sixth for the Mega 2560 and every fifteenth for
+// built for the Uno; every sixth for the Mega 2560 and the Leonardo
+// (ATmega32u4, the core's USB stack) and every fifteenth for
 // the Nano with the old bootloader and the 8 MHz Pro Mini (deterministic
 // samples, to keep the test within a few minutes on two cores). A sketch
 // arduino-builder cannot build for a board (the USB examples need
@@ -74,6 +75,7 @@ func TestCorpus(t *testing.T) {
 	boardsToBuild := []corpusBoard{
 		{kiln: "arduino-uno", fqbn: "arduino:avr:uno", every: 1},
 		{kiln: "arduino-mega2560", fqbn: "arduino:avr:mega:cpu=atmega2560", every: 6},
+		{kiln: "arduino-leonardo", fqbn: "arduino:avr:leonardo", every: 6},
 		{kiln: "arduino-nano-old", fqbn: "arduino:avr:nano:cpu=atmega328old", every: 15},
 		{kiln: "arduino-pro-mini-3v3", fqbn: "arduino:avr:pro:cpu=8MHzatmega328", every: 15},
 	}
