@@ -159,7 +159,12 @@ func resolveFleet(c *cli.Context, f *fleet.File, log func(string, ...any)) error
 		if err != nil {
 			return err
 		}
-		return f.Resolve(c.Context, fleet.StoreBuilder(s, log))
+		// Binary caches: KILN_SUBSTITUTERS and the policy's [[cache]] tables (cache.go).
+		sub, err := newSubstitution(c, s)
+		if err != nil {
+			return err
+		}
+		return f.Resolve(c.Context, fleet.StoreBuilderWith(s, log, sub.hook()))
 	}
 	return nil
 }

@@ -66,6 +66,12 @@ type Builder func(ctx context.Context, recipeDir string) (string, error)
 // later deploy or status a store lookup. The entry holds image.img, its
 // bmap and manifest, not the .img.xz: updates read the image itself.
 func StoreBuilder(s *store.Store, log func(string, ...any)) Builder {
+	return StoreBuilderWith(s, log, nil)
+}
+
+// StoreBuilderWith is StoreBuilder asking substitute (a binary cache, see
+// recipebuild.Options.Substitute) for an image before building it.
+func StoreBuilderWith(s *store.Store, log func(string, ...any), substitute func(ctx context.Context, key, name string) (string, bool)) Builder {
 	return func(ctx context.Context, dir string) (string, error) {
 		r, err := recipes.Load(dir)
 		if err != nil {
@@ -78,7 +84,7 @@ func StoreBuilder(s *store.Store, log func(string, ...any)) Builder {
 		if log != nil {
 			logf = func(line string) { log("%s", line) }
 		}
-		_, rz, err := recipebuild.Realise(ctx, dir, recipebuild.Options{Store: s, NoXZ: true, Log: logf})
+		_, rz, err := recipebuild.Realise(ctx, dir, recipebuild.Options{Store: s, NoXZ: true, Log: logf, Substitute: substitute})
 		if err != nil {
 			return "", err
 		}
