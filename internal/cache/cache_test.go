@@ -23,7 +23,11 @@ import (
 
 func TestMain(m *testing.M) {
 	FirstBackoff = 10 * time.Millisecond
-	os.Exit(m.Run())
+	code := m.Run()
+	if kilnBin.path != "" {
+		os.RemoveAll(filepath.Dir(kilnBin.path))
+	}
+	os.Exit(code)
 }
 
 // entry adds a small entry to st: a file, an executable in a
