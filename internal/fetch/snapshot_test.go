@@ -114,7 +114,7 @@ func TestLockFallbackToSnapshot(t *testing.T) {
 	}
 
 	// A server error is not "gone": the fix is a retry, not a new pin.
-	srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "busy", 503) })
+	srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "busy", http.StatusServiceUnavailable) })
 	_, err = fetcher().DebFile(context.Background(), ins[0])
 	if err == nil || errors.Is(err, fetch.ErrGone) || !errors.Is(err, fetch.ErrNoSource) {
 		t.Fatalf("503: %v", err)
