@@ -120,7 +120,9 @@ func TestSketchesRunInSimavr(t *testing.T) {
 		for _, w := range widths {
 			lo, hi = min(lo, w), max(hi, w)
 		}
-		near := func(d, us time.Duration) bool { return d > us*time.Microsecond-20*time.Microsecond && d < us*time.Microsecond+20*time.Microsecond }
+		near := func(d, us time.Duration) bool {
+			return d > us*time.Microsecond-20*time.Microsecond && d < us*time.Microsecond+20*time.Microsecond
+		}
 		if !near(lo, 544) || !near(hi, 2400) {
 			t.Errorf("pulse widths %v…%v, want 544 µs (0°) … 2400 µs (180°)", lo, hi)
 		}
