@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -57,7 +58,6 @@ func indexServer(t testing.TB, mutate func(*libindex.Release, map[string][]byte)
 			t.Fatal(err)
 		}
 		var props arduino.Props
-		var top string
 		var headers, srcHeaders []string
 		hasSrc := false
 		for _, f := range zr.File {
@@ -65,14 +65,15 @@ func indexServer(t testing.TB, mutate func(*libindex.Release, map[string][]byte)
 			if len(parts) < 2 {
 				continue
 			}
-			top = parts[0]
 			switch {
 			case len(parts) == 2 && parts[1] == "library.properties":
-				rc, _ := f.Open()
-				buf := make([]byte, f.UncompressedSize64)
-				n, _ := ioReadFull(rc, buf)
+				rc, err := f.Open()
+				if err != nil {
+					t.Fatal(err)
+				}
+				buf, _ := io.ReadAll(rc)
 				rc.Close()
-				props, _, _ = arduino.ParseProps(f.Name, buf[:n])
+				props, _, _ = arduino.ParseProps(f.Name, buf)
 			case len(parts) == 2 && isHeader(parts[1]):
 				headers = append(headers, parts[1])
 			case len(parts) == 3 && parts[1] == "src":
@@ -98,7 +99,6 @@ func indexServer(t testing.TB, mutate func(*libindex.Release, map[string][]byte)
 		sum := sha256.Sum256(data)
 		r.Checksum = "SHA-256:" + hex.EncodeToString(sum[:])
 		files["/"+filepath.Base(z)] = data
-		_ = top
 		rels = append(rels, r)
 	}
 	srv := httptest.NewTLSServer(nil)

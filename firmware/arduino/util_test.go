@@ -8,18 +8,6 @@ import (
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
 
-func ioReadFull(r interface{ Read([]byte) (int, error) }, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := r.Read(buf[n:])
-		n += m
-		if err != nil {
-			return n, nil
-		}
-	}
-	return n, nil
-}
-
 // hasMain reports whether dir is a sketch: it holds <dirname>.ino or .pde.
 func hasMain(dir string) bool {
 	for _, ext := range []string{".ino", ".pde"} {
