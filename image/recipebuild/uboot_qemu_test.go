@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/flash/blockdev"
+	"kiln.dev/kiln/image/disk"
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/image/uboot"
 )
@@ -163,6 +165,47 @@ func mustContain(t *testing.T, what, console string, want ...string) {
 	}
 }
 
+// writtenCard is the card the test boots: as root, a loop device the size
+// of the image, written by kiln's SD-card writer (flash/blockdev) from
+// image.img.xz and its bmap, so the card QEMU boots is one the writer
+// proved; otherwise a copy of image.img.
+func writtenCard(t *testing.T, dir string) string {
+	t.Helper()
+	img := filepath.Join(dir, "image.img")
+	st, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	card := filepath.Join(t.TempDir(), "card.img")
+	if _, err := exec.LookPath("losetup"); os.Geteuid() != 0 || err != nil {
+		run(t, "cp", "--sparse=always", img, card)
+		return card
+	}
+	f, err := os.Create(card)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(st.Size())
+	f.Close()
+	dev := strings.TrimSpace(run(t, "losetup", "--find", "--show", card))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	bf, err := os.Open(filepath.Join(dir, "image.bmap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm, err := disk.ReadBmap(bf)
+	bf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := blockdev.Write(context.Background(), dev, img+".xz", blockdev.Options{Bmap: bm, Force: true})
+	if err != nil || !rep.Verified {
+		t.Fatalf("kiln's SD writer: %v %+v", err, rep)
+	}
+	t.Logf("card written by flash/blockdev to %s: %d of %d bytes, read back and proven", dev, rep.BytesWritten, rep.ImageSize)
+	return dev
+}
+
 // TestUBootABInQEMU: the A/B decision made by the real U-Boot of the image
 // (Debian's u-boot-rpi from its first partition) running kiln's boot.scr on
 // QEMU's raspi3b, with nothing on the test's side deciding: a fresh card
@@ -188,8 +231,7 @@ func TestUBootABInQEMU(t *testing.T) {
 		t.Fatal("v2 has v1's derivation")
 	}
 
-	card := filepath.Join(t.TempDir(), "card.img")
-	run(t, "cp", "--sparse=always", filepath.Join(builds[0], "image.img"), card)
+	card := writtenCard(t, builds[0])
 	fat, _ := part(card, m1, "config")
 
 	// 1. A fresh card: slot a, nothing on trial, so nothing is written.
