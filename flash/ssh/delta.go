@@ -56,7 +56,7 @@ func (d *device) deltaWrite(ctx context.Context, dev string, r io.ReaderAt, n, b
 	close(done)
 	pw.CloseWithError(io.ErrClosedPipe)
 	serr := <-sent
-	d.sent += int64(len(list)) + blockBytes
+	d.sent.Add(int64(len(list)) + blockBytes)
 	switch {
 	case err != nil:
 		return "", 0, fmt.Errorf("delta write %s: %w", dev, err)

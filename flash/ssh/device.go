@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 )
 
 // device runs the device-side half of kiln's SSH work with stock tools, or
@@ -19,17 +20,19 @@ type device struct {
 	helper string // verified helper path on the device, "" for stock tools
 	hsum   string // its sha256
 	dir    string // the private directory kiln made for it
-	sent   int64
+	// sent counts the bytes sent. SSH's stdin copy may still be running
+	// when Run returns, so it is atomic.
+	sent atomic.Int64
 }
 
 type countingReader struct {
 	r io.Reader
-	n *int64
+	n *atomic.Int64
 }
 
 func (c countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	*c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 

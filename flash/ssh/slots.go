@@ -123,7 +123,7 @@ func (s *shellDevice) Health(ctx context.Context, cmd string) error {
 func (s *shellDevice) Sent() int64 {
 	s.s.mu.Lock()
 	defer s.s.mu.Unlock()
-	return s.s.sent + s.d.sent
+	return s.s.sent + s.d.sent.Load()
 }
 
 func (s *shellDevice) UsedHelper() bool {
@@ -139,8 +139,7 @@ func (s *shellDevice) Close() error {
 		cancel()
 	}
 	s.s.mu.Lock()
-	s.s.sent += s.d.sent
-	s.d.sent = 0
+	s.s.sent += s.d.sent.Swap(0)
 	s.s.mu.Unlock()
 	return s.c.Close()
 }
