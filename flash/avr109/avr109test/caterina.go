@@ -6,7 +6,6 @@ package avr109test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -71,33 +70,9 @@ func New(cfg Config) *Device {
 // Reset restarts the chip in its bootloader.
 func (d *Device) Reset() { d.wire.Reset() }
 
-var errExit = errors.New("bootloader exited")
-
 // Serve runs the bootloader on rw until ctx ends or rw fails.
 func (d *Device) Serve(ctx context.Context, rw io.ReadWriter) error {
-	d.wire.Attach(rw)
-	defer d.EndSession()
-	for {
-		err := d.caterina(ctx)
-		switch {
-		case errors.Is(err, emuwire.ErrReset):
-			continue
-		case errors.Is(err, emuwire.ErrWatchdog), errors.Is(err, errExit):
-			d.EndSession()
-			if err := d.wire.Idle(ctx); err != nil {
-				return quiet(err)
-			}
-		default:
-			return quiet(err)
-		}
-	}
-}
-
-func quiet(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || errors.Is(err, io.ErrClosedPipe) {
-		return nil
-	}
-	return err
+	return d.wire.Serve(ctx, rw, d.EndSession, d.caterina)
 }
 
 // caterina is Caterina.c's command loop.
@@ -115,7 +90,7 @@ func (d *Device) caterina(ctx context.Context) error {
 			if err := w.Flush(); err != nil {
 				return err
 			}
-			return errExit
+			return emuwire.ErrApp
 		case 'T':
 			if _, err := w.Getch(ctx); err != nil {
 				return err

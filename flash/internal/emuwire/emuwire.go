@@ -24,6 +24,9 @@ var (
 	ErrReset = errors.New("emuwire: reset")
 	// ErrWatchdog means the bootloader's watchdog expired.
 	ErrWatchdog = errors.New("emuwire: watchdog timeout")
+	// ErrApp is what a bootloader's command loop returns when it starts
+	// the application (Serve then idles until the next reset).
+	ErrApp = errors.New("emuwire: application started")
 	// ErrStopped means a StopAfter fault took the device off the line.
 	ErrStopped = errors.New("emuwire: device stopped answering")
 )
@@ -394,4 +397,37 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Serve runs a bootloader's command loop on rw until ctx ends or rw fails,
+// starting as after an external reset: in the bootloader. A reset starts the
+// loop over; a watchdog expiry or the loop returning ErrApp ends the
+// programming session (end) and leaves the chip in its application, deaf to
+// the host, until the next reset. The normal ends of serving (the host
+// closed the line, ctx ended) return nil.
+func (w *Wire) Serve(ctx context.Context, rw io.ReadWriter, end func(), loop func(context.Context) error) error {
+	w.Attach(rw)
+	defer end()
+	for {
+		err := loop(ctx)
+		switch {
+		case errors.Is(err, ErrReset):
+			continue
+		case errors.Is(err, ErrWatchdog), errors.Is(err, ErrApp):
+			end()
+			if err := w.Idle(ctx); err != nil {
+				return quiet(err)
+			}
+		default:
+			return quiet(err)
+		}
+	}
+}
+
+// quiet turns the normal ends of serving into nil.
+func quiet(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || errors.Is(err, io.ErrClosedPipe) {
+		return nil
+	}
+	return err
 }

@@ -2,7 +2,6 @@ package stk500test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -112,37 +111,10 @@ func New(cfg Config) *Device {
 // Reset pulses the chip's reset pin (an external reset: Optiboot runs).
 func (d *Device) Reset() { d.wire.Reset() }
 
-// errApp means Optiboot started the application.
-var errApp = errors.New("application started")
-
 // Serve runs the chip on rw until ctx ends or rw fails. It starts as after
 // an external reset: in the bootloader.
 func (d *Device) Serve(ctx context.Context, rw io.ReadWriter) error {
-	d.wire.Attach(rw)
-	defer d.EndSession()
-	for {
-		err := d.optiboot(ctx)
-		switch {
-		case errors.Is(err, emuwire.ErrReset):
-			continue
-		case errors.Is(err, emuwire.ErrWatchdog), errors.Is(err, errApp):
-			d.EndSession()
-			if err := d.wire.Idle(ctx); err != nil {
-				return quiet(err)
-			}
-		default:
-			return quiet(err)
-		}
-	}
-}
-
-// quiet turns the normal ends of serving (the host closed the line, ctx
-// ended) into nil.
-func quiet(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || errors.Is(err, io.ErrClosedPipe) {
-		return nil
-	}
-	return err
+	return d.wire.Serve(ctx, rw, d.EndSession, d.optiboot)
 }
 
 // optiboot is Optiboot's main loop. It returns when the chip leaves the
@@ -165,7 +137,7 @@ func (d *Device) optiboot(ctx context.Context) error {
 			}
 			if c != stk500.CRCEOP {
 				w.SetWatchdog(16 * time.Millisecond)
-				return errApp
+				return emuwire.ErrApp
 			}
 			if nack {
 				w.Putch(stk500.RespNoSync)

@@ -106,34 +106,10 @@ func New(cfg Config) *Device {
 // Reset pulses the chip's reset pin.
 func (d *Device) Reset() { d.wire.Reset() }
 
-var errApp = errors.New("application started")
-
 // Serve runs the chip on rw until ctx ends or rw fails, starting in the
 // bootloader.
 func (d *Device) Serve(ctx context.Context, rw io.ReadWriter) error {
-	d.wire.Attach(rw)
-	defer d.EndSession()
-	for {
-		err := d.bootloader(ctx)
-		switch {
-		case errors.Is(err, emuwire.ErrReset):
-			continue
-		case errors.Is(err, emuwire.ErrWatchdog), errors.Is(err, errApp):
-			d.EndSession()
-			if err := d.wire.Idle(ctx); err != nil {
-				return quiet(err)
-			}
-		default:
-			return quiet(err)
-		}
-	}
-}
-
-func quiet(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || errors.Is(err, io.ErrClosedPipe) {
-		return nil
-	}
-	return err
+	return d.wire.Serve(ctx, rw, d.EndSession, d.bootloader)
 }
 
 // appPresent reports whether flash word 0 is programmed.
@@ -213,7 +189,7 @@ func (d *Device) bootloader(ctx context.Context) error {
 				return err
 			}
 			d.EndSession()
-			return errApp
+			return emuwire.ErrApp
 		}
 	}
 }
