@@ -78,6 +78,9 @@ test: deps build seaweedfs
 	$(GO) test -run '^$$' -fuzz='^FuzzParseELF$$' -fuzztime=50000x ./flash
 	$(GO) test -run '^$$' -fuzz='^FuzzDeltaOutput$$' -fuzztime=20000x ./flash/ssh
 	$(GO) test -run '^$$' -fuzz='^FuzzProbeAnswers$$' -fuzztime=20000x ./flash/swd
+	$(GO) test -run '^$$' -fuzz='^FuzzUnpackTar$$' -fuzztime=10000x ./internal/fetch
+	$(GO) test -run '^$$' -fuzz='^FuzzDecodeEnv$$' -fuzztime=10000x ./image/uboot
+	$(GO) test -run '^$$' -fuzz='^FuzzVerify$$' -fuzztime=10000x ./internal/auditlog
 	$(GO) test -run '^$$' -fuzz='^FuzzOpenRecord$$' -fuzztime=20000x ./internal/cache
 	$(GO) test -run '^$$' -fuzz='^FuzzUnpack$$' -fuzztime=20000x ./internal/cache
 	@echo "make test: all packages passed"
