@@ -81,6 +81,7 @@ test: deps build seaweedfs
 	$(GO) test -run '^$$' -fuzz='^FuzzUnpackTar$$' -fuzztime=10000x ./internal/fetch
 	$(GO) test -run '^$$' -fuzz='^FuzzDecodeEnv$$' -fuzztime=10000x ./image/uboot
 	$(GO) test -run '^$$' -fuzz='^FuzzVerify$$' -fuzztime=10000x ./internal/auditlog
+	$(GO) test -run '^$$' -fuzz='^FuzzBootloaderAnswers$$' -fuzztime=5000x ./flash/avr109
 	$(GO) test -run '^$$' -fuzz='^FuzzOpenRecord$$' -fuzztime=20000x ./internal/cache
 	$(GO) test -run '^$$' -fuzz='^FuzzUnpack$$' -fuzztime=20000x ./internal/cache
 	@echo "make test: all packages passed"
