@@ -84,6 +84,10 @@ test: deps build seaweedfs
 	$(GO) test -run '^$$' -fuzz='^FuzzBootloaderAnswers$$' -fuzztime=5000x ./flash/avr109
 	$(GO) test -run '^$$' -fuzz='^FuzzOpenRecord$$' -fuzztime=20000x ./internal/cache
 	$(GO) test -run '^$$' -fuzz='^FuzzUnpack$$' -fuzztime=20000x ./internal/cache
+	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=20000x ./firmware/arduino/libindex
+	$(GO) test -run '^$$' -fuzz='^FuzzParseProps$$' -fuzztime=20000x ./firmware/arduino
+	$(GO) test -run '^$$' -fuzz='^FuzzSplitCommand$$' -fuzztime=20000x ./firmware/arduino
+	$(GO) test -run '^$$' -fuzz='^FuzzLoadLibrary$$' -fuzztime=5000x ./firmware/arduino
 	@echo "make test: all packages passed"
 
 bench: deps build seaweedfs

@@ -136,7 +136,8 @@ func (ix *Index) Resolve(reqs []Dependency) ([]*Release, error) {
 	}
 	chosen := map[string]*Release{}
 	var why error
-	if !ix.resolve(chosen, reqs, &why) {
+	budget := maxSteps
+	if !ix.resolve(chosen, reqs, &why, &budget) {
 		if why == nil {
 			why = ErrUnresolvable
 		}
@@ -150,9 +151,18 @@ func (ix *Index) Resolve(reqs []Dependency) ([]*Release, error) {
 	return out, nil
 }
 
-func (ix *Index) resolve(chosen map[string]*Release, queue []Dependency, why *error) bool {
+// maxSteps bounds the backtracking search: an index whose releases'
+// dependencies conflict at every depth would otherwise take exponential
+// time (arduino-cli's resolver has the same shape and no bound).
+const maxSteps = 100000
+
+func (ix *Index) resolve(chosen map[string]*Release, queue []Dependency, why *error, budget *int) bool {
 	if len(queue) == 0 {
 		return true
+	}
+	if *budget--; *budget < 0 {
+		*why = fmt.Errorf("libindex: %w: gave up after trying %d combinations of releases", ErrUnresolvable, maxSteps)
+		return false
 	}
 	d := queue[0]
 	c, err := ParseConstraint(d.Version)
@@ -162,7 +172,7 @@ func (ix *Index) resolve(chosen map[string]*Release, queue []Dependency, why *er
 	}
 	if r, ok := chosen[d.Name]; ok {
 		if c.Match(r.Version) {
-			return ix.resolve(chosen, queue[1:], why)
+			return ix.resolve(chosen, queue[1:], why, budget)
 		}
 		*why = fmt.Errorf("libindex: %w: %s %s is chosen but %s is required", ErrUnresolvable, r.Name, r.Version, d.Version)
 		return false
@@ -186,10 +196,13 @@ next:
 		}
 		tried = true
 		chosen[d.Name] = r
-		if ix.resolve(chosen, append(append([]Dependency(nil), queue[1:]...), r.Dependencies...), why) {
+		if ix.resolve(chosen, append(append([]Dependency(nil), queue[1:]...), r.Dependencies...), why, budget) {
 			return true
 		}
 		delete(chosen, d.Name)
+		if *budget < 0 {
+			return false
+		}
 	}
 	if !tried && *why == nil {
 		*why = fmt.Errorf("libindex: %w: no release of %s matches %q", ErrNotFound, d.Name, d.Version)
