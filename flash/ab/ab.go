@@ -53,10 +53,13 @@ type Device interface {
 	// device's own SHA-256 of the partition's first n bytes, read back from
 	// the medium. It may write only the blocks that differ.
 	WriteVerified(ctx context.Context, part disk.Partition, src io.ReaderAt, n int64, phase string) (string, error)
-	// ArmTrial makes the next boot, and only that one, start slot trial;
-	// every later boot starts committed.
+	// ArmTrial makes the next boot start slot trial; unless the trial is
+	// committed, later boots start committed (with tryboot the very next
+	// one; U-Boot's boot counter allows bootlimit trial boots).
 	ArmTrial(ctx context.Context, committed, trial disk.Slot) error
-	// Reboot restarts the device (into the armed trial if trial is set). It
+	// Reboot restarts the device: into the armed trial if trial is set,
+	// else into the committed slot (a boot loader that would boot a pending
+	// trial again, U-Boot with a boot counter, has it cancelled first). It
 	// returns once the request is sent; the connection then ends.
 	Reboot(ctx context.Context, trial bool) error
 	// Commit makes slot the default; previous becomes the fallback.

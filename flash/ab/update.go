@@ -285,15 +285,30 @@ func (m *machine) reboot(ctx context.Context, trial bool) error {
 func (m *machine) rollback(ctx context.Context, res *Result, old disk.Slot, reason string) (*Result, error) {
 	res.RolledBack, res.Reason = true, reason
 	m.opts.Log("%s: %s; rolling back to slot %s", m.name, reason, old.Name)
+	// Even when kiln itself is being stopped: a robot must not be left
+	// running a slot that never passed its health check.
+	rctx := context.WithoutCancel(ctx)
+	// The connection may have gone with the failure (a lost answer, a power
+	// cut after which a boot counter boots the trial again): the rollback
+	// starts from a new one and what the device says now.
+	err := m.wait(rctx, "device unreachable for the rollback", func() (bool, error) {
+		d, st, err := m.reconnect(rctx)
+		if err != nil {
+			return false, err
+		}
+		m.swap(d, st)
+		return true, nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("%s: %s, and the rollback failed: %w", m.name, reason, err)
+	}
 	if m.st.Running != old {
-		// Even when kiln itself is being stopped: a robot must not be left
-		// running a slot that never passed its health check.
-		if err := m.reboot(context.WithoutCancel(ctx), false); err != nil {
+		if err := m.reboot(rctx, false); err != nil {
 			return res, fmt.Errorf("%s: %s, and the rollback reboot failed: %w", m.name, reason, err)
 		}
-		if m.st.Running != old {
-			return res, fmt.Errorf("%s: %s, and after the rollback it runs slot %s", m.name, reason, m.st.Running.Name)
-		}
+	}
+	if m.st.Running != old {
+		return res, fmt.Errorf("%s: %s, and after the rollback it runs slot %s", m.name, reason, m.st.Running.Name)
 	}
 	return res, fmt.Errorf("%s: %s: %w (device is on slot %s)", m.name, reason, ErrRolledBack, old.Name)
 }

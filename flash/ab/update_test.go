@@ -81,11 +81,30 @@ func getFixture(t *testing.T) *fixture {
 	return fix
 }
 
+// The boot controls the update tests run with: the Raspberry Pi
+// firmware's tryboot, and U-Boot's boot counter with one trial boot (the
+// same promise as tryboot's: a trial that is not committed is left at the
+// next boot).
+var mechanisms = []string{"tryboot", "uboot-env"}
+
+// eachMechanism runs test once per boot control.
+func eachMechanism(t *testing.T, test func(t *testing.T, mech string)) {
+	for _, m := range mechanisms {
+		t.Run(m, func(t *testing.T) { test(t, m) })
+	}
+}
+
 // device returns a device running and committed to slot a, which holds the
-// old system.
-func (f *fixture) device(t *testing.T) *abtest.Device {
+// old system, its slot chosen by mech.
+func (f *fixture) device(t *testing.T, mech string) *abtest.Device {
 	t.Helper()
-	d, err := abtest.New(f.tbl, f.img.Layout, "a")
+	var d *abtest.Device
+	var err error
+	if mech == "uboot-env" {
+		d, err = abtest.NewUBoot(f.tbl, f.img.Layout, "a", 1)
+	} else {
+		d, err = abtest.New(f.tbl, f.img.Layout, "a")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,8 +170,12 @@ func (f *fixture) settle(t *testing.T, d *abtest.Device) (committed string) {
 }
 
 func TestUpdateCommitsAfterTrialAndHealth(t *testing.T) {
+	eachMechanism(t, testUpdateCommitsAfterTrialAndHealth)
+}
+
+func testUpdateCommitsAfterTrialAndHealth(t *testing.T, mech string) {
 	f := getFixture(t)
-	d := f.device(t)
+	d := f.device(t, mech)
 	var checked []string
 	d.HealthCheck = func(_ context.Context, s disk.Slot, cmd string) error {
 		checked = append(checked, s.Name+":"+cmd)
@@ -183,7 +206,9 @@ func TestUpdateCommitsAfterTrialAndHealth(t *testing.T) {
 	}
 }
 
-func TestUpdateRollsBack(t *testing.T) {
+func TestUpdateRollsBack(t *testing.T) { eachMechanism(t, testUpdateRollsBack) }
+
+func testUpdateRollsBack(t *testing.T, mech string) {
 	f := getFixture(t)
 	for name, setup := range map[string]func(d *abtest.Device, o *ab.Options){
 		"health check fails": func(d *abtest.Device, _ *ab.Options) {
@@ -196,7 +221,7 @@ func TestUpdateRollsBack(t *testing.T) {
 		"trial kernel never comes up": func(d *abtest.Device, _ *ab.Options) { d.BadTrial = true },
 	} {
 		t.Run(name, func(t *testing.T) {
-			d := f.device(t)
+			d := f.device(t, mech)
 			o := opts(t)
 			setup(d, &o)
 			res, err := ab.Update(context.Background(), d.Dial, "dev", f.img, o)
@@ -213,8 +238,12 @@ func TestUpdateRollsBack(t *testing.T) {
 
 // Stopping kiln during the health check still rolls the device back.
 func TestUpdateInterruptedDuringHealthRollsBack(t *testing.T) {
+	eachMechanism(t, testUpdateInterruptedDuringHealthRollsBack)
+}
+
+func testUpdateInterruptedDuringHealthRollsBack(t *testing.T, mech string) {
 	f := getFixture(t)
-	d := f.device(t)
+	d := f.device(t, mech)
 	ctx, cancel := context.WithCancel(context.Background())
 	d.HealthCheck = func(hctx context.Context, _ disk.Slot, _ string) error {
 		cancel()
@@ -230,9 +259,11 @@ func TestUpdateInterruptedDuringHealthRollsBack(t *testing.T) {
 	}
 }
 
-func TestUpdateRefusesBusyDevice(t *testing.T) {
+func TestUpdateRefusesBusyDevice(t *testing.T) { eachMechanism(t, testUpdateRefusesBusyDevice) }
+
+func testUpdateRefusesBusyDevice(t *testing.T, mech string) {
 	f := getFixture(t)
-	d := f.device(t)
+	d := f.device(t, mech)
 	c, _ := d.Dial(context.Background())
 	if err := c.Lock(context.Background(), "kiln on another host"); err != nil {
 		t.Fatal(err)
@@ -248,7 +279,7 @@ func TestUpdateRefusesBusyDevice(t *testing.T) {
 	}
 	// A young trial boot (its updater may be reconnecting) is left alone;
 	// an old one is rebooted back to the committed slot first.
-	d = f.device(t)
+	d = f.device(t, mech)
 	d.DownDials = 0
 	c, _ = d.Dial(context.Background())
 	b := f.img.Layout.Slots[1]
@@ -265,9 +296,11 @@ func TestUpdateRefusesBusyDevice(t *testing.T) {
 	}
 }
 
-func TestUpdateRefusesCorruptWrite(t *testing.T) {
+func TestUpdateRefusesCorruptWrite(t *testing.T) { eachMechanism(t, testUpdateRefusesCorruptWrite) }
+
+func testUpdateRefusesCorruptWrite(t *testing.T, mech string) {
 	f := getFixture(t)
-	d := f.device(t)
+	d := f.device(t, mech)
 	d.Fail(abtest.Fault{Step: abtest.Write, N: 1, Kind: abtest.Corrupt})
 	_, err := ab.Update(context.Background(), d.Dial, "dev", f.img, opts(t))
 	if !errors.Is(err, flash.ErrVerify) {
@@ -287,8 +320,12 @@ func TestUpdateRefusesCorruptWrite(t *testing.T) {
 // find out: the commit had landed, so the device boots the new slot and
 // the update reports it committed.
 func TestUpdateLostCommitAnswerThenPowerCut(t *testing.T) {
+	eachMechanism(t, testUpdateLostCommitAnswerThenPowerCut)
+}
+
+func testUpdateLostCommitAnswerThenPowerCut(t *testing.T, mech string) {
 	f := getFixture(t)
-	d := f.device(t)
+	d := f.device(t, mech)
 	d.Fail(abtest.Fault{Step: abtest.Commit, N: 1, Kind: abtest.LoseAnswer}, abtest.Fault{Step: abtest.Inspect, N: 3, Kind: abtest.Cut})
 	res, err := ab.Update(context.Background(), d.Dial, "dev", f.img, opts(t))
 	if err != nil || !res.Committed {
@@ -303,6 +340,10 @@ func TestUpdateLostCommitAnswerThenPowerCut(t *testing.T) {
 // the device always ends on a whole system, the result says which, and a
 // lost commit answer is settled by reconnecting.
 func TestUpdatePowerCutsAndLostAnswersAtEveryStep(t *testing.T) {
+	eachMechanism(t, testUpdatePowerCutsAndLostAnswersAtEveryStep)
+}
+
+func testUpdatePowerCutsAndLostAnswersAtEveryStep(t *testing.T, mech string) {
 	f := getFixture(t)
 	for _, step := range abtest.Steps {
 		ns := []int{1}
@@ -317,7 +358,7 @@ func TestUpdatePowerCutsAndLostAnswersAtEveryStep(t *testing.T) {
 		for _, n := range ns {
 			for _, kind := range []abtest.FaultKind{abtest.Cut, abtest.LoseAnswer} {
 				t.Run(fmt.Sprintf("%s#%d/%v", step, n, kind), func(t *testing.T) {
-					d := f.device(t)
+					d := f.device(t, mech)
 					d.Fail(abtest.Fault{Step: step, N: n, Kind: kind})
 					res, err := ab.Update(context.Background(), d.Dial, "dev", f.img, opts(t))
 					committed := f.settle(t, d)

@@ -1,10 +1,13 @@
 // Package abtest is an in-process device for the A/B update state machine:
-// partitions in memory, the Raspberry Pi firmware's tryboot semantics (a
-// one-shot flag that a reboot request sets and any boot clears, autoboot.txt
-// [all] and [tryboot]), an update lock that a boot releases, and faults by
-// typed step — power cut before or in the middle of a step, the answer to a
-// step lost after it took effect, a trial kernel that never comes up, a
-// failing health check — never by matching command text.
+// partitions in memory, a boot control — the Raspberry Pi firmware's
+// tryboot (a one-shot flag that a reboot request sets and any boot clears,
+// autoboot.txt [all] and [tryboot]; New) or U-Boot running kiln's boot.scr
+// over uboot.env (a boot counter, a fallback after bootlimit trial boots,
+// a system that marks itself good; NewUBoot) — an update lock that a boot
+// releases, and faults by typed step — power cut before or in the middle
+// of a step, the answer to a step lost after it took effect, a trial kernel
+// that never comes up, a failing health check — never by matching command
+// text.
 package abtest
 
 import (
@@ -53,10 +56,15 @@ const (
 	// Corrupt: a write stores one byte wrong (a failing card) and the
 	// device hashes what it stored.
 	Corrupt
+	// Torn: the power goes in the middle of a sector. The card is taken to
+	// write whole sectors (a Cut of uboot.env's one-sector rewrite writes
+	// nothing); Torn is the card that does not: half the sector lands.
+	// Partition writes take it as a Cut.
+	Torn
 )
 
 func (k FaultKind) String() string {
-	return [...]string{"power cut", "lost answer", "corrupt write"}[k]
+	return [...]string{"power cut", "lost answer", "corrupt write", "torn sector"}[k]
 }
 
 // Fault strikes the Nth time (from 1) Step runs.
@@ -75,6 +83,10 @@ type Device struct {
 	BadTrial bool
 	// DownDials is how many connection attempts fail while the device boots.
 	DownDials int
+	// MarksGood makes a U-Boot device's system mark a trial good itself
+	// when it boots (fw_setenv upgrade_available 0), as the appliance's
+	// init does when its root holds etc/kiln/healthy.
+	MarksGood bool
 
 	mu       sync.Mutex
 	table    *disk.Table
@@ -92,6 +104,8 @@ type Device struct {
 	log      []string
 	powerCut int
 	corrupt  bool
+	env      []byte // U-Boot devices: uboot.env; nil for tryboot
+	boots    []string
 }
 
 // New returns a device with table and layout (kiln.json with two slots),
@@ -121,6 +135,14 @@ func (d *Device) Fail(f ...Fault) {
 	d.faults = append(d.faults, f...)
 }
 
+// Boots returns what the boot loader said at each boot (U-Boot devices:
+// the slot, the boot counter and any fallback).
+func (d *Device) Boots() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.boots...)
+}
+
 // SetPartition sets a partition's bytes.
 func (d *Device) SetPartition(n int, b []byte) {
 	d.mu.Lock()
@@ -141,6 +163,9 @@ func (d *Device) Partition(n int, size int64) []byte {
 func (d *Device) Running() (running, committed disk.Slot) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.env != nil {
+		return d.running, d.ubootCommitted()
+	}
 	return d.running, d.slotByBoot(d.all)
 }
 
@@ -170,6 +195,13 @@ func (d *Device) slotByBoot(b int) disk.Slot {
 // boot starts the device as the firmware does: the [tryboot] partition if
 // the one-shot flag is set (and clears it), else [all]. Called with mu held.
 func (d *Device) boot() {
+	d.bootID++
+	d.booted = time.Now()
+	d.lock = "" // /run is a tmpfs
+	if d.env != nil {
+		d.running = d.ubootBoot()
+		return
+	}
 	bp := d.all
 	if d.tryFlag && d.try != 0 {
 		bp = d.try
@@ -179,9 +211,6 @@ func (d *Device) boot() {
 		bp = d.all // the trial kernel hangs; the watchdog boots [all]
 	}
 	d.running = d.slotByBoot(bp)
-	d.bootID++
-	d.booted = time.Now()
-	d.lock = "" // /run is a tmpfs
 }
 
 // powerCycle is a power cut: the flag is lost with the power.
@@ -215,7 +244,7 @@ var errClosed = errors.New("abtest: use of a closed connection")
 // step runs fn as step s under the device's lock, with the faults for s:
 // a cut runs cut (the partial effect) instead of fn and power-cycles the
 // device; a lost answer runs fn and drops the connection.
-func (c *conn) step(s Step, fn func() error, cut func()) error {
+func (c *conn) step(s Step, fn func() error, cut func(torn bool)) error {
 	d := c.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -232,9 +261,9 @@ func (c *conn) step(s Step, fn func() error, cut func()) error {
 		}
 		d.log = append(d.log, fmt.Sprintf("%s #%d: %v", s, d.counts[s], f.Kind))
 		switch f.Kind {
-		case Cut:
+		case Cut, Torn:
 			if cut != nil {
-				cut()
+				cut(f.Kind == Torn)
 			}
 			d.powerCycle()
 		case LoseAnswer:
@@ -266,7 +295,18 @@ func (c *conn) Inspect(ctx context.Context) (*ab.State, error) {
 	var st *ab.State
 	err := c.step(Inspect, func() error {
 		d := c.d
-		st = &ab.State{Table: d.table, Layout: d.layout, Committed: d.slotByBoot(d.all), Running: d.running,
+		committed := d.slotByBoot(d.all)
+		if d.env != nil {
+			// What kiln reads from uboot.env over the device's connection.
+			name, err := ab.UBootCommitted(d.env)
+			if err != nil {
+				return err
+			}
+			if committed = d.slotByName(name); committed.Name == "" {
+				return fmt.Errorf("uboot.env commits slot %q, which kiln.json does not list: %w", name, ab.ErrLayout)
+			}
+		}
+		st = &ab.State{Table: d.table, Layout: d.layout, Committed: committed, Running: d.running,
 			BootID: fmt.Sprint(d.bootID), Uptime: time.Since(d.booted).Seconds()}
 		return nil
 	}, nil)
@@ -316,11 +356,15 @@ func (c *conn) WriteVerified(ctx context.Context, part disk.Partition, src io.Re
 		h := sha256.Sum256(c.d.parts[part.Number][:n])
 		sum = hex.EncodeToString(h[:])
 		return nil
-	}, func() { write(n / 2) })
+	}, func(bool) { write(n / 2) })
 	return sum, err
 }
 
 func (c *conn) ArmTrial(ctx context.Context, committed, trial disk.Slot) error {
+	if c.d.env != nil {
+		arm := func(f ab.EnvFile) error { return ab.UBootArm(ctx, f, committed.Name, trial.Name) }
+		return c.step(Arm, func() error { return arm(c.d.envFile(false, false)) }, func(torn bool) { arm(c.d.envFile(true, torn)) })
+	}
 	return c.step(Arm, func() error {
 		c.d.all, c.d.try = committed.Boot, trial.Boot
 		return nil
@@ -329,13 +373,23 @@ func (c *conn) ArmTrial(ctx context.Context, committed, trial disk.Slot) error {
 
 func (c *conn) Reboot(ctx context.Context, trial bool) error {
 	err := c.step(Reboot, func() error {
+		if c.d.env != nil && !trial {
+			// U-Boot would boot a pending trial again: cancel it first.
+			if err := ab.UBootDisarm(ctx, c.d.envFile(false, false)); err != nil {
+				return err
+			}
+		}
 		if trial {
 			c.d.tryFlag = true
 		}
 		c.d.down = c.d.DownDials
 		c.d.boot()
 		return nil
-	}, nil)
+	}, func(torn bool) {
+		if c.d.env != nil && !trial {
+			ab.UBootDisarm(ctx, c.d.envFile(true, torn))
+		}
+	})
 	if errors.Is(err, ab.ErrConnLost) || err == nil {
 		// A reboot's answer is always lost: the connection goes with it.
 		return fmt.Errorf("abtest: reboot: %w", ab.ErrConnLost)
@@ -344,6 +398,10 @@ func (c *conn) Reboot(ctx context.Context, trial bool) error {
 }
 
 func (c *conn) Commit(ctx context.Context, slot, previous disk.Slot) error {
+	if c.d.env != nil {
+		commit := func(f ab.EnvFile) error { return ab.UBootCommit(ctx, f, slot.Name) }
+		return c.step(Commit, func() error { return commit(c.d.envFile(false, false)) }, func(torn bool) { commit(c.d.envFile(true, torn)) })
+	}
 	return c.step(Commit, func() error {
 		c.d.all, c.d.try = slot.Boot, previous.Boot
 		return nil
