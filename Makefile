@@ -76,7 +76,7 @@ test: deps build seaweedfs
 	$(GO) test -run '^$$' -fuzz='^FuzzParseMetadata$$' -fuzztime=50000x ./image/disk
 	$(GO) test -run '^$$' -fuzz='^FuzzXZReader$$' -fuzztime=10000x ./image
 	$(GO) test -run '^$$' -fuzz='^FuzzParseELF$$' -fuzztime=50000x ./flash
-	$(GO) test -run '^$$' -fuzz='^FuzzDeltaOutput$$' -fuzztime=20000x ./flash/ssh
+	$(GO) test -run '^$$' -fuzz='^FuzzDeltaOutput$$' -fuzztime=20000x ./flash/sshdev
 	$(GO) test -run '^$$' -fuzz='^FuzzProbeAnswers$$' -fuzztime=20000x ./flash/swd
 	$(GO) test -run '^$$' -fuzz='^FuzzUnpackTar$$' -fuzztime=10000x ./internal/fetch
 	$(GO) test -run '^$$' -fuzz='^FuzzDecodeEnv$$' -fuzztime=10000x ./image/uboot

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"kiln.dev/kiln/flash/ssh/devhelper"
+	"kiln.dev/kiln/flash/sshdev/devhelper"
 )
 
 func main() {

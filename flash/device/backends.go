@@ -9,6 +9,7 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/ab"
 	"kiln.dev/kiln/flash/avr109"
 	"kiln.dev/kiln/flash/avr109/avr109test"
 	"kiln.dev/kiln/flash/blockdev"
@@ -276,15 +277,15 @@ var table = map[string]*Backend{
 	"ssh": {
 		// A Raspberry Pi (or any Linux device) over SSH: a whole-disk write
 		// (kiln flash --port ssh://host/dev/sdX) or an A/B update. Driven by
-		// internal/op over flash/ssh; its device model is flash/ssh/sshtest.
+		// internal/op over flash/ssh (transport) and flash/sshdev (the device side); its device model is flash/ssh/sshtest.
 		Protocol: "ssh", Ports: []string{"ssh://"}, PortKind: "device reached over SSH", Resets: []string{"none"}, Disk: true,
 		Hints: func(err error, port string) []string {
 			switch {
 			case errors.Is(err, ssh.ErrHostKey):
 				return []string{"kiln never skips host key checks: add the device's key to known_hosts (ssh-keyscan, checked out of band) or pass --known-hosts"}
-			case errors.Is(err, ssh.ErrBusy):
+			case errors.Is(err, ab.ErrBusy):
 				return []string{"wait for the other update to finish; if it is gone, remove the lock directory on the device or reboot it"}
-			case errors.Is(err, ssh.ErrCommitUnknown):
+			case errors.Is(err, ab.ErrCommitUnknown):
 				return []string{"the device runs the new slot if the commit landed, else the old one after its next restart; see which with kiln fleet status, or run kiln update again"}
 			case errors.Is(err, ssh.ErrNoKey):
 				return []string{"kiln never asks for a password: give --ssh-key or start an ssh agent"}

@@ -11,6 +11,7 @@ import (
 
 	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/flash/ssh/sshtest"
+	"kiln.dev/kiln/flash/sshdev"
 )
 
 // TestUpdatedCardBootsInQEMU: the whole field-update path on a real Pi
@@ -48,7 +49,7 @@ func TestUpdatedCardBootsInQEMU(t *testing.T) {
 	dial := ssh.DialerFor(ssh.Addr{User: "root", Host: dev.Addr, Port: 22}, ssh.Options{KnownHosts: f.KnownHosts, KeyFiles: []string{f.ClientKey}})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	res, err := ssh.Update(ctx, dial, dev.Name, filepath.Join(out, "image.img"), ssh.UpdateOptions{BootTimeout: 30 * time.Second, Log: t.Logf})
+	res, err := sshdev.Update(ctx, dial, dev.Name, filepath.Join(out, "image.img"), sshdev.UpdateOptions{BootTimeout: 30 * time.Second, Log: t.Logf})
 	if err != nil || !res.Committed || res.To != "b" {
 		t.Fatalf("update: %v %+v", err, res)
 	}

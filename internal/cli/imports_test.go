@@ -14,7 +14,7 @@ func TestCLIImportsNoBackEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backEnds := []string{"stk500", "stk500v2", "stm32", "dfu", "ssh", "blockdev", "swd", "avr109"}
+	backEnds := []string{"stk500", "stk500v2", "stm32", "dfu", "ssh", "sshdev", "blockdev", "swd", "avr109"}
 	for _, imp := range pkg.Imports {
 		for _, be := range backEnds {
 			if strings.HasPrefix(imp, "kiln.dev/kiln/flash/"+be) && (len(imp) == len("kiln.dev/kiln/flash/"+be) || imp[len("kiln.dev/kiln/flash/"+be)] == '/') {

@@ -20,6 +20,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/internal/store"
@@ -261,7 +262,7 @@ func (f *File) Status(ctx context.Context, verify bool) ([]DeviceStatus, error) 
 		if g.Image == "" {
 			return nil, fmt.Errorf("group %s: recipe %s is not built yet (Resolve)", g.Name, g.Recipe)
 		}
-		drv, err := ssh.ImageDerivation(f.path(g.Image))
+		drv, err := sshdev.ImageDerivation(f.path(g.Image))
 		if err != nil {
 			return nil, fmt.Errorf("group %s: %w", g.Name, err)
 		}
@@ -279,13 +280,13 @@ func (f *File) Status(ctx context.Context, verify bool) ([]DeviceStatus, error) 
 			defer func() { <-sem }()
 			dial, disk, err := f.dialer(d)
 			if err == nil {
-				var st *ssh.Status
-				if st, err = ssh.Inspect(ctx, dial, d.Name, disk); err == nil {
+				var st *sshdev.Status
+				if st, err = sshdev.Inspect(ctx, dial, d.Name, disk); err == nil {
 					s.Running, s.Slot, s.Trial = st.Derivation, st.Running, st.Trial
 				}
 				if err == nil && verify && s.Running == s.Declared {
-					var chk *ssh.SlotCheck
-					if chk, err = ssh.Check(ctx, dial, d.Name, disk, f.path(f.group(d.Group).Image)); err == nil {
+					var chk *sshdev.SlotCheck
+					if chk, err = sshdev.Check(ctx, dial, d.Name, disk, f.path(f.group(d.Group).Image)); err == nil {
 						s.Proof, s.RootSHA256 = "mismatch", chk.RootSHA256
 						if chk.Match {
 							s.Proof = "match"
@@ -408,7 +409,7 @@ func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log fu
 	}()
 	g := f.group(d.Group)
 	img := f.path(g.Image)
-	want, err := ssh.ImageDerivation(img)
+	want, err := sshdev.ImageDerivation(img)
 	if err != nil {
 		return fail(err)
 	}
@@ -416,7 +417,7 @@ func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log fu
 	if err != nil {
 		return fail(err)
 	}
-	st, err := ssh.Inspect(ctx, dial, d.Name, disk)
+	st, err := sshdev.Inspect(ctx, dial, d.Name, disk)
 	if err != nil {
 		return fail(err)
 	}
@@ -428,7 +429,7 @@ func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log fu
 			res.Outcome = Current
 			return res
 		}
-		chk, err := ssh.Check(ctx, dial, d.Name, disk, img)
+		chk, err := sshdev.Check(ctx, dial, d.Name, disk, img)
 		if err != nil {
 			return fail(err)
 		}
@@ -455,8 +456,8 @@ func (f *File) deployOne(ctx context.Context, d Device, helperDir string, log fu
 	if health == "" {
 		health = f.Health
 	}
-	ur, err := ssh.Update(ctx, dial, d.Name, img, ssh.UpdateOptions{Disk: disk, Health: health, HelperDir: helperDir, BootTimeout: f.BootTimeout.Duration, Log: log})
-	if errors.Is(err, ssh.ErrBusy) {
+	ur, err := sshdev.Update(ctx, dial, d.Name, img, sshdev.UpdateOptions{Disk: disk, Health: health, HelperDir: helperDir, BootTimeout: f.BootTimeout.Duration, Log: log})
+	if errors.Is(err, sshdev.ErrBusy) {
 		res.Outcome, res.Error = Deferred, err.Error()
 		log("%s: deferred (%v)", d.Name, err)
 		return res

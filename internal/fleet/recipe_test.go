@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/flash/ssh/sshtest"
+	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/internal/store"
 )
 
@@ -63,7 +63,7 @@ func TestGroupFromRecipe(t *testing.T) {
 		t.Fatal(err)
 	}
 	v2 := fl.Groups[0].Image
-	drv2, err := ssh.ImageDerivation(v2)
+	drv2, err := sshdev.ImageDerivation(v2)
 	if err != nil || v2 == v1 || len(builds) != 2 {
 		t.Fatalf("resolved to %s (%v) after builds %q", v2, err, builds)
 	}

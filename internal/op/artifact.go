@@ -13,7 +13,7 @@ import (
 	"strings"
 
 	"kiln.dev/kiln/flash"
-	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/disk"
 	"kiln.dev/kiln/internal/trust"
@@ -207,10 +207,10 @@ func LoadDisk(path string, opts LoadOptions) (a *Artifact, err error) {
 		}
 	}
 	// kiln.json: an A/B image's (any FAT), else the first FAT32's.
-	if l, err := ssh.ImageLayout(a.plain); err == nil {
+	if l, err := sshdev.ImageLayout(a.plain); err == nil {
 		a.Board, a.Derivation = l.Board, l.Derivation
 	} else if info, err := image.Inspect(a.plain); err == nil && len(info.Metadata) > 0 {
-		var l ssh.Layout
+		var l sshdev.Layout
 		if json.Unmarshal(info.Metadata, &l) == nil {
 			a.Board, a.Derivation = l.Board, l.Derivation
 		}

@@ -9,6 +9,7 @@ import (
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash/blockdev"
 	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/internal/trust"
 )
 
@@ -19,7 +20,7 @@ type DiskOptions struct {
 	KnownHosts string
 	KeyFiles   []string
 	// Update tunes an A/B update (health check, timeouts, delta, helper).
-	Update ssh.UpdateOptions
+	Update sshdev.UpdateOptions
 	// Force writes a local block device that does not say it is removable.
 	Force bool
 	// Dialer replaces the real SSH dialer (tests).
@@ -34,11 +35,11 @@ func (o DiskOptions) dialer(a ssh.Addr) ssh.Dialer {
 	return ssh.DialerFor(a, opts)
 }
 
-// UpdateOptions tune an A/B update (ssh.UpdateOptions).
-type UpdateOptions = ssh.UpdateOptions
+// UpdateOptions tune an A/B update (sshdev.UpdateOptions).
+type UpdateOptions = sshdev.UpdateOptions
 
-// SlotCheck is what CheckSlot found (ssh.SlotCheck).
-type SlotCheck = ssh.SlotCheck
+// SlotCheck is what CheckSlot found (sshdev.SlotCheck).
+type SlotCheck = sshdev.SlotCheck
 
 // CheckSlot hashes the slot the device at port runs, on the device, and
 // compares it with the image at rebuilt as an update would write it
@@ -48,7 +49,7 @@ func CheckSlot(ctx context.Context, port string, o DiskOptions, rebuilt string) 
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	chk, err := ssh.Check(ctx, o.dialer(a), a.Host, a.Path, rebuilt)
+	chk, err := sshdev.Check(ctx, o.dialer(a), a.Host, a.Path, rebuilt)
 	return chk, a.Host, err
 }
 
@@ -115,7 +116,7 @@ func FlashDisk(ctx context.Context, req Request) (rep *Report, err error) {
 	if req.Progress != nil {
 		prog = func(d, t int64) { req.Progress("write", d, t) }
 	}
-	res, err := ssh.WriteDevice(ctx, c, addr.Path, a.DiskPath(), a.Bmap, prog)
+	res, err := sshdev.WriteDevice(ctx, c, addr.Path, a.DiskPath(), a.Bmap, prog)
 	if res != nil {
 		rep.Device, rep.DeviceSHA256, rep.Disk = res.Device, res.DeviceSHA256, res
 		if rep.Device == "" {
@@ -184,7 +185,7 @@ func Update(ctx context.Context, req Request) (rep *Report, err error) {
 	// The device's board (its running slot's kiln.json) against the
 	// image's, before a byte goes out.
 	if rep.Board != "" {
-		st, err := ssh.Inspect(ctx, dial, addr.Host, opts.Disk)
+		st, err := sshdev.Inspect(ctx, dial, addr.Host, opts.Disk)
 		if err != nil {
 			return rep, err
 		}
@@ -192,7 +193,7 @@ func Update(ctx context.Context, req Request) (rep *Report, err error) {
 			return rep, fmt.Errorf("%w: %s is an image for %s, but %s runs an image for %s", ErrWrongBoard, a.Path, rep.Board, addr.Host, st.Board)
 		}
 	}
-	res, err := ssh.Update(ctx, dial, addr.Host, a.DiskPath(), opts)
+	res, err := sshdev.Update(ctx, dial, addr.Host, a.DiskPath(), opts)
 	if res != nil {
 		rep.Device, rep.Derivation, rep.DeviceSHA256, rep.Update = res.Device, res.Derivation, res.RootSHA256, res
 		rep.Verified = res.Committed && err == nil

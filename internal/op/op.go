@@ -11,7 +11,7 @@ import (
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/blockdev"
 	"kiln.dev/kiln/flash/device"
-	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/internal/auditlog"
 	"kiln.dev/kiln/internal/trust"
 )
@@ -75,9 +75,9 @@ type Report struct {
 	TotalSec     float64         `json:"total_seconds"`
 	Error        string          `json:"error,omitempty"`
 	// Disk and Update hold a back end's details (bytes sent, slots).
-	Disk   *ssh.WriteResult  `json:"disk,omitempty"`
-	Local  *blockdev.Report  `json:"blockdev,omitempty"`
-	Update *ssh.UpdateResult `json:"update,omitempty"`
+	Disk   *sshdev.WriteResult  `json:"disk,omitempty"`
+	Local  *blockdev.Report     `json:"blockdev,omitempty"`
+	Update *sshdev.UpdateResult `json:"update,omitempty"`
 }
 
 // Flash writes the artifact to the device and proves it: load, board

@@ -1,4 +1,4 @@
-package ssh
+package sshdev
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/flash/ssh/sshtest"
 )
 
@@ -63,8 +64,8 @@ func fleet(t *testing.T, n int, spec sshtest.ImageSpec) (*sshtest.Fleet, []*ssht
 	return f, devs, img
 }
 
-func dialer(f *sshtest.Fleet, d *sshtest.Device) Dialer {
-	return DialerFor(Addr{User: "root", Host: d.Addr, Port: 22}, Options{KnownHosts: f.KnownHosts, KeyFiles: []string{f.ClientKey}, Timeout: 5 * time.Second})
+func dialer(f *sshtest.Fleet, d *sshtest.Device) ssh.Dialer {
+	return ssh.DialerFor(ssh.Addr{User: "root", Host: d.Addr, Port: 22}, ssh.Options{KnownHosts: f.KnownHosts, KeyFiles: []string{f.ClientKey}, Timeout: 5 * time.Second})
 }
 
 func partHash(t *testing.T, path string, n int64) string {
@@ -203,17 +204,17 @@ func TestUpdateRefusesWrongHostKey(t *testing.T) {
 	pub, _ := os.ReadFile(other + ".pub")
 	kh := filepath.Join(f.Dir, "wrong_known_hosts")
 	os.WriteFile(kh, []byte(dev.Addr+" "+strings.Join(strings.Fields(string(pub))[:2], " ")+"\n"), 0o600)
-	d := DialerFor(Addr{User: "root", Host: dev.Addr, Port: 22}, Options{KnownHosts: kh, KeyFiles: []string{f.ClientKey}})
+	d := ssh.DialerFor(ssh.Addr{User: "root", Host: dev.Addr, Port: 22}, ssh.Options{KnownHosts: kh, KeyFiles: []string{f.ClientKey}})
 	v2, _ := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "7777777777777777abab", Seed: 7})
 	_, err := Update(context.Background(), d, dev.Name, v2, fastOpts())
-	if !errors.Is(err, ErrHostKey) || !strings.Contains(err.Error(), "CHANGED") {
+	if !errors.Is(err, ssh.ErrHostKey) || !strings.Contains(err.Error(), "CHANGED") {
 		t.Fatalf("err = %v", err)
 	}
 	// An unknown host is refused too.
 	empty := filepath.Join(f.Dir, "empty_known_hosts")
 	os.WriteFile(empty, nil, 0o600)
-	d = DialerFor(Addr{User: "root", Host: dev.Addr, Port: 22}, Options{KnownHosts: empty, KeyFiles: []string{f.ClientKey}})
-	if _, err := Update(context.Background(), d, dev.Name, v2, fastOpts()); !errors.Is(err, ErrHostKey) {
+	d = ssh.DialerFor(ssh.Addr{User: "root", Host: dev.Addr, Port: 22}, ssh.Options{KnownHosts: empty, KeyFiles: []string{f.ClientKey}})
+	if _, err := Update(context.Background(), d, dev.Name, v2, fastOpts()); !errors.Is(err, ssh.ErrHostKey) {
 		t.Fatalf("unknown host: err = %v", err)
 	}
 	if after := partHash(t, dev.PartDev(5), 8<<20); after != before || dev.Boots() != 1 {
@@ -294,7 +295,7 @@ func TestUpdateRefusesBadImages(t *testing.T) {
 	os.WriteFile(notAB, bytes.Repeat([]byte{0xa5}, 4<<20), 0o644)
 
 	var dials atomic.Int64
-	counted := func(ctx context.Context) (RunCloser, error) { dials.Add(1); return dialer(f, dev)(ctx) }
+	counted := func(ctx context.Context) (ssh.RunCloser, error) { dials.Add(1); return dialer(f, dev)(ctx) }
 	for _, tc := range []struct {
 		name, path, want string
 		dialed           bool
@@ -329,7 +330,7 @@ func TestUpdateDeviceStopsAnswering(t *testing.T) {
 	if err := dev.LimitRate("20mbit"); err != nil { // the write takes about ten seconds
 		t.Fatal(err)
 	}
-	dial := DialerFor(Addr{User: "root", Host: dev.Addr, Port: 22}, Options{KnownHosts: f.KnownHosts, KeyFiles: []string{f.ClientKey}, Timeout: 5 * time.Second, Silence: 2 * time.Second})
+	dial := ssh.DialerFor(ssh.Addr{User: "root", Host: dev.Addr, Port: 22}, ssh.Options{KnownHosts: f.KnownHosts, KeyFiles: []string{f.ClientKey}, Timeout: 5 * time.Second, Silence: 2 * time.Second})
 	opts := fastOpts()
 	opts.NoDelta = true
 	var logged []string
@@ -345,7 +346,7 @@ func TestUpdateDeviceStopsAnswering(t *testing.T) {
 	if ferr := <-frozen; ferr != nil {
 		t.Fatal(ferr)
 	}
-	if !errors.Is(err, ErrConnLost) || !strings.Contains(err.Error(), "stopped answering") {
+	if !errors.Is(err, ssh.ErrConnLost) || !strings.Contains(err.Error(), "stopped answering") {
 		t.Fatalf("err = %v, want the device reported as no longer answering (log: %q)", err, logged)
 	}
 	dev.Thaw()

@@ -1,10 +1,12 @@
-package ssh
+package sshdev
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+
+	"kiln.dev/kiln/flash/ssh"
 )
 
 // SlotCheck compares what a device's running slot holds, hashed on the
@@ -26,7 +28,7 @@ type SlotCheck struct {
 // lengths) and compares them with the image's slot as Update writes it —
 // the boot partition with cmdline.txt naming the device's root. A slot whose
 // kiln.json claims the image but whose bytes differ does not match.
-func Check(ctx context.Context, dial Dialer, name, dsk, path string) (*SlotCheck, error) {
+func Check(ctx context.Context, dial ssh.Dialer, name, dsk, path string) (*SlotCheck, error) {
 	if dsk == "" {
 		dsk = "/dev/mmcblk0"
 	}

@@ -1,4 +1,4 @@
-package ssh
+package sshdev
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/disk"
 )
@@ -29,7 +30,7 @@ type WriteResult struct {
 }
 
 // WriteDevice opens the image at imgPath and writes it with WriteImage.
-func WriteDevice(ctx context.Context, r Runner, devPath, imgPath string, bm *disk.Bmap, progress func(done, total int64)) (*WriteResult, error) {
+func WriteDevice(ctx context.Context, r ssh.Runner, devPath, imgPath string, bm *disk.Bmap, progress func(done, total int64)) (*WriteResult, error) {
 	f, err := os.Open(imgPath)
 	if err != nil {
 		return nil, err
@@ -48,7 +49,7 @@ func WriteDevice(ctx context.Context, r Runner, devPath, imgPath string, bm *dis
 // written ranges, read with O_DIRECT past its page cache, and the hash must
 // equal the image's. The result carries the SHA-256 of the whole artifact
 // as read: the caller compares it with the one its trust check saw.
-func WriteImage(ctx context.Context, r Runner, devPath, name string, src io.Reader, bm *disk.Bmap, progress func(done, total int64)) (*WriteResult, error) {
+func WriteImage(ctx context.Context, r ssh.Runner, devPath, name string, src io.Reader, bm *disk.Bmap, progress func(done, total int64)) (*WriteResult, error) {
 	start := time.Now()
 	art := sha256.New()
 	var in io.Reader = io.TeeReader(src, art)

@@ -1,30 +1,16 @@
-package ssh
+package sshdev
 
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
 	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/ab"
+	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/image/disk"
 )
-
-// RunCloser is a Runner that can be closed: one connection to a device.
-type RunCloser interface {
-	Runner
-	io.Closer
-}
-
-// Dialer opens a new connection to the device (updates reconnect after reboots).
-type Dialer func(ctx context.Context) (RunCloser, error)
-
-// DialerFor returns a Dialer for a real device.
-func DialerFor(a Addr, opts Options) Dialer {
-	return func(ctx context.Context) (RunCloser, error) { return Dial(ctx, a, opts) }
-}
 
 // UpdateOptions tunes an A/B update.
 type UpdateOptions struct {
@@ -86,11 +72,10 @@ func openImage(path string) (*os.File, *ab.Image, error) {
 	if err == nil {
 		var img *ab.Image
 		if img, err = ab.ReadImage(path, f, st.Size()); err == nil {
-			if m := img.Layout.AB; m != "" && m != "tryboot" {
-				err = fmt.Errorf("%s: %w: its A/B is %q, and kiln update arms and commits trials through autoboot.txt (tryboot) only", path, ErrLayout, m)
-			} else {
+			if _, err = bootFor(img.Layout.AB); err == nil {
 				return f, img, nil
 			}
+			err = fmt.Errorf("%s: %w", path, err)
 		}
 	}
 	f.Close()
@@ -102,7 +87,7 @@ func openImage(path string) (*os.File, *ab.Image, error) {
 // is written and hashed on the device, trial-booted with the Raspberry Pi
 // firmware's tryboot, health-checked and committed — or rolled back.
 // It returns ErrRolledBack (wrapped) when the device ended on its old slot.
-func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOptions) (*UpdateResult, error) {
+func Update(ctx context.Context, dial ssh.Dialer, name, path string, opts UpdateOptions) (*UpdateResult, error) {
 	f, img, err := openImage(path)
 	if err != nil {
 		return &UpdateResult{Device: name}, err
@@ -113,29 +98,34 @@ func Update(ctx context.Context, dial Dialer, name, path string, opts UpdateOpti
 
 // UpdateImage is Update of an image already opened (ab.ReadImage): the
 // caller that hashed and checked the artifact hands over the same handle.
-func UpdateImage(ctx context.Context, dial Dialer, name string, img *ab.Image, opts UpdateOptions) (*UpdateResult, error) {
+func UpdateImage(ctx context.Context, dial ssh.Dialer, name string, img *ab.Image, opts UpdateOptions) (*UpdateResult, error) {
 	return updateImage(ctx, dial, name, img, opts, nil)
 }
 
 // updateImage is UpdateImage with every connection's ab.Device wrapped by
 // wrap (if set): tests inject faults at typed steps there.
-func updateImage(ctx context.Context, dial Dialer, name string, img *ab.Image, opts UpdateOptions, wrap func(ab.Device) ab.Device) (*UpdateResult, error) {
+func updateImage(ctx context.Context, dial ssh.Dialer, name string, img *ab.Image, opts UpdateOptions, wrap func(ab.Device) ab.Device) (*UpdateResult, error) {
 	opts.defaults()
+	boot, err := bootFor(img.Layout.AB)
+	if err != nil {
+		return &UpdateResult{Device: name}, fmt.Errorf("%s: %w", img.Name, err)
+	}
 	host, _ := os.Hostname()
 	owner := fmt.Sprintf("kiln on %s, pid %d, since %s", host, os.Getpid(), time.Now().UTC().Format(time.RFC3339))
-	return ab.Update(ctx, abDialer(dial, &opts, &session{}, wrap), name, img, ab.Options{
+	return ab.Update(ctx, abDialer(dial, &opts, boot, &session{}, wrap), name, img, ab.Options{
 		Health: opts.Health, HealthTimeout: opts.HealthTimeout, BootTimeout: opts.BootTimeout, TrialGrace: opts.TrialGrace,
 		Owner: owner, Log: opts.Log,
 	})
 }
 
-// connect dials the device and inspects it.
-func connect(ctx context.Context, dial Dialer, dsk string) (RunCloser, *remote, error) {
+// connect dials the device and inspects it with the boot control its own
+// kiln.json names.
+func connect(ctx context.Context, dial ssh.Dialer, dsk string) (ssh.RunCloser, *remote, error) {
 	c, err := dial(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	rem, err := inspect(ctx, &device{r: c}, dsk, tryboot{})
+	rem, err := inspect(ctx, &device{r: c}, dsk, nil)
 	if err != nil {
 		c.Close()
 		return nil, nil, err
@@ -154,7 +144,7 @@ type Status struct {
 }
 
 // Inspect reads which slot the device runs and which image that slot holds.
-func Inspect(ctx context.Context, dial Dialer, name, dsk string) (*Status, error) {
+func Inspect(ctx context.Context, dial ssh.Dialer, name, dsk string) (*Status, error) {
 	if dsk == "" {
 		dsk = "/dev/mmcblk0"
 	}

@@ -1,4 +1,4 @@
-package ssh
+package sshdev
 
 import (
 	"bufio"
@@ -10,13 +10,15 @@ import (
 	"io"
 	"strings"
 	"sync/atomic"
+
+	"kiln.dev/kiln/flash/ssh"
 )
 
 // device runs the device-side half of kiln's SSH work with stock tools, or
 // with the uploaded helper when one fits the device. It counts the bytes it
 // sends.
 type device struct {
-	r      Runner
+	r      ssh.Runner
 	helper string // verified helper path on the device, "" for stock tools
 	hsum   string // its sha256
 	dir    string // the private directory kiln made for it

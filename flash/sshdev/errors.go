@@ -1,4 +1,4 @@
-package ssh
+package sshdev
 
 import "kiln.dev/kiln/flash"
 

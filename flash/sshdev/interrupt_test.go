@@ -1,4 +1,4 @@
-package ssh
+package sshdev
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/flash/ssh/sshtest"
 )
 
@@ -148,15 +149,15 @@ func TestUpdateSurvivesRandomPowerCuts(t *testing.T) {
 	}
 }
 
-// counting wraps a Dialer so every command run on the device is counted in
+// counting wraps a ssh.Dialer so every command run on the device is counted in
 // n; when the count reaches at (if > 0), cut is called once.
-func counting(d Dialer, n *atomic.Int64, at int64, cut func()) Dialer {
-	return wrapDialer(d, func(c RunCloser) RunCloser { return countingConn{c, n, at, cut} })
+func counting(d ssh.Dialer, n *atomic.Int64, at int64, cut func()) ssh.Dialer {
+	return wrapDialer(d, func(c ssh.RunCloser) ssh.RunCloser { return countingConn{c, n, at, cut} })
 }
 
 // wrapDialer wraps every connection d opens.
-func wrapDialer(d Dialer, wrap func(RunCloser) RunCloser) Dialer {
-	return func(ctx context.Context) (RunCloser, error) {
+func wrapDialer(d ssh.Dialer, wrap func(ssh.RunCloser) ssh.RunCloser) ssh.Dialer {
+	return func(ctx context.Context) (ssh.RunCloser, error) {
 		c, err := d(ctx)
 		if err != nil {
 			return nil, err
@@ -166,7 +167,7 @@ func wrapDialer(d Dialer, wrap func(RunCloser) RunCloser) Dialer {
 }
 
 type countingConn struct {
-	RunCloser
+	ssh.RunCloser
 	n   *atomic.Int64
 	at  int64
 	cut func()

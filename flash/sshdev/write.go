@@ -1,4 +1,4 @@
-package ssh
+package sshdev
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"kiln.dev/kiln/flash/ssh/devhelper"
+	"kiln.dev/kiln/flash/sshdev/devhelper"
 )
 
 // writeVerified writes n bytes from r to dev (only changed blocks when the

@@ -1,4 +1,4 @@
-package ssh
+package sshdev
 
 import (
 	"context"
@@ -9,22 +9,9 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash/ab"
+	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/image/disk"
 )
-
-// bootControl is how a device picks the slot it boots: the state machine
-// (flash/ab) asks it to arm a one-shot trial, to reboot into it and to
-// commit. tryboot (the Raspberry Pi firmware's autoboot.txt) is the one
-// kiln has; a boot loader's environment with a boot counter fits the same
-// three steps.
-type bootControl interface {
-	// committed returns the boot partition of the committed slot, read
-	// during inspection.
-	committed(ctx context.Context, rem *remote) (int, error)
-	arm(ctx context.Context, rem *remote, committed, trial disk.Slot) error
-	commit(ctx context.Context, rem *remote, slot, previous disk.Slot) error
-	rebootCmd(trial bool) string
-}
 
 // session is what the connections of one update share.
 type session struct {
@@ -36,7 +23,7 @@ type session struct {
 // shellDevice is ab.Device over one SSH connection, with the device's
 // stock tools (dd, sha256sum, sh) or, for writes, kiln's helper.
 type shellDevice struct {
-	c    RunCloser
+	c    ssh.RunCloser
 	d    *device
 	opts *UpdateOptions
 	boot bootControl
@@ -49,14 +36,14 @@ var _ ab.Device = (*shellDevice)(nil)
 var _ ab.Stats = (*shellDevice)(nil)
 
 // abDialer adapts dial to the state machine: every connection of the
-// update shares s.
-func abDialer(dial Dialer, opts *UpdateOptions, s *session, wrap func(ab.Device) ab.Device) ab.Dialer {
+// update shares s and arms and commits through boot.
+func abDialer(dial ssh.Dialer, opts *UpdateOptions, boot bootControl, s *session, wrap func(ab.Device) ab.Device) ab.Dialer {
 	return func(ctx context.Context) (ab.Device, error) {
 		c, err := dial(ctx)
 		if err != nil {
 			return nil, connErr(err)
 		}
-		var d ab.Device = &shellDevice{c: c, d: &device{r: c}, opts: opts, boot: bootFor(opts), s: s}
+		var d ab.Device = &shellDevice{c: c, d: &device{r: c}, opts: opts, boot: boot, s: s}
 		if wrap != nil {
 			d = wrap(d)
 		}
@@ -66,7 +53,7 @@ func abDialer(dial Dialer, opts *UpdateOptions, s *session, wrap func(ab.Device)
 
 // connErr marks a lost connection for the state machine.
 func connErr(err error) error {
-	if errors.Is(err, ErrConnLost) && !errors.Is(err, ab.ErrConnLost) {
+	if errors.Is(err, ssh.ErrConnLost) && !errors.Is(err, ab.ErrConnLost) {
 		return fmt.Errorf("%w (%w)", err, ab.ErrConnLost)
 	}
 	return err
@@ -142,39 +129,4 @@ func (s *shellDevice) Close() error {
 	s.s.sent += s.d.sent.Swap(0)
 	s.s.mu.Unlock()
 	return s.c.Close()
-}
-
-// bootFor returns the boot control an update uses. A second mechanism (a
-// boot loader's environment with a boot counter) is chosen here.
-func bootFor(*UpdateOptions) bootControl { return tryboot{} }
-
-// tryboot is the Raspberry Pi firmware's A/B mechanism: autoboot.txt on
-// partition 1 names the committed boot partition in [all] and the trial's
-// in [tryboot]; `reboot '0 tryboot'` sets a one-shot flag that makes the
-// next boot, and only it, use [tryboot].
-type tryboot struct{}
-
-func (tryboot) committed(ctx context.Context, rem *remote) (int, error) {
-	f, err := disk.ReadFile(rem.p1, "autoboot.txt", 4096)
-	if err != nil {
-		return 0, fmt.Errorf("%s: autoboot.txt: %w", rem.disk, err)
-	}
-	rem.autoboot = f
-	all, _, err := parseAutoboot(f.Data)
-	return all, err
-}
-
-func (tryboot) arm(ctx context.Context, rem *remote, committed, trial disk.Slot) error {
-	return rem.setAutoboot(ctx, committed.Boot, trial.Boot)
-}
-
-func (tryboot) commit(ctx context.Context, rem *remote, slot, previous disk.Slot) error {
-	return rem.setAutoboot(ctx, slot.Boot, previous.Boot)
-}
-
-func (tryboot) rebootCmd(trial bool) string {
-	if trial {
-		return "reboot " + quote("0 tryboot")
-	}
-	return "reboot"
 }

@@ -1,4 +1,4 @@
-package ssh
+package sshdev
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash/ab"
+	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/flash/ssh/sshtest"
 	"kiln.dev/kiln/image/disk"
 )
@@ -96,7 +97,7 @@ func TestUpdateReportsUnconfirmedCommit(t *testing.T) {
 }
 
 // updatePath is Update with faults: wrap wraps every connection.
-func updatePath(ctx context.Context, dial Dialer, name, path string, opts UpdateOptions, wrap func(ab.Device) ab.Device) (*UpdateResult, error) {
+func updatePath(ctx context.Context, dial ssh.Dialer, name, path string, opts UpdateOptions, wrap func(ab.Device) ab.Device) (*UpdateResult, error) {
 	f, img, err := openImage(path)
 	if err != nil {
 		return nil, err

@@ -1,7 +1,6 @@
-package ssh
+package sshdev
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"regexp"
@@ -54,8 +53,8 @@ type remote struct {
 
 var rootRE = regexp.MustCompile(`root=PARTUUID=([0-9A-Fa-f-]+)`)
 
-// inspect reads the device's table, slots, boot state (through boot) and
-// running slot.
+// inspect reads the device's table, slots, boot state (through boot, or
+// when nil the mechanism the device's kiln.json names) and running slot.
 func inspect(ctx context.Context, d *device, dsk string, boot bootControl) (*remote, error) {
 	r := &remote{d: d, disk: dsk}
 	var err error
@@ -74,6 +73,11 @@ func inspect(ctx context.Context, d *device, dsk string, boot bootControl) (*rem
 		return nil, fmt.Errorf("%s: %w: partition 1 has no kiln.json with two slots (%v)", dsk, ErrLayout, err)
 	}
 	r.p1 = rd
+	if boot == nil {
+		if boot, err = bootFor(r.layout.AB); err != nil {
+			return nil, fmt.Errorf("%s: %w", dsk, err)
+		}
+	}
 	all, err := boot.committed(ctx, r)
 	if err != nil {
 		return nil, err
@@ -118,69 +122,4 @@ func inspect(ctx context.Context, d *device, dsk string, boot bootControl) (*rem
 		}
 	}
 	return r, nil
-}
-
-// parseAutoboot returns boot_partition in [all] and in [tryboot].
-func parseAutoboot(b []byte) (all, try int, err error) {
-	section := "all"
-	for _, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		switch {
-		case strings.HasPrefix(line, "["):
-			section = strings.Trim(line, "[]")
-		case strings.HasPrefix(line, "boot_partition="):
-			n, e := strconv.Atoi(strings.TrimPrefix(line, "boot_partition="))
-			if e != nil {
-				return 0, 0, fmt.Errorf("autoboot.txt: bad %q", line)
-			}
-			if section == "tryboot" {
-				try = n
-			} else {
-				all = n
-			}
-		}
-	}
-	if all == 0 {
-		return 0, 0, fmt.Errorf("autoboot.txt: no boot_partition in [all]")
-	}
-	return all, try, nil
-}
-
-// autobootText is kiln's autoboot.txt. Its length does not depend on the
-// (single-digit) partition numbers, so rewriting it changes bytes in place
-// inside one sector.
-func autobootText(all, try int) string {
-	return fmt.Sprintf("[all]\ntryboot_a_b=1\nboot_partition=%d\n[tryboot]\nboot_partition=%d\n", all, try)
-}
-
-// setAutoboot rewrites autoboot.txt in place and reads it back.
-func (r *remote) setAutoboot(ctx context.Context, all, try int) error {
-	want := autobootText(all, try)
-	if len(want) != len(r.autoboot.Data) {
-		return fmt.Errorf("autoboot.txt is %d bytes, kiln's is %d: cannot rewrite it in place", len(r.autoboot.Data), len(want))
-	}
-	if string(r.autoboot.Data) == want {
-		return nil
-	}
-	dev := partDev(r.disk, 1)
-	pos := int64(0)
-	var blocks []block
-	for _, x := range r.autoboot.Extents {
-		blocks = append(blocks, block{Off: x.Off, Data: []byte(want[pos : pos+x.Len])})
-		pos += x.Len
-	}
-	if err := r.d.writeBlocks(ctx, dev, blocks); err != nil {
-		return fmt.Errorf("rewrite autoboot.txt: %w", err)
-	}
-	for _, b := range blocks {
-		got, err := r.d.readAt(ctx, dev, b.Off, int64(len(b.Data)))
-		if err != nil {
-			return fmt.Errorf("read back autoboot.txt: %w", err)
-		}
-		if !bytes.Equal(got, b.Data) {
-			return fmt.Errorf("read back autoboot.txt: content differs")
-		}
-	}
-	r.autoboot.Data = []byte(want)
-	return nil
 }

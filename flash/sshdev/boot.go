@@ -1,0 +1,35 @@
+package sshdev
+
+import (
+	"context"
+	"fmt"
+
+	"kiln.dev/kiln/boards"
+	"kiln.dev/kiln/image/disk"
+)
+
+// bootControl is how a device picks the slot it boots: the state machine
+// (flash/ab) asks it to arm a one-shot trial, to reboot into it and to
+// commit. tryboot (the Raspberry Pi firmware's autoboot.txt) is the one
+// kiln has; a boot loader's environment with a boot counter fits the same
+// three steps. bootFor picks one by the mechanism kiln.json names.
+type bootControl interface {
+	// committed returns the boot partition of the committed slot, read
+	// during inspection.
+	committed(ctx context.Context, rem *remote) (int, error)
+	arm(ctx context.Context, rem *remote, committed, trial disk.Slot) error
+	commit(ctx context.Context, rem *remote, slot, previous disk.Slot) error
+	rebootCmd(trial bool) string
+}
+
+// bootFor returns the boot control for an A/B mechanism as kiln.json's
+// "ab" names it (boards.ABTryboot; "" is an image without that field, which
+// uses autoboot.txt too). Every mechanism is a bootControl in a file of its
+// own; this is the one place that chooses between them.
+func bootFor(mechanism string) (bootControl, error) {
+	switch mechanism {
+	case "", boards.ABTryboot:
+		return tryboot{}, nil
+	}
+	return nil, fmt.Errorf("%w: its A/B is %q, and kiln update arms and commits trials through autoboot.txt (tryboot) only", ErrLayout, mechanism)
+}
