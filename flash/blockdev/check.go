@@ -112,7 +112,7 @@ func check(path string, opts Options) (int64, error) {
 			return 0, fmt.Errorf("blockdev: %s: %w: %s is held by %s (device-mapper, RAID or LVM)", path, ErrMounted, filepath.Join(d.name, n), holders[0].Name())
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(d.sys, "removable")); err == nil && strings.TrimSpace(string(b)) != "1" && !opts.Force {
+	if b, err := os.ReadFile(filepath.Join(d.sys, "removable")); err == nil && !removable(d.sys) && !opts.Force {
 		return 0, fmt.Errorf("blockdev: %s: %w (sysfs says removable=%s)", path, ErrNotRemovable, strings.TrimSpace(string(b)))
 	}
 	b, err := os.ReadFile(filepath.Join(d.sys, "size"))

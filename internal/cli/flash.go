@@ -94,6 +94,9 @@ func runFlashOrVerify(c *cli.Context, write bool) error {
 	if err != nil {
 		return err
 	}
+	if write && req.Port == "auto" && op.IsDisk(req.Artifact) {
+		return autoDisk(e, c.Bool("json"))
+	}
 	bar := newProgress(e.stderr, c.Bool("json"))
 	req.Progress = bar.Func()
 	var rep *op.Report
@@ -164,7 +167,11 @@ func opError(err error, port, artifact string) error {
 // diagnose adds hints a user can act on to a device error (from the
 // back-end table: the CLI knows no protocol).
 func diagnose(err error, port string) error {
-	if hs := device.Hints(err, port); len(hs) > 0 {
+	hs := device.Hints(err, port)
+	if port == "auto" && errors.Is(err, flash.ErrNoDevice) {
+		hs = append(hs, removableHints()...)
+	}
+	if len(hs) > 0 {
 		return withHint(err, hs...)
 	}
 	return err
