@@ -553,6 +553,19 @@ type DebSource struct {
 	Suites, Components  []string
 }
 
+// String is the source as a recipe writes it.
+func (d DebSource) String() string {
+	s := "deb:" + d.Name
+	if d.Arch != "" {
+		s += ":" + d.Arch
+	}
+	s += "=" + d.Version
+	if len(d.Suites)+len(d.Components) > 0 {
+		s += "@" + strings.Join(d.Suites, ",") + "/" + strings.Join(d.Components, ",")
+	}
+	return s
+}
+
 // Spec is NAME=VERSION, what apt-get download is given.
 func (d DebSource) Spec() string { return d.Name + "=" + d.Version }
 

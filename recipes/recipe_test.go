@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -326,6 +327,13 @@ func TestShippedRecipes(t *testing.T) {
 			}
 			if _, err := r.Derive(); err != nil {
 				t.Fatal(err)
+			}
+			// Every deb: pin keeps working after Debian's main archive
+			// drops its version: the snapshot archive's copy follows it.
+			for _, in := range r.Inputs {
+				if _, ok := in.DebPin(); ok && !slices.ContainsFunc(in.Sources, IsSnapshotSource) {
+					t.Errorf("input %s: a deb: pin without a snapshot fallback (run kiln lock --pins recipes/%s)", in.Name, dir)
+				}
 			}
 		})
 	}

@@ -96,7 +96,7 @@ func (s *ImageSpec) DeriveKind(r *Recipe) (any, error) {
 // lock's order, each with its sources in the order they are tried: the
 // recipe's mirror (or, for the host's Debian mirror, apt-get download of
 // the exact version through kiln's private apt state), then the snapshot
-// archive's copy as of the lock's resolution time (snapshotBase is
+// archive's copy as of the lock's snapshot time (snapshotBase is
 // debian.SnapshotBase unless a stand-in serves it). Each is named
 // "deb-NAME-ARCH" and checked against its locked sha256.
 func LockInputs(l *debian.Lock, snapshotBase string) ([]Input, error) {
@@ -112,7 +112,7 @@ func LockInputs(l *debian.Lock, snapshotBase string) ([]Input, error) {
 			in.Sources = append(in.Sources, strings.TrimSuffix(m, "/")+"/"+strings.TrimPrefix(p.Filename, "./"))
 		}
 		if p.Archive != "" {
-			u, err := debian.SnapshotURL(snapshotBase, p.Archive, l.Resolved, p.Filename)
+			u, err := debian.SnapshotURL(snapshotBase, p.Archive, l.SnapshotAt(), p.Filename)
 			if err != nil {
 				return nil, fmt.Errorf("lock: %s: %w", p.Name, err)
 			}

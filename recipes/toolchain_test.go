@@ -27,10 +27,13 @@ func TestEveryShippedToolchain(t *testing.T) {
 				if len(p.Sources) == 0 {
 					t.Errorf("%s: no sources", p.Name)
 				}
-				for _, s := range p.Sources {
-					if m := debRE.FindStringSubmatch(s); m == nil || m[1] != p.Name {
-						t.Errorf("%s: source %q is not deb:%s=VERSION", p.Name, s, p.Name)
-					}
+				// deb:NAME=VERSION, then its durable fallback on the
+				// snapshot archive (kiln lock --pins writes it).
+				if len(p.Sources) != 2 || !IsSnapshotSource(p.Sources[1]) || !strings.Contains(p.Sources[1], "/"+p.Name+"_") {
+					t.Errorf("%s: sources %q: want deb:%s=VERSION and its snapshot URL", p.Name, p.Sources, p.Name)
+				}
+				if m := debRE.FindStringSubmatch(p.Sources[0]); m == nil || m[1] != p.Name {
+					t.Errorf("%s: source %q is not deb:%s=VERSION", p.Name, p.Sources[0], p.Name)
 				}
 			}
 			if !strings.HasPrefix(tc.Tool("gcc"), "usr/bin/") || !strings.HasSuffix(tc.Tool("gcc"), "-gcc") {

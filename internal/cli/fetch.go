@@ -107,8 +107,7 @@ func fetchHint(err error) error {
 		return withHint(err, "a source served content other than the recipe pins; nothing was added to the store",
 			"if the new content is trusted, update the input's sha256 in the recipe")
 	case errors.Is(err, fetch.ErrGone):
-		return withHint(err, "the pinned version left the archive and no fallback (snapshot archive) has it: pin a current one",
-			"a root filesystem: kiln lock --update RECIPE_DIR; a deb: pin: apt-cache policy NAME shows the archive's version")
+		return withHint(err, "move the pin to a version the archive has: kiln lock --pins --update RECIPE_DIR (a toolchain: recipes/toolchains/NAME.toml); a root filesystem: kiln lock --update RECIPE_DIR")
 	case errors.Is(err, fetch.ErrAPT):
 		return withHint(err, "check the network, then run apt-get update (the package index may be stale) and apt-cache policy NAME (is the pinned version still there?)")
 	}

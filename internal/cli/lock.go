@@ -18,16 +18,25 @@ func init() {
 	register(&cli.Command{
 		Name:      "lock",
 		Usage:     "resolve an image recipe's Debian packages into rootfs.lock",
-		ArgsUsage: "RECIPE_DIR",
+		ArgsUsage: "RECIPE_DIR | --pins RECIPE_DIR|TOOLCHAIN.toml...",
 		Description: "apt's own resolver, run for the root's architecture with apt state of its own (the host's\n" +
 			"dpkg and apt are untouched), resolves the closure of [image.rootfs] and kiln writes it to\n" +
 			"rootfs.lock beside recipe.toml: every package's name, version, architecture, sha256, size,\n" +
-			"source package and pool path, in apt's install order, with the resolution time (the\n" +
-			"snapshot archive's fallback copy of each .deb is derived from it). A lock that still matches\n" +
+			"source package and pool path, in apt's install order, with the resolution time and the\n" +
+			"snapshot time (the newest Release file's Date + 12 h: the snapshot archive's fallback copy\n" +
+			"of each .deb is derived from it). A lock that still matches\n" +
 			"the recipe is kept; --update resolves again against today's archive. Changes are printed\n" +
-			"(added, removed, upgraded, with versions). kiln build reads only the lock.",
+			"(added, removed, upgraded, with versions). kiln build reads only the lock.\n\n" +
+			"--pins maintains the deb: pins of recipes' inputs and toolchain closures (recipes/toolchains/\n" +
+			"NAME.toml): each gets, after its deb: source, the snapshot archive's URL of the same file\n" +
+			"(pool path from apt, time = the newest Release file's Date + 12 h), the durable fallback\n" +
+			"once Debian's main archive drops the version. With --update each pin moves to the version\n" +
+			"apt would install today (old -> new version and sha256 printed); the file is rewritten in\n" +
+			"place, comments kept. apt runs with state of its own (the host's is untouched), its sources\n" +
+			"taken from /etc/apt (or $KILN_APT_SOURCES, a directory laid out like it).",
 		Flags: []cli.Flag{jsonFlag, storeFlag,
-			&cli.BoolFlag{Name: "update", Usage: "resolve again even if the lock matches the recipe"}},
+			&cli.BoolFlag{Name: "update", Usage: "resolve again even if the lock matches the recipe (with --pins: move each pin to today's version)"},
+			&cli.BoolFlag{Name: "pins", Usage: "maintain the deb: pins of recipe directories and toolchain files instead of rootfs.lock"}},
 		Action: runLock,
 	})
 }
@@ -41,6 +50,9 @@ type lockReport struct {
 }
 
 func runLock(c *cli.Context) error {
+	if c.Bool("pins") {
+		return runPins(c)
+	}
 	if err := argN(c, 1, "RECIPE_DIR"); err != nil {
 		return err
 	}
@@ -87,7 +99,7 @@ func runLock(c *cli.Context) error {
 	if old != nil && len(changes) == 0 && old.RequestHash == l.RequestHash {
 		// Nothing moved: keep the old resolution time, so the file and
 		// its snapshot fallbacks stay as they were.
-		l.Resolved = old.Resolved
+		l.Resolved, l.Snapshot = old.Resolved, old.Snapshot
 	}
 	if err := debian.WriteLock(r.Dir, l); err != nil {
 		return err

@@ -1,6 +1,3 @@
 package debian
 
-var (
-	RepoURIs  = repoURIs
-	ArchiveOf = archiveOf
-)
+var RepoURIs = repoURIs

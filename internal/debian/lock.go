@@ -127,15 +127,27 @@ type Package struct {
 	Base bool `json:"base,omitempty"`
 }
 
+// SnapshotAt is the time of the lock's snapshot-archive fallback URLs.
+func (l *Lock) SnapshotAt() time.Time {
+	if !l.Snapshot.IsZero() {
+		return l.Snapshot
+	}
+	return l.Resolved
+}
+
 // ID is name:arch=version, apt's spelling of one exact package.
 func (p Package) ID() string { return p.Name + ":" + p.Arch + "=" + p.Version }
 
 // Lock is a resolved package closure.
 type Lock struct {
 	Format int `json:"format"`
-	// Resolved is when apt resolved the closure (UTC, seconds): the
-	// snapshot archive serves every package of the lock as it was then.
+	// Resolved is when apt resolved the closure (UTC, seconds).
 	Resolved time.Time `json:"resolved"`
+	// Snapshot is the snapshot-archive time of the lock's fallback URLs:
+	// SnapshotTime of the newest Release file apt read, when every locked
+	// package was in the archive. A lock without it (written before kiln
+	// recorded it) falls back to Resolved.
+	Snapshot time.Time `json:"snapshot,omitzero"`
 	// Request is the request resolved, RequestHash its hash.
 	Request     Request `json:"request"`
 	RequestHash string  `json:"request_hash"`

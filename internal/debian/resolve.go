@@ -79,6 +79,10 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (*Lock, error) {
 	if out, err := r.apt(ctx, conf, "apt-get", "update", "-q"); err != nil {
 		return nil, fmt.Errorf("lock: %w: apt-get update: %s", ErrAPT, aptErrors(out, err))
 	}
+	released, err := ReleaseDate(filepath.Join(dir, "lists"))
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
 	args := append([]string{"install", "-q", "--simulate", "--no-install-recommends"}, req.Packages...)
 	if req.Essential {
 		args = append(args, EssentialPattern(req.Suites[0], req.Arch))
@@ -113,7 +117,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (*Lock, error) {
 	}
 	meta := parseStanzas(show)
 	uriOf := repoURIs(uris)
-	l := &Lock{Format: LockFormat, Resolved: resolved, Request: req, RequestHash: req.Hash()}
+	l := &Lock{Format: LockFormat, Resolved: resolved, Snapshot: SnapshotTime(released), Request: req, RequestHash: req.Hash()}
 	for _, id := range ids {
 		p, ok := meta[id]
 		if !ok {
@@ -125,7 +129,7 @@ func (r *Resolver) Resolve(ctx context.Context, req Request) (*Lock, error) {
 		}
 		if req.Mirror == "" {
 			if uri, ok := uriOf[path.Base(p.Filename)]; ok {
-				p.Archive = archiveOf(uri, p.Filename)
+				p.Archive = ArchiveOf(uri, p.Filename)
 			}
 		}
 		// Without the essential set, the whole closure is installed at
@@ -314,9 +318,9 @@ func parseInst(out string) []string {
 	return ids
 }
 
-// archiveOf names the archive a package URI is in: the last path element
+// ArchiveOf names the archive a package URI is in: the last path element
 // before the pool path ("debian", "debian-security").
-func archiveOf(uri, filename string) string {
+func ArchiveOf(uri, filename string) string {
 	return path.Base(strings.TrimSuffix(strings.TrimSuffix(uri, filename), "/"))
 }
 

@@ -157,6 +157,11 @@ func TestResolveUpdate(t *testing.T) {
 	if d := debian.Diff(old, old); len(d) != 0 {
 		t.Fatalf("a lock differs from itself: %v", d)
 	}
+	// The snapshot time comes from the repository's Release Date (debtest
+	// writes 1 Dec 2026 00:00 UTC) + 12 h, not from the clock.
+	if got := old.SnapshotAt().Format(debian.SnapshotTimeFormat); got != "20261201T120000Z" || !old.Resolved.Equal(time.Date(2026, 12, 3, 18, 0, 0, 0, time.UTC)) {
+		t.Fatalf("snapshot time %s, resolved %s", got, old.Resolved)
+	}
 	// A point release: kiln-lib moves to 2.1-1 and starts depending on a new package.
 	for i := range debs {
 		if debs[i].Name == "kiln-lib" {

@@ -57,15 +57,28 @@ func (f *Fetcher) debArch(ctx context.Context, src string) ([]string, string, er
 	if arch == host && !where {
 		return nil, d.Spec(), nil
 	}
+	opts, _, err := f.privateAPT(ctx, arch, d.Suites, d.Components, where)
+	if err != nil {
+		return nil, "", err
+	}
+	return opts, d.Spec(), nil
+}
+
+// privateAPT makes (once per process) and updates an apt state of its own
+// under the store root for arch: with withList, a source list made from
+// the host's sources narrowed to suites and components; without, apt
+// reads the host's source list itself. It returns apt-get/apt-cache options and the state's
+// lists directory.
+func (f *Fetcher) privateAPT(ctx context.Context, arch string, suites, components []string, withList bool) ([]string, string, error) {
 	apt := f.APTGet
 	if apt == "" {
 		apt = "apt-get"
 	}
 	name := ".apt-" + arch
 	var list string
-	if where {
+	if withList {
 		var err error
-		if list, err = privateSourceList(HostSources, d.Suites, d.Components); err != nil {
+		if list, err = privateSourceList(HostSources, suites, components); err != nil {
 			return nil, "", err
 		}
 		sum := sha256.Sum256([]byte(list))
@@ -83,13 +96,14 @@ func (f *Fetcher) debArch(ctx context.Context, src string) ([]string, string, er
 			return nil, "", err
 		}
 	}
+	lists := filepath.Join(dir, "lists")
 	opts := []string{
-		"-o", "Dir::State=" + dir, "-o", "Dir::State::Lists=" + filepath.Join(dir, "lists"),
+		"-o", "Dir::State=" + dir, "-o", "Dir::State::Lists=" + lists,
 		"-o", "Dir::State::status=" + status, "-o", "Dir::Cache=" + filepath.Join(dir, "cache"),
 		"-o", "APT::Architecture=" + arch, "-o", "APT::Architectures::=" + arch,
 		"-o", "Debug::NoLocking=1",
 	}
-	if where {
+	if withList {
 		sl := filepath.Join(dir, "sources.list")
 		if err := os.WriteFile(sl, []byte(list), 0o644); err != nil {
 			return nil, "", err
@@ -112,13 +126,16 @@ func (f *Fetcher) debArch(ctx context.Context, src string) ([]string, string, er
 	if st.err != nil {
 		return nil, "", st.err
 	}
-	return opts, d.Spec(), nil
+	return opts, lists, nil
 }
 
 // aptSource is one "deb" entry of an apt source list.
 type aptSource struct {
 	URIs, Suites, Components []string
 	SignedBy                 string
+	// Trusted is the host's own trusted=yes (a local repository without
+	// signatures): the private list keeps the host's decision.
+	Trusted bool
 }
 
 // privateSourceList makes a one-line-style source list from the host's
@@ -158,9 +175,16 @@ func privateSourceList(etc string, suites, components []string) (string, error) 
 				continue
 			}
 			for _, uri := range s.URIs {
-				opt := ""
+				var o []string
 				if s.SignedBy != "" {
-					opt = "[signed-by=" + s.SignedBy + "] "
+					o = append(o, "signed-by="+s.SignedBy)
+				}
+				if s.Trusted {
+					o = append(o, "trusted=yes")
+				}
+				opt := ""
+				if len(o) > 0 {
+					opt = "[" + strings.Join(o, " ") + "] "
 				}
 				fmt.Fprintf(&w, "deb %s%s %s %s\n", opt, uri, suite, strings.Join(comps, " "))
 			}
@@ -202,7 +226,7 @@ func parseDeb822Sources(text string) []aptSource {
 			signed = ""
 		}
 		out = append(out, aptSource{URIs: strings.Fields(fields["uris"]), Suites: strings.Fields(fields["suites"]),
-			Components: strings.Fields(fields["components"]), SignedBy: signed})
+			Components: strings.Fields(fields["components"]), SignedBy: signed, Trusted: strings.EqualFold(fields["trusted"], "yes")})
 	}
 	return out
 }
@@ -220,8 +244,11 @@ func parseOneLineSources(text string) []aptSource {
 		if strings.HasPrefix(f[0], "[") {
 			for len(f) > 0 {
 				opt := strings.Trim(f[0], "[]")
-				if k, v, ok := strings.Cut(opt, "="); ok && k == "signed-by" {
+				switch k, v, _ := strings.Cut(opt, "="); k {
+				case "signed-by":
 					s.SignedBy = v
+				case "trusted":
+					s.Trusted = v == "yes"
 				}
 				end := strings.HasSuffix(f[0], "]")
 				f = f[1:]

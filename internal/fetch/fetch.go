@@ -54,6 +54,9 @@ type Fetcher struct {
 	// StallTimeout abandons an https: source that sends nothing for this
 	// long (the next source is tried); 0 means one minute.
 	StallTimeout time.Duration
+	// SnapshotBase is the snapshot archive ResolvePin names fallback URLs
+	// on; "" means debian.SnapshotBase.
+	SnapshotBase string
 	// Substitute, if set, is asked for an entry (store key and name)
 	// before its sources are fetched: a binary cache (internal/cache)
 	// that returns the entry's path and true, or false to fetch as usual.
@@ -248,9 +251,23 @@ type sourceErrors struct {
 }
 
 func (e *sourceErrors) Error() string {
-	msgs := make([]string, len(e.errs))
-	for i, err := range e.errs {
-		msgs[i] = err.Error()
+	var msgs []string
+	gone := false
+	for _, err := range e.errs {
+		switch {
+		case err == ErrGone:
+			gone = true
+		case err == ErrNoSource:
+		default:
+			msgs = append(msgs, err.Error())
+		}
+	}
+	if gone {
+		// Said first and plainly: a retry will not help, a new pin will.
+		return fmt.Sprintf("fetch: %s: %v (%s)", e.name, ErrGone, strings.Join(msgs, "; "))
+	}
+	if len(msgs) < len(e.errs) {
+		msgs = append(msgs, ErrNoSource.Error())
 	}
 	return fmt.Sprintf("fetch: %s: %s", e.name, strings.Join(msgs, "; "))
 }

@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"kiln.dev/kiln/internal/debian/debtest"
+	"kiln.dev/kiln/internal/store"
+)
+
+const pinsRecipe = `# An appliance whose kernel is a deb: pin.
+name = "pins-test"
+version = "1.0.0"
+kind = "image"
+board = "rpi-3b"
+
+[[inputs]]
+name = "hello"
+sources = ["deb:kiln-hello:arm64=1.0-1"] # moved by kiln lock --pins --update
+sha256 = "SUM"
+
+[image]
+table = "mbr"
+size = "16MiB"
+source_date_epoch = 1751414400
+
+[[image.partitions]]
+name = "data"
+fs = "ext4"
+size = "8MiB"
+`
+
+const pinsToolchain = `# A toolchain closure of one package.
+name = "pins-tc"
+arch = "avr"
+prefix = "avr-"
+bin_dir = "usr/bin"
+
+[[packages]]
+name = "kiln-cc"
+sources = ["deb:kiln-cc:arm64=2.0-1"]
+sha256 = "SUM"
+`
+
+// TestLockPins: kiln lock --pins gives every deb: pin of a recipe and a
+// toolchain file its snapshot fallback, keeps a current pin, refuses to
+// move a gone one without --update, and with --update moves each to the
+// archive's version, printing old -> new versions and sha256s. The archive
+// is a local repository whose index the test changes.
+func TestLockPins(t *testing.T) {
+	debtest.Need(t, "apt-get", "apt-cache", "dpkg-scanpackages")
+	repo := filepath.Join(t.TempDir(), "debian")
+	hello := debtest.Deb{Name: "kiln-hello", Version: "1.0-1"}
+	cc := debtest.Deb{Name: "kiln-cc", Version: "2.0-1"}
+	debtest.Repo(t, repo, "bookworm", []debtest.Deb{hello, cc})
+	sum := func(d debtest.Deb) string {
+		s, err := store.HashFile(filepath.Join(repo, "pool/main", d.Name[:1], d.Name, d.FileName()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	etc, dir, st := t.TempDir(), t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(etc, "sources.list"), []byte("deb [trusted=yes] file:"+repo+" bookworm main\n"), 0o644)
+	env := []string{"env", "KILN_APT_SOURCES=" + etc}
+	recipe := strings.ReplaceAll(pinsRecipe, "SUM", sum(hello))
+	tcText := strings.ReplaceAll(pinsToolchain, "SUM", sum(cc))
+	tc := filepath.Join(dir, "pins-tc.toml")
+	os.WriteFile(filepath.Join(dir, "recipe.toml"), []byte(recipe), 0o644)
+	os.WriteFile(tc, []byte(tcText), 0o644)
+	h1 := runKiln(t, nil, "hash", dir)
+
+	// Fallbacks: the snapshot URL of each pinned file, at the Release
+	// file's Date (1 Dec 2026 00:00 UTC) + 12 h; comments and layout kept.
+	res := runKiln(t, env, "lock", "--pins", "--store", st, dir, tc)
+	snapHello := "https://snapshot.debian.org/archive/debian/20261201T120000Z/pool/main/k/kiln-hello/kiln-hello_1.0-1_arm64.deb"
+	if res.code != 0 || !strings.Contains(res.stdout, "fallback   kiln-hello:arm64 1.0-1 "+snapHello) || !strings.Contains(res.stdout, "pins-tc.toml written") {
+		t.Fatalf("lock --pins: %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "recipe.toml"))
+	want := strings.Replace(recipe, `["deb:kiln-hello:arm64=1.0-1"]`, `["deb:kiln-hello:arm64=1.0-1", "`+snapHello+`"]`, 1)
+	if string(got) != want {
+		t.Fatalf("recipe:\n%s\nwant:\n%s", got, want)
+	}
+	if h := runKiln(t, nil, "hash", dir); h.stdout != h1.stdout {
+		t.Fatal("a fallback source changed the derivation")
+	}
+	// Nothing to do the second time.
+	if res := runKiln(t, env, "lock", "--pins", "--store", st, dir, tc); res.code != 0 || !strings.Contains(res.stdout, "every deb: pin is current") {
+		t.Fatalf("again: %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+
+	// A point release: both versions leave the archive.
+	os.RemoveAll(filepath.Join(repo, "pool"))
+	hello.Version, cc.Version = "1.1-1", "2.0-2"
+	debtest.Repo(t, repo, "bookworm", []debtest.Deb{hello, cc})
+	before, _ := os.ReadFile(tc)
+	res = runKiln(t, env, "lock", "--pins", "--store", st, dir, tc)
+	if res.code != 1 || !strings.Contains(res.stdout, "gone       kiln-hello:arm64 1.0-1: no longer in the archive") ||
+		!strings.Contains(res.stderr, "kiln: lock: kiln-hello:arm64=1.0-1, kiln-cc:arm64=2.0-1: pinned version not in the archive") ||
+		!strings.Contains(res.stderr, "hint: kiln lock --pins --update") {
+		t.Fatalf("gone: %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if after, _ := os.ReadFile(tc); string(after) != string(before) {
+		t.Fatal("a gone pin changed its file")
+	}
+	res = runKiln(t, env, "lock", "--pins", "--update", "--json", "--store", st, dir, tc)
+	var rep pinsReport
+	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil || res.code != 0 || len(rep.Changes) != 2 || len(rep.Written) != 2 {
+		t.Fatalf("--update: %d %v\n%s%s", res.code, err, res.stdout, res.stderr)
+	}
+	if c := rep.Changes[0]; c.Kind != "upgraded" || c.Package != "kiln-hello:arm64" || c.Old != "1.0-1" || c.New != "1.1-1" || c.NewSHA256 != sum(hello) {
+		t.Fatalf("change %+v", c)
+	}
+	got, _ = os.ReadFile(filepath.Join(dir, "recipe.toml"))
+	snapNew := "https://snapshot.debian.org/archive/debian/20261201T120000Z/pool/main/k/kiln-hello/kiln-hello_1.1-1_arm64.deb"
+	if !strings.Contains(string(got), `sources = ["deb:kiln-hello:arm64=1.1-1", "`+snapNew+`"] # moved by kiln lock --pins --update`) ||
+		!strings.Contains(string(got), `sha256 = "`+sum(hello)+`"`) || !strings.HasPrefix(string(got), "# An appliance") {
+		t.Fatalf("recipe after --update:\n%s", got)
+	}
+	if tcNow, _ := os.ReadFile(tc); !strings.Contains(string(tcNow), `"deb:kiln-cc:arm64=2.0-2"`) || !strings.Contains(string(tcNow), sum(cc)) {
+		t.Fatalf("toolchain after --update:\n%s", tcNow)
+	}
+	if h := runKiln(t, nil, "hash", dir); h.code != 0 || h.stdout == h1.stdout {
+		t.Fatalf("the moved pin did not change the derivation: %s", h.stderr)
+	}
+	// The text form, for the record of what a maintainer sees.
+	os.WriteFile(tc, before, 0o644)
+	res = runKiln(t, env, "lock", "--pins", "--update", "--store", st, tc)
+	if res.code != 0 || !strings.Contains(res.stdout, "upgraded   kiln-cc:arm64 2.0-1 -> 2.0-2 (sha256 ") {
+		t.Fatalf("text: %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+}
