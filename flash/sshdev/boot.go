@@ -10,9 +10,9 @@ import (
 
 // bootControl is how a device picks the slot it boots: the state machine
 // (flash/ab) asks it to arm a one-shot trial, to reboot into it and to
-// commit. tryboot (the Raspberry Pi firmware's autoboot.txt) is the one
-// kiln has; a boot loader's environment with a boot counter fits the same
-// three steps. bootFor picks one by the mechanism kiln.json names.
+// commit: tryboot (the Raspberry Pi firmware's autoboot.txt) or ubootEnv
+// (U-Boot's environment with a boot counter). bootFor picks one by the
+// mechanism kiln.json names.
 type bootControl interface {
 	// committed returns the boot partition of the committed slot, read
 	// during inspection.
@@ -30,6 +30,16 @@ func bootFor(mechanism string) (bootControl, error) {
 	switch mechanism {
 	case "", boards.ABTryboot:
 		return tryboot{}, nil
+	case boards.ABUBootEnv:
+		return ubootEnv{}, nil
 	}
-	return nil, fmt.Errorf("%w: its A/B is %q, and kiln update arms and commits trials through autoboot.txt (tryboot) only", ErrLayout, mechanism)
+	return nil, fmt.Errorf("%w: its A/B is %q; kiln update knows %s and %s", ErrLayout, mechanism, boards.ABTryboot, boards.ABUBootEnv)
+}
+
+// disarmer is a bootControl whose boot loader would boot a pending trial
+// again at a plain reboot (a boot counter allows several): disarm makes
+// the next boot the committed slot's. The device runs it before a reboot
+// that is not into a trial.
+type disarmer interface {
+	disarm(ctx context.Context, rem *remote) error
 }

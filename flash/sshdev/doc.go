@@ -40,6 +40,6 @@
 // transport. The A/B logic itself is flash/ab's state machine: this package
 // is its shell implementation of ab.Device. How the device picks the slot it
 // boots is a bootControl, chosen by bootFor from the mechanism kiln.json
-// names (tryboot.go is autoboot.txt); a new mechanism is a file of its own
-// and one case there.
+// names (tryboot.go is autoboot.txt, ubootenv.go U-Boot's uboot.env with a
+// boot counter); a new mechanism is a file of its own and one case there.
 package sshdev

@@ -45,6 +45,7 @@ type remote struct {
 	layout    *disk.Metadata
 	p1        disk.ReadFunc // partition 1, where kiln.json (and autoboot.txt) are
 	autoboot  *disk.File    // read by tryboot
+	env       *disk.File    // uboot.env, read by ubootEnv
 	committed disk.Slot     // the slot the boot control boots by default
 	running   disk.Slot     // the slot whose root the kernel runs
 	bootID    string

@@ -99,6 +99,14 @@ func (s *shellDevice) Commit(ctx context.Context, slot, previous disk.Slot) erro
 }
 
 func (s *shellDevice) Reboot(ctx context.Context, trial bool) error {
+	if d, ok := s.boot.(disarmer); ok && !trial {
+		if s.rem == nil {
+			return fmt.Errorf("reboot: the device was not inspected on this connection")
+		}
+		if err := d.disarm(ctx, s.rem); err != nil {
+			return connErr(err)
+		}
+	}
 	s.d.removeHelper(ctx) // the writes are done; the connection ends with the reboot
 	return connErr(s.c.Run(ctx, s.boot.rebootCmd(trial), nil, nil))
 }

@@ -84,8 +84,10 @@ func openImage(path string) (*os.File, *ab.Image, error) {
 
 // Update installs the image at path (an .img with kiln's A/B layout) on the
 // device's inactive slot through the A/B state machine (flash/ab): the slot
-// is written and hashed on the device, trial-booted with the Raspberry Pi
-// firmware's tryboot, health-checked and committed — or rolled back.
+// is written and hashed on the device, trial-booted by the mechanism the
+// image's kiln.json names (the Raspberry Pi firmware's tryboot, or U-Boot's
+// uboot.env with a boot counter), health-checked and committed — or rolled
+// back.
 // It returns ErrRolledBack (wrapped) when the device ended on its old slot.
 func Update(ctx context.Context, dial ssh.Dialer, name, path string, opts UpdateOptions) (*UpdateResult, error) {
 	f, img, err := openImage(path)

@@ -173,6 +173,9 @@ func Update(ctx context.Context, req Request) (rep *Report, err error) {
 		return rep, err
 	}
 	defer a.Close()
+	if err := checkAB(a, rep.Board); err != nil {
+		return rep, err
+	}
 	dial := req.Disk.dialer(addr)
 	opts := req.Disk.Update
 	opts.Disk = addr.Path

@@ -230,3 +230,28 @@ func TestWrongBoardImage(t *testing.T) {
 		}
 	}
 }
+
+// An A/B image whose mechanism the board's firmware lacks (U-Boot's
+// environment on a Pi 4B) is refused by kiln update before any connection,
+// with the reason.
+func TestUpdateRefusesABTheBoardLacks(t *testing.T) {
+	for _, tool := range []string{"sfdisk", "mkfs.vfat", "mcopy", "mksquashfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (the Makefile's DEB_PACKAGES installs it)", tool)
+		}
+	}
+	img, err := sshtest.BuildImage(t.TempDir(), sshtest.ImageSpec{Derivation: "uboot-on-pi4", RootSize: 1 << 20, Payload: 64 << 10, Board: "rpi-4b", AB: "uboot-env"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(ssh.Addr, ssh.Options) ssh.Dialer {
+		return func(context.Context) (ssh.RunCloser, error) {
+			t.Error("connected to the device")
+			return nil, errors.New("dialled")
+		}
+	}
+	_, err = op.Update(context.Background(), op.Request{Artifact: img, Port: "ssh://root@pi/dev/mmcblk0", Disk: op.DiskOptions{Dialer: dial}})
+	if !errors.Is(err, boards.ErrNoABMechanism) || !errors.Is(err, flash.ErrBadImage) || !strings.Contains(err.Error(), `"uboot-env" (it has tryboot)`) {
+		t.Errorf("update: %v", err)
+	}
+}

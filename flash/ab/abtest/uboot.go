@@ -84,51 +84,74 @@ func (d *Device) ubootCommitted() disk.Slot {
 	return d.layout.Slots[0]
 }
 
-// ubootBoot is one boot as U-Boot and kiln's boot.scr make it: a bad CRC
-// means U-Boot's default environment (no boot_slot: the script boots the
-// first slot and saves nothing); on a trial the counter goes up and is
-// saved, past bootlimit the fallback is booted and the trial ends. A trial
-// kernel that hangs (BadTrial) is reset by the watchdog and counted again.
-// Called with mu held.
+// ubootBoot is one boot (UBootChoose), where a trial kernel that hangs
+// (BadTrial) is reset by the watchdog and counted again, and a system that
+// marks itself good (MarksGood) does so. Called with mu held.
 func (d *Device) ubootBoot() disk.Slot {
 	for {
-		vars, err := uboot.DecodeEnv(d.env)
-		valid := err == nil
-		if !valid {
-			vars = map[string]string{}
+		var names []string
+		for _, s := range d.layout.Slots {
+			names = append(names, s.Name)
 		}
-		count, limit := hexVar(vars[uboot.VarBootCount], 0), hexVar(vars[uboot.VarBootLimit], 3)
-		note := ""
-		trial := vars[uboot.VarTrial] == "1"
-		if trial {
-			count++
-			if count > limit {
-				note = fmt.Sprintf(" (slot %s not marked good in %d boots: fallback)", vars[uboot.VarSlot], limit)
-				vars[uboot.VarSlot] = vars[uboot.VarFallback]
-				vars[uboot.VarTrial] = "0"
-				count, trial = 0, false
-			}
-			vars[uboot.VarBootCount] = strconv.FormatUint(count, 16)
-			d.saveenv(vars)
-		}
-		s := d.slotByName(vars[uboot.VarSlot])
-		if s.Name == "" {
-			s = d.layout.Slots[0]
-		}
-		if !valid {
-			note += " (uboot.env bad CRC: U-Boot's default environment)"
-		}
-		d.boots = append(d.boots, fmt.Sprintf("slot %s bootcount=%d%s", s.Name, count, note))
+		name, trial, saved, note := UBootChoose(d.env, names)
+		d.env = saved
+		s := d.slotByName(name)
+		d.boots = append(d.boots, "slot "+name+note)
 		if trial && d.BadTrial {
 			continue // the trial kernel hangs; the watchdog resets
 		}
 		if trial && d.MarksGood {
+			vars, _ := uboot.DecodeEnv(d.env)
 			vars[uboot.VarTrial], vars[uboot.VarBootCount] = "0", "0" // fw_setenv, from the system
 			d.saveenv(vars)
-			d.boots = append(d.boots, "slot "+s.Name+" marked itself good")
+			d.boots = append(d.boots, "slot "+name+" marked itself good")
 		}
 		return s
 	}
+}
+
+// UBootChoose is one run of kiln's boot.scr (image/recipebuild) over the
+// environment env, for an image whose slots are named slots: the slot it
+// boots, whether that boot is a trial, the
+// environment after its saveenv (env itself when it saves nothing) and
+// what it says. A bad CRC means U-Boot's default environment: no
+// boot_slot, so the script boots the first slot and saves nothing (as it
+// does for a boot_slot that names no slot). On a trial the
+// counter goes up (in hex, as setexpr writes it) and is saved; past
+// bootlimit (default 3) boot_fallback is booted and the trial ends.
+func UBootChoose(env []byte, slots []string) (slot string, trial bool, saved []byte, note string) {
+	vars, err := uboot.DecodeEnv(env)
+	valid := err == nil
+	if !valid {
+		vars = map[string]string{}
+	}
+	saved = env
+	count, limit := hexVar(vars[uboot.VarBootCount], 0), hexVar(vars[uboot.VarBootLimit], 3)
+	trial = vars[uboot.VarTrial] == "1"
+	if trial {
+		count++
+		if count > limit {
+			note = fmt.Sprintf(" (slot %s not marked good in %d boots: fallback)", vars[uboot.VarSlot], limit)
+			vars[uboot.VarSlot] = vars[uboot.VarFallback]
+			vars[uboot.VarTrial] = "0"
+			count, trial = 0, false
+		}
+		vars[uboot.VarBootCount] = strconv.FormatUint(count, 16)
+		if saved, err = uboot.EncodeEnv(vars, len(env)); err != nil {
+			saved = env // U-Boot's saveenv fails; the boot goes on
+		}
+	}
+	slot = slots[0]
+	for _, s := range slots {
+		if s == vars[uboot.VarSlot] {
+			slot = s
+		}
+	}
+	note = fmt.Sprintf(" bootcount=%d%s", count, note)
+	if !valid {
+		note += " (uboot.env bad CRC: U-Boot's default environment)"
+	}
+	return slot, trial, saved, note
 }
 
 // saveenv writes vars as U-Boot's saveenv does (whole and sorted).

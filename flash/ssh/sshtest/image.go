@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"kiln.dev/kiln/image/uboot"
 )
 
 // ImageSpec describes a test card image with kiln's A/B layout: partition 1
@@ -25,6 +27,12 @@ type ImageSpec struct {
 	ChangeSeed int64
 	BothSlots  bool   // slot B holds the same system as slot A
 	Board      string // the board kiln.json names; default rpi-3b
+	// AB is the A/B mechanism (kiln.json's "ab"): "" or "tryboot" puts
+	// autoboot.txt on partition 1; "uboot-env" puts uboot.env there (slot
+	// a committed, BootLimit trial boots, default 1), which the device's
+	// boot controller reads as U-Boot running kiln's boot.scr would.
+	AB        string
+	BootLimit int
 }
 
 // Slots is the layout kiln.json declares for images made here.
@@ -130,8 +138,25 @@ func BuildImage(dir string, s ImageSpec) (string, error) {
 	if s.Board == "" {
 		s.Board = "rpi-3b"
 	}
-	meta, _ := json.Marshal(map[string]any{"derivation": s.Derivation, "name": "test-appliance", "board": s.Board, "slots": Slots})
-	if err := fat(1, map[string]string{"autoboot.txt": "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n", "kiln.json": string(meta)}); err != nil {
+	m := map[string]any{"derivation": s.Derivation, "name": "test-appliance", "board": s.Board, "slots": Slots}
+	p1 := map[string]string{"autoboot.txt": "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"}
+	if s.AB == "uboot-env" {
+		if s.BootLimit == 0 {
+			s.BootLimit = 1
+		}
+		env, err := uboot.EncodeEnv(map[string]string{"bootcmd": "load mmc 0:1 ${scriptaddr} boot.scr && source ${scriptaddr}",
+			"boot_slot": "a", "boot_fallback": "a", "upgrade_available": "0", "bootcount": "0", "bootlimit": fmt.Sprint(s.BootLimit)}, uboot.EnvSize)
+		if err != nil {
+			return "", err
+		}
+		p1 = map[string]string{"uboot.env": string(env)}
+	}
+	if s.AB != "" {
+		m["ab"] = s.AB
+	}
+	meta, _ := json.Marshal(m)
+	p1["kiln.json"] = string(meta)
+	if err := fat(1, p1); err != nil {
 		return "", err
 	}
 	bootFiles := func(root int) map[string]string {

@@ -6,7 +6,10 @@
 // tryboot semantics: on `reboot` it reads autoboot.txt from partition 1,
 // honours the one-shot tryboot flag, reads cmdline.txt from the chosen boot
 // partition and "boots" the root it names, so a reboot switches the running
-// slot exactly as on the hardware. PowerCut kills every process of the
+// slot exactly as on the hardware. On a card whose partition 1 holds
+// uboot.env it plays U-Boot running kiln's boot.scr instead (abtest's
+// UBootChoose: boot counter, fallback past bootlimit, saveenv onto the
+// card). PowerCut kills every process of the
 // device at once, as pulling the plug would.
 //
 // Everything needs root, ip(8), sshd(8), ssh-keygen(1), losetup(8), mtools
@@ -19,6 +22,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -31,6 +35,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"kiln.dev/kiln/image/disk"
 )
 
 // Available returns an error naming the first missing requirement.
@@ -70,6 +76,15 @@ type Device struct {
 	stop     chan struct{}
 	done     chan struct{}
 	extra    []string // more loop devices
+	ubootLog []string // what the U-Boot stand-in said at each boot
+}
+
+// UBootLog returns what the U-Boot stand-in said at each boot of a card
+// with uboot.env: the slot, the boot counter, any fallback.
+func (d *Device) UBootLog() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.ubootLog...)
 }
 
 // Fleet holds devices and the client key that can log in to all of them.
@@ -352,8 +367,14 @@ func (d *Device) Boot(tryboot bool) error {
 	return fmt.Errorf("%s: sshd did not start: %s", d.Name, stderr.String())
 }
 
-// firmware decides what would boot.
+// firmware decides what would boot: U-Boot's choice when partition 1 holds
+// uboot.env, else the firmware's from autoboot.txt.
 func (d *Device) firmware(tryboot bool) (bootPart, root int, cmdline string, err error) {
+	if env, err := d.ubootEnv(); err == nil {
+		return d.ubootChoose(env)
+	} else if !errors.Is(err, disk.ErrNotFound) {
+		return 0, 0, "", err
+	}
 	ab, err := run("mtype", "-i", d.PartDev(1), "::autoboot.txt")
 	if err != nil {
 		return 0, 0, "", fmt.Errorf("autoboot.txt: %w", err)
@@ -379,6 +400,12 @@ func (d *Device) firmware(tryboot bool) (bootPart, root int, cmdline string, err
 	if bootPart == 0 {
 		return 0, 0, "", fmt.Errorf("autoboot.txt names no boot partition")
 	}
+	return d.slotBoot(bootPart)
+}
+
+// slotBoot is the boot of boot partition bootPart: the root its
+// cmdline.txt names must hold a squashfs.
+func (d *Device) slotBoot(bootPart int) (_, root int, cmdline string, err error) {
 	cl, err := run("mtype", "-i", d.PartDev(bootPart), "::cmdline.txt")
 	if err != nil {
 		return 0, 0, "", fmt.Errorf("partition %d: cmdline.txt: %w", bootPart, err)
