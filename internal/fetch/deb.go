@@ -356,9 +356,25 @@ func (t *tree) entry(h *tar.Header, rel string, r io.Reader) error {
 	return fmt.Errorf("%w: unsupported entry type %q", ErrBadArchive, string(h.Typeflag))
 }
 
+// writing holds the files being written by some UnpackTar of this
+// process (path → a channel closed when the file is complete): two
+// packages of a closure unpacked at once may ship the same file, and the
+// second must compare with the whole of the first, not with what is
+// written so far.
+var writing sync.Map
+
 // writeFile creates p with mode perm and the content of r. If p exists (two
 // packages of a closure ship the same file), the content must be identical.
 func writeFile(p string, perm fs.FileMode, r io.Reader) error {
+	done := make(chan struct{})
+	if other, busy := writing.LoadOrStore(p, done); busy {
+		<-other.(chan struct{})
+		return sameContent(p, r)
+	}
+	defer func() {
+		writing.Delete(p)
+		close(done)
+	}()
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
 		return sameContent(p, r)
