@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 	"unsafe"
 
@@ -37,7 +35,7 @@ var (
 type Options struct {
 	Bmap     *disk.Bmap // nil: every byte of the image is written
 	Force    bool       // write to a non-removable disk
-	Progress func(phase string, done, total int64)
+	Progress flash.Progress
 	// proc is where mountinfo and swaps are read ("" is /proc/self and
 	// /proc); tests point it at a fake one.
 	proc string
@@ -75,25 +73,15 @@ func alignedBuf(n int) []byte {
 // dev (/dev/sdX, /dev/disk/by-id/…) and proves it by reading it back.
 func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, error) {
 	rep := &Report{Device: dev}
-	path, err := filepath.EvalSymlinks(dev)
-	if err != nil {
-		return rep, fmt.Errorf("blockdev: %w", err)
-	}
-	rep.Path = path
 	f, err := os.Open(imgPath)
 	if err != nil {
 		return rep, fmt.Errorf("blockdev: %w", err)
 	}
 	defer f.Close()
-	var src io.Reader = f
-	size := int64(-1)
-	if strings.HasSuffix(imgPath, ".xz") {
-		xr := image.NewXZReader(f, 0)
-		defer xr.Close()
-		src = xr
-	} else if st, err := f.Stat(); err == nil {
-		size = st.Size()
-	}
+	plain, size, _, done := image.OpenDiskStream(imgPath, f)
+	defer done()
+	full := sha256.New() // the plain image, holes included
+	src := io.TeeReader(plain, full)
 	bm := opts.Bmap
 	switch {
 	case bm == nil && size < 0:
@@ -103,72 +91,44 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	case size >= 0 && size != bm.ImageSize:
 		return rep, fmt.Errorf("blockdev: %w: %s is %d bytes, its bmap says %d", ErrBadBmap, imgPath, size, bm.ImageSize)
 	}
-	rep.ImageSize, rep.Ranges = bm.ImageSize, len(bm.Ranges)
-	for _, rg := range bm.Ranges {
-		off, n := rg.Offset(bm.BlockSize, bm.ImageSize)
-		if off%512 != 0 || n%512 != 0 {
-			return rep, fmt.Errorf("blockdev: %w: range at %d+%d is not whole 512-byte sectors", ErrBadBmap, off, n)
-		}
-		rep.BytesWritten += n
+	rep.ImageSize, rep.Ranges, rep.BytesWritten = bm.ImageSize, len(bm.Ranges), bm.Mapped()
+	d, err := Open(dev, opts)
+	if d != nil {
+		rep.Path, rep.DeviceSize = d.path, d.size
 	}
-
-	// Refusals, before the device is opened for writing.
-	if rep.DeviceSize, err = check(path, opts); err != nil {
+	if err != nil {
 		return rep, err
 	}
-	if rep.DeviceSize < bm.ImageSize {
-		return rep, fmt.Errorf("blockdev: %s: %w: %d bytes, the image %d", path, ErrTooSmall, rep.DeviceSize, bm.ImageSize)
-	}
-
-	// O_EXCL on a block device: the kernel refuses it while anything has
-	// it (or a partition of it) mounted, a second guard against a race
-	// with an automounter.
-	out, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT|os.O_EXCL, 0)
-	if err != nil {
-		return rep, fmt.Errorf("blockdev: open %s: %w", path, err)
-	}
+	defer d.Close()
 	start := time.Now()
-	full := sha256.New()
-	rep.WrittenSHA256, err = writeRanges(ctx, src, out, bm, full, opts.Progress)
-	if err == nil {
-		err = out.Sync()
-	}
-	if err == nil {
-		err = flushBuffers(out)
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
+	rep.WrittenSHA256, err = d.WriteDisk(ctx, src, bm, opts.Progress)
 	rep.WriteSec = time.Since(start).Seconds()
 	if err != nil {
-		return rep, fmt.Errorf("blockdev: write %s: %w", path, err)
+		return rep, err
 	}
 	rep.ArtifactSHA256 = hex.EncodeToString(full.Sum(nil))
-
 	if opts.beforeVerify != nil {
-		if err := opts.beforeVerify(path); err != nil {
+		if err := opts.beforeVerify(d.path); err != nil {
 			return rep, err
 		}
 	}
 	start = time.Now()
-	rep.ReadbackSHA256, err = readBack(ctx, path, bm, opts.Progress)
+	rep.ReadbackSHA256, err = d.HashDisk(ctx, bm, opts.Progress)
 	rep.VerifySec = time.Since(start).Seconds()
 	if err != nil {
-		return rep, fmt.Errorf("blockdev: read back %s: %w", path, err)
+		return rep, err
 	}
 	if rep.ReadbackSHA256 != rep.WrittenSHA256 {
-		return rep, fmt.Errorf("blockdev: %s: read back sha256 %s, image %s: %w", path, rep.ReadbackSHA256, rep.WrittenSHA256, flash.ErrVerify)
+		return rep, fmt.Errorf("blockdev: %s: read back sha256 %s, image %s: %w", d.path, rep.ReadbackSHA256, rep.WrittenSHA256, flash.ErrVerify)
 	}
 	rep.Verified = true
-	rereadPartitions(path)
 	return rep, nil
 }
 
 // writeRanges streams src (the whole image) through the bmap and writes
 // the mapped ranges to out at their offsets, gathered into aligned chunks
-// for O_DIRECT. It returns the SHA-256 of the mapped bytes; full hashes
-// every byte.
-func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *disk.Bmap, full io.Writer, progress func(string, int64, int64)) (string, error) {
+// for O_DIRECT. It returns the SHA-256 of the mapped bytes.
+func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *disk.Bmap, progress flash.Progress) (string, error) {
 	buf := alignedBuf(chunk)
 	var fill, at, done int64 // bytes in buf, their device offset, written so far
 	total := bm.Mapped()
@@ -181,12 +141,10 @@ func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *disk.Bmap
 		}
 		done += fill
 		fill = 0
-		if progress != nil {
-			progress("write", done, total)
-		}
+		progress.Report("write", done, total)
 		return ctx.Err()
 	}
-	sum, err := bm.Stream(io.TeeReader(src, full), func(off int64, p []byte) error {
+	sum, err := bm.Stream(src, func(off int64, p []byte) error {
 		if fill > 0 && (at+fill != off || fill+int64(len(p)) > chunk) {
 			if err := flush(); err != nil {
 				return err
@@ -206,7 +164,7 @@ func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *disk.Bmap
 }
 
 // readBack hashes the mapped ranges of the device, read with O_DIRECT.
-func readBack(ctx context.Context, path string, bm *disk.Bmap, progress func(string, int64, int64)) (string, error) {
+func readBack(ctx context.Context, path string, bm *disk.Bmap, progress flash.Progress) (string, error) {
 	in, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		return "", err
@@ -235,9 +193,7 @@ func readBack(ctx context.Context, path string, bm *disk.Bmap, progress func(str
 			h.Write(buf[:k])
 			left -= k
 			done += k
-			if progress != nil {
-				progress("verify", done, total)
-			}
+			progress.Report("verify", done, total)
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil

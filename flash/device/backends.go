@@ -51,10 +51,14 @@ type Backend struct {
 	// OpenEmulator opens an in-process model of board model checked
 	// against board b, for back ends that are not a byte stream.
 	OpenEmulator func(model, b *boards.Board, opts Options) (Session, error)
-	// Disk marks a back end that writes whole disk images (ssh whole-disk,
-	// a local block device); internal/op drives it. Local marks the one
-	// that writes a block device of this machine.
-	Disk, Local bool
+	// OpenDisk opens the disk a port names, for back ends that write whole
+	// disk images (ssh whole-disk, a local block device): the target and
+	// the device's name for reports. internal/op drives it through
+	// flash.WriteDisk.
+	OpenDisk func(ctx context.Context, port string, opts DiskOptions) (flash.DiskTarget, string, error)
+	// CheckPort refuses a malformed port of a disk back end before any
+	// work (ErrBadPort).
+	CheckPort func(port string) error
 	// Hints are lines a user can act on for an error of this back end.
 	Hints func(err error, port string) []string
 }
@@ -259,7 +263,7 @@ var table = map[string]*Backend{
 		// blockdev:/dev/disk/by-id/...). Driven by internal/op over
 		// flash/blockdev; its tests run on loop devices.
 		Protocol: "blockdev", Ports: []string{"blockdev:", "/dev/sd", "/dev/mmcblk", "/dev/disk/by-", "/dev/loop", "/dev/nvme", "/dev/vd"},
-		PortKind: "local block device", Resets: []string{"none"}, Disk: true, Local: true,
+		PortKind: "local block device", Resets: []string{"none"}, OpenDisk: openBlockDisk,
 		Hints: func(err error, port string) []string {
 			switch {
 			case errors.Is(err, blockdev.ErrNotRemovable):
@@ -278,7 +282,8 @@ var table = map[string]*Backend{
 		// A Raspberry Pi (or any Linux device) over SSH: a whole-disk write
 		// (kiln flash --port ssh://host/dev/sdX) or an A/B update. Driven by
 		// internal/op over flash/ssh (transport) and flash/sshdev (the device side); its device model is flash/ssh/sshtest.
-		Protocol: "ssh", Ports: []string{"ssh://"}, PortKind: "device reached over SSH", Resets: []string{"none"}, Disk: true,
+		Protocol: "ssh", Ports: []string{"ssh://"}, PortKind: "device reached over SSH", Resets: []string{"none"},
+		OpenDisk: openSSHDisk, CheckPort: checkSSHDisk,
 		Hints: func(err error, port string) []string {
 			switch {
 			case errors.Is(err, ssh.ErrHostKey):
@@ -335,18 +340,6 @@ func Resolve(port string, b *boards.Board, protocol string) (*Backend, error) {
 		return nil, fmt.Errorf("device: port %s is a %s, but %s speaks %s here (try --protocol %s)", port, owner.PortKind, b.Name, protocol, owner.Protocol)
 	}
 	return be, nil
-}
-
-// IsDisk reports whether port names a whole-disk back end (ssh://...).
-func IsDisk(port string) bool {
-	be := byPort(port)
-	return be != nil && be.Disk
-}
-
-// IsLocalDisk reports whether port names a block device of this machine.
-func IsLocalDisk(port string) bool {
-	be := byPort(port)
-	return be != nil && be.Local
 }
 
 // byPort returns the back end that owns port's prefix, or nil.

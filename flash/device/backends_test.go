@@ -60,7 +60,7 @@ func TestBackendTable(t *testing.T) {
 		if be.Emulate == nil && be.OpenEmulator == nil && inProcessLess[be.Protocol] == "" {
 			t.Errorf("back end %s has no emulator", be.Protocol)
 		}
-		if be.Connect == nil && be.Open == nil && !be.Disk {
+		if be.Connect == nil && be.Open == nil && be.OpenDisk == nil {
 			t.Errorf("back end %s can be neither opened nor connected", be.Protocol)
 		}
 		if !named[be.Protocol] {
@@ -101,14 +101,20 @@ func TestResolve(t *testing.T) {
 		t.Errorf("--protocol stm32-uart: %v %v", be, err)
 	}
 	pi := board(t, "rpi-4b")
-	if be, err := device.Resolve("SSH://pi@host/dev/sda", pi, ""); err != nil || !be.Disk {
+	if be, err := device.Resolve("SSH://pi@host/dev/sda", pi, ""); err != nil || be.OpenDisk == nil {
 		t.Errorf("ssh port: %v %v", be, err)
 	}
-	if !device.IsDisk("ssh://pi@host/dev/sda") || device.IsLocalDisk("ssh://pi@host/dev/sda") || device.IsDisk("/dev/ttyUSB0") {
-		t.Error("IsDisk")
+	if be, err := device.DiskBackend("ssh://pi@host/dev/sda"); err != nil || be == nil || be.Protocol != "ssh" {
+		t.Errorf("ssh disk: %v %v", be, err)
+	}
+	if be, err := device.DiskBackend("/dev/ttyUSB0"); be != nil || err != nil {
+		t.Errorf("a serial port is a disk: %v %v", be, err)
+	}
+	if _, err := device.DiskBackend("ssh://pi@host"); !errors.Is(err, device.ErrBadPort) {
+		t.Errorf("ssh port without a block device: %v", err)
 	}
 	for _, p := range []string{"/dev/sda", "/dev/mmcblk0", "blockdev:/dev/disk/by-id/usb-Card_Reader-0:0", "/dev/loop7"} {
-		if !device.IsDisk(p) || !device.IsLocalDisk(p) {
+		if be, err := device.DiskBackend(p); err != nil || be == nil || be.Protocol != "blockdev" {
 			t.Errorf("%s is not a local disk", p)
 		}
 		if be, err := device.Resolve(p, pi, ""); err != nil || be.Protocol != "blockdev" {

@@ -299,7 +299,7 @@ func rebuildImage(c *cli.Context, dir string, opts recipebuild.Options) (*recipe
 // .img.xz) with it partition by partition.
 func auditImage(c *cli.Context, dir string, s *store.Store, against, port string) error {
 	e := envOf(c)
-	if port != "" && !strings.HasPrefix(port, "ssh://") {
+	if err := op.SlotPort(port); port != "" && err != nil {
 		return usagef("audit --port %s: an image recipe is audited on a device over SSH (ssh://user@host[/dev/mmcblk0])", port)
 	}
 	opts := recipebuild.Options{Store: s, NoXZ: true}

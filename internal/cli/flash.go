@@ -131,7 +131,7 @@ func printReport(e *env, rep *op.Report) {
 	case rep.Disk != nil:
 		d := rep.Disk
 		fmt.Fprintf(e.stdout, "flashed %s to %s: %s in %d ranges (holes skipped)\n", rep.Image, rep.Port, humanBytes(d.BytesWritten), d.Ranges)
-		fmt.Fprintf(e.stdout, "verified: sha256 %s computed on the device (%.1fs)\n", d.DeviceSHA256, d.Seconds)
+		fmt.Fprintf(e.stdout, "verified: sha256 %s of the written ranges, read from the device past its cache (write %.1fs, verify %.1fs)\n", d.DeviceSHA256, d.WriteSec, d.VerifySec)
 	case rep.Op == "flash":
 		fmt.Fprintf(e.stdout, "flashed %d bytes of %s to %s at %s%s\n", rep.Bytes, rep.Image, rep.Board, rep.Port, dev)
 		fmt.Fprintf(e.stdout, "verified: sha256 %s read back from the device (write %.2fs, verify %.2fs)\n", rep.DeviceSHA256, rep.WriteSec, rep.VerifySec)

@@ -54,18 +54,18 @@ func TestFlashBlockdevThroughTheBinary(t *testing.T) {
 	var rep struct {
 		Protocol       string
 		ArtifactSHA256 string `json:"artifact_sha256"`
+		ImageSHA256    string `json:"image_sha256"`
 		DeviceSHA256   string `json:"device_sha256"`
 		Verified       bool
-		Local          struct {
-			Verified       bool
-			ArtifactSHA256 string `json:"artifact_sha256"`
-			ReadbackSHA256 string `json:"readback_sha256"`
-		} `json:"blockdev"`
+		Disk           struct {
+			Verified     bool
+			DeviceSHA256 string `json:"device_sha256"`
+		} `json:"disk"`
 	}
 	if err := json.Unmarshal([]byte(o), &rep); err != nil {
 		t.Fatalf("%v\n%s", err, o)
 	}
-	if !rep.Verified || !rep.Local.Verified || rep.Local.ReadbackSHA256 == "" || rep.Protocol != "blockdev" {
+	if !rep.Verified || !rep.Disk.Verified || rep.Disk.DeviceSHA256 == "" || rep.Protocol != "blockdev" {
 		t.Errorf("report: %s", o)
 	}
 	img, _ := os.ReadFile(filepath.Join(out, "image.img"))
@@ -74,11 +74,11 @@ func TestFlashBlockdevThroughTheBinary(t *testing.T) {
 		t.Error("the card does not hold the image")
 	}
 	full := sha256.Sum256(img)
-	if rep.Local.ArtifactSHA256 != hex.EncodeToString(full[:]) {
-		t.Errorf("blockdev artifact hash %s, the image's %x", rep.Local.ArtifactSHA256, full)
+	if rep.ImageSHA256 != hex.EncodeToString(full[:]) {
+		t.Errorf("plain image hash %s, the image's %x", rep.ImageSHA256, full)
 	}
 	if b, _ := os.ReadFile(log); !strings.Contains(string(b), `"readback_sha256":"`+rep.DeviceSHA256+`","derivation"`) ||
-		!strings.Contains(string(b), `"result":"ok"`) || rep.DeviceSHA256 != rep.Local.ReadbackSHA256 {
-		t.Errorf("audit log (device %s, readback %s, artifact %s): %s", rep.DeviceSHA256, rep.Local.ReadbackSHA256, rep.ArtifactSHA256, b)
+		!strings.Contains(string(b), `"result":"ok"`) || rep.DeviceSHA256 != rep.Disk.DeviceSHA256 {
+		t.Errorf("audit log (device %s, disk %s, artifact %s): %s", rep.DeviceSHA256, rep.Disk.DeviceSHA256, rep.ArtifactSHA256, b)
 	}
 }

@@ -100,7 +100,7 @@ func TestUpdateAndFleetThroughTheBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, errs, code = runKilnSSH(t, append(append([]string{"flash", "--port", port + "/dev/sdq"}, auth...), v1)...)
-	if code != 0 || !strings.Contains(out, "computed on the device") {
+	if code != 0 || !strings.Contains(out, "of the written ranges, read from the device") {
 		t.Fatalf("kiln flash ssh: exit %d\n%s%s", code, out, errs)
 	}
 	want, _ := os.ReadFile(v1)

@@ -3,11 +3,12 @@ package op
 import (
 	"context"
 	"fmt"
-	"strings"
+	"os"
 	"time"
 
 	"kiln.dev/kiln/boards"
-	"kiln.dev/kiln/flash/blockdev"
+	"kiln.dev/kiln/flash"
+	"kiln.dev/kiln/flash/device"
 	"kiln.dev/kiln/flash/ssh"
 	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/internal/trust"
@@ -27,8 +28,16 @@ type DiskOptions struct {
 	Dialer func(a ssh.Addr, opts ssh.Options) ssh.Dialer
 }
 
+func (o DiskOptions) device() device.DiskOptions {
+	return device.DiskOptions{SSH: o.sshOptions(), Dialer: o.Dialer, Force: o.Force}
+}
+
+func (o DiskOptions) sshOptions() ssh.Options {
+	return ssh.Options{KnownHosts: o.KnownHosts, KeyFiles: o.KeyFiles, Timeout: 10 * time.Second}
+}
+
 func (o DiskOptions) dialer(a ssh.Addr) ssh.Dialer {
-	opts := ssh.Options{KnownHosts: o.KnownHosts, KeyFiles: o.KeyFiles, Timeout: 10 * time.Second}
+	opts := o.sshOptions()
 	if o.Dialer != nil {
 		return o.Dialer(a, opts)
 	}
@@ -40,6 +49,15 @@ type UpdateOptions = sshdev.UpdateOptions
 
 // SlotCheck is what CheckSlot found (sshdev.SlotCheck).
 type SlotCheck = sshdev.SlotCheck
+
+// SlotPort checks, before any rebuild, that port can name a device for
+// CheckSlot (ssh://user@host[/dev/DISK]); ErrUsage if not.
+func SlotPort(port string) error {
+	if _, err := ssh.ParseAddr(port); err != nil {
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	return nil
+}
 
 // CheckSlot hashes the slot the device at port runs, on the device, and
 // compares it with the image at rebuilt as an update would write it
@@ -88,70 +106,42 @@ func diskArtifact(req Request, rep *Report) (*Artifact, error) {
 	return a, nil
 }
 
-// FlashDisk writes a whole disk image to the block device an ssh:// port
-// names, from the artifact's private copy, and proves it with the
-// device's own hash.
+// FlashDisk writes a whole disk image to the disk the port names, through
+// its back end's flash.DiskTarget (a block device of this machine, or one
+// on a device reached over SSH), from the artifact's private copy, and
+// proves it with the device's own hash of the written ranges.
 func FlashDisk(ctx context.Context, req Request) (rep *Report, err error) {
 	start := time.Now()
-	rep = &Report{Op: "flash", Port: req.Port, Protocol: "ssh", Image: req.Artifact}
-	addr, err := ssh.ParseAddr(req.Port)
+	rep = &Report{Op: "flash", Port: req.Port, Image: req.Artifact}
+	be, err := device.DiskBackend(req.Port)
+	if err == nil && be == nil {
+		err = fmt.Errorf("%w: %s names no disk", device.ErrBadPort, req.Port)
+	}
 	if err != nil {
 		return rep, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
-	if !strings.HasPrefix(addr.Path, "/dev/") {
-		return rep, fmt.Errorf("%w: flash --port %s: name the block device, e.g. ssh://root@host/dev/sdb (for A/B updates use kiln update)", ErrUsage, req.Port)
-	}
+	rep.Protocol = be.Protocol
 	defer func() { err = record(req, rep, err) }()
 	a, err := diskArtifact(req, rep)
 	if err != nil {
 		return rep, err
 	}
 	defer a.Close()
-	c, err := req.Disk.dialer(addr)(ctx)
+	f, err := os.Open(a.DiskPath())
 	if err != nil {
 		return rep, err
 	}
-	defer c.Close()
-	var prog func(done, total int64)
-	if req.Progress != nil {
-		prog = func(d, t int64) { req.Progress("write", d, t) }
-	}
-	res, err := sshdev.WriteDevice(ctx, c, addr.Path, a.DiskPath(), a.Bmap, prog)
-	if res != nil {
-		rep.Device, rep.DeviceSHA256, rep.Disk = res.Device, res.DeviceSHA256, res
-		if rep.Device == "" {
-			rep.Device = addr.Host
-		}
-		rep.Verified = res.Verified && err == nil
-		rep.WriteSec = res.Seconds
-	}
-	rep.TotalSec = time.Since(start).Seconds()
-	return rep, err
-}
-
-// FlashLocal writes a whole disk image to a block device of this machine
-// (an SD card in a reader: /dev/sdX, blockdev:/dev/disk/by-id/...) and
-// proves it by reading it back past the cache.
-func FlashLocal(ctx context.Context, req Request) (rep *Report, err error) {
-	start := time.Now()
-	rep = &Report{Op: "flash", Port: req.Port, Protocol: "blockdev", Image: req.Artifact}
-	path := strings.TrimPrefix(req.Port, "blockdev:")
-	defer func() { err = record(req, rep, err) }()
-	a, err := diskArtifact(req, rep)
+	defer f.Close()
+	t, name, err := be.OpenDisk(ctx, req.Port, req.Disk.device())
 	if err != nil {
 		return rep, err
 	}
-	defer a.Close()
-	var prog func(string, int64, int64)
-	if req.Progress != nil {
-		prog = func(phase string, d, t int64) { req.Progress(phase, d, t) }
-	}
-	res, err := blockdev.Write(ctx, path, a.DiskPath(), blockdev.Options{Bmap: a.Bmap, Force: req.Disk.Force, Progress: prog})
-	if res != nil {
-		rep.Device, rep.DeviceSHA256, rep.Local = res.Path, res.ReadbackSHA256, res
-		rep.Verified = res.Verified && err == nil
-		rep.WriteSec, rep.VerifySec = res.WriteSec, res.VerifySec
-	}
+	defer t.Close()
+	rep.Device = name
+	res, err := flash.WriteDisk(ctx, t, f, a.DiskSize, a.Bmap, req.Progress)
+	rep.Disk, rep.DeviceSHA256 = res, res.DeviceSHA256
+	rep.Verified = res.Verified && err == nil
+	rep.WriteSec, rep.VerifySec = res.WriteSec, res.VerifySec
 	rep.TotalSec = time.Since(start).Seconds()
 	return rep, err
 }

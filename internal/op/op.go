@@ -9,7 +9,6 @@ import (
 
 	"kiln.dev/kiln/boards"
 	"kiln.dev/kiln/flash"
-	"kiln.dev/kiln/flash/blockdev"
 	"kiln.dev/kiln/flash/device"
 	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/internal/auditlog"
@@ -74,9 +73,10 @@ type Report struct {
 	VerifySec    float64         `json:"verify_seconds"`
 	TotalSec     float64         `json:"total_seconds"`
 	Error        string          `json:"error,omitempty"`
-	// Disk and Update hold a back end's details (bytes sent, slots).
-	Disk   *sshdev.WriteResult  `json:"disk,omitempty"`
-	Local  *blockdev.Report     `json:"blockdev,omitempty"`
+	// Disk and Update hold the details of a whole-disk write (ranges,
+	// bytes written; the same for every disk back end) and of an A/B
+	// update (slots, bytes sent).
+	Disk   *flash.DiskResult    `json:"disk,omitempty"`
 	Update *sshdev.UpdateResult `json:"update,omitempty"`
 }
 
@@ -86,10 +86,7 @@ type Report struct {
 // refusal by the policy ErrUntrusted, an artifact for another board
 // ErrWrongBoard.
 func Flash(ctx context.Context, req Request) (*Report, error) {
-	if device.IsLocalDisk(req.Port) {
-		return FlashLocal(ctx, req)
-	}
-	if device.IsDisk(req.Port) {
+	if be, err := device.DiskBackend(req.Port); be != nil || err != nil {
 		return FlashDisk(ctx, req)
 	}
 	return firmware(ctx, req, true)
@@ -98,8 +95,8 @@ func Flash(ctx context.Context, req Request) (*Report, error) {
 // Verify reads the artifact's extent back from the device and compares,
 // without writing.
 func Verify(ctx context.Context, req Request) (*Report, error) {
-	if device.IsDisk(req.Port) {
-		return nil, fmt.Errorf("verify over ssh: %w: use kiln update (A/B) or kiln flash, which both prove the write on the device", ErrUsage)
+	if be, _ := device.DiskBackend(req.Port); be != nil {
+		return nil, fmt.Errorf("verify of a whole disk: %w: use kiln update (A/B) or kiln flash, which both prove the write on the device", ErrUsage)
 	}
 	return firmware(ctx, req, false)
 }

@@ -232,6 +232,8 @@ func (d *Device) Dial(ctx context.Context) (ab.Device, error) {
 	return &conn{d: d, bootID: d.bootID}, nil
 }
 
+var _ ab.Device = (*conn)(nil)
+
 // conn is one connection; it dies with the boot it was made in.
 type conn struct {
 	d      *Device
