@@ -13,26 +13,26 @@ import (
 	"kiln.dev/kiln/image/disk"
 )
 
-// Disk is a block device of this machine opened for a whole-disk write, as
+// Target is a block device of this machine opened for a whole-disk write, as
 // a flash.DiskTarget: Open has refused what must not be written (not a
 // block device, a partition, mounted or held, the running system's disk,
 // not removable without Force) and holds the device open with O_EXCL.
-type Disk struct {
+type Target struct {
 	path string // the resolved /dev node
 	size int64  // bytes
 	out  *os.File
 }
 
-var _ flash.DiskTarget = (*Disk)(nil)
+var _ flash.DiskTarget = (*Target)(nil)
 
 // Open resolves dev (/dev/sdX, /dev/disk/by-id/…), checks it and opens it
 // for writing.
-func Open(dev string, opts Options) (*Disk, error) {
+func Open(dev string, opts Options) (*Target, error) {
 	path, err := filepath.EvalSymlinks(dev)
 	if err != nil {
 		return nil, fmt.Errorf("blockdev: %w", err)
 	}
-	d := &Disk{path: path}
+	d := &Target{path: path}
 	if d.size, err = check(path, opts); err != nil {
 		return d, err
 	}
@@ -46,11 +46,11 @@ func Open(dev string, opts Options) (*Disk, error) {
 }
 
 // Path is the resolved /dev node.
-func (d *Disk) Path() string { return d.path }
+func (d *Target) Path() string { return d.path }
 
 // WriteDisk writes bm's ranges of src with O_DIRECT, then syncs and drops
 // the device's buffer cache so HashDisk reads the medium.
-func (d *Disk) WriteDisk(ctx context.Context, src io.Reader, bm *disk.Bmap, p flash.Progress) (string, error) {
+func (d *Target) WriteDisk(ctx context.Context, src io.Reader, bm *disk.Bmap, p flash.Progress) (string, error) {
 	if d.size < bm.ImageSize {
 		return "", fmt.Errorf("blockdev: %s: %w: %d bytes, the image %d", d.path, ErrTooSmall, d.size, bm.ImageSize)
 	}
@@ -73,7 +73,7 @@ func (d *Disk) WriteDisk(ctx context.Context, src io.Reader, bm *disk.Bmap, p fl
 }
 
 // HashDisk reads bm's ranges back with O_DIRECT and hashes them.
-func (d *Disk) HashDisk(ctx context.Context, bm *disk.Bmap, p flash.Progress) (string, error) {
+func (d *Target) HashDisk(ctx context.Context, bm *disk.Bmap, p flash.Progress) (string, error) {
 	sum, err := readBack(ctx, d.path, bm, p)
 	if err != nil {
 		return "", fmt.Errorf("blockdev: read back %s: %w", d.path, err)
@@ -83,7 +83,7 @@ func (d *Disk) HashDisk(ctx context.Context, bm *disk.Bmap, p flash.Progress) (s
 
 // Close closes the device and asks the kernel to re-read its partition
 // table.
-func (d *Disk) Close() error {
+func (d *Target) Close() error {
 	if d.out == nil {
 		return nil
 	}
