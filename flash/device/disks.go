@@ -76,3 +76,14 @@ func openBlockDisk(ctx context.Context, port string, opts DiskOptions) (flash.Di
 	}
 	return d, d.Path(), nil
 }
+
+// LocalDisk is a whole disk of this machine as ListDisks shows it
+// (blockdev.Disk).
+type LocalDisk = blockdev.Disk
+
+// DiskListOptions say where ListDisks looks (blockdev.ListOptions).
+type DiskListOptions = blockdev.ListOptions
+
+// ListDisks lists this machine's removable disks (all with opts.All), for
+// a user choosing the card an image goes to.
+func ListDisks(opts DiskListOptions) ([]LocalDisk, error) { return blockdev.List(opts) }

@@ -3,24 +3,24 @@ package cli
 import (
 	"fmt"
 
-	"kiln.dev/kiln/flash/blockdev"
+	"kiln.dev/kiln/flash/device"
 )
 
 // diskList says where the disk listing looks (tests point it at a fake
 // sysfs).
-var diskList blockdev.ListOptions
+var diskList device.DiskListOptions
 
 // autoDisk answers `kiln flash --port auto IMAGE`: kiln lists the
 // removable disks, as rpi-imager does, and writes none of them: which disk
 // gets an image is named by the user.
 func autoDisk(e *env, asJSON bool) error {
-	disks, err := blockdev.List(diskList)
+	disks, err := device.ListDisks(diskList)
 	if err != nil {
 		return err
 	}
 	if asJSON {
 		if disks == nil {
-			disks = []blockdev.Disk{}
+			disks = []device.LocalDisk{}
 		}
 		if err := e.printJSON(map[string]any{"disks": disks}); err != nil {
 			return err
@@ -41,7 +41,7 @@ func autoDisk(e *env, asJSON bool) error {
 // removableHints lists the removable disks, for a user whose `--port auto`
 // found no serial board: an SD card may be what they meant.
 func removableHints() []string {
-	disks, err := blockdev.List(diskList)
+	disks, err := device.ListDisks(diskList)
 	if err != nil || len(disks) == 0 {
 		return nil
 	}

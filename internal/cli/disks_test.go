@@ -10,14 +10,14 @@ import (
 	"strings"
 	"testing"
 
-	"kiln.dev/kiln/flash/blockdev"
+	"kiln.dev/kiln/flash/device"
 )
 
 // fakeSysfs makes a machine with one USB card reader holding a 32 GB card
 // (removable) and a system disk (not removable).
-func fakeSysfs(t *testing.T) blockdev.ListOptions {
+func fakeSysfs(t *testing.T) device.DiskListOptions {
 	root := t.TempDir()
-	o := blockdev.ListOptions{Sys: filepath.Join(root, "sys"), Dev: filepath.Join(root, "dev"), Proc: filepath.Join(root, "proc")}
+	o := device.DiskListOptions{Sys: filepath.Join(root, "sys"), Dev: filepath.Join(root, "dev"), Proc: filepath.Join(root, "proc")}
 	for f, s := range map[string]string{
 		"sys/block/sda/dev": "8:0", "sys/block/sda/size": "1953525168", "sys/block/sda/removable": "0",
 		"sys/block/sdb/dev": "8:16", "sys/block/sdb/size": "62333952", "sys/block/sdb/removable": "1",
@@ -47,7 +47,7 @@ func runMain(t *testing.T, args ...string) (string, string, int) {
 // naming how to choose.
 func TestFlashAutoListsRemovableDisks(t *testing.T) {
 	diskList = fakeSysfs(t)
-	defer func() { diskList = blockdev.ListOptions{} }()
+	defer func() { diskList = device.DiskListOptions{} }()
 	img := filepath.Join(t.TempDir(), "card.img")
 	os.WriteFile(img, make([]byte, 4096), 0o644)
 
@@ -61,7 +61,7 @@ func TestFlashAutoListsRemovableDisks(t *testing.T) {
 	}
 
 	out, _, code = runMain(t, "flash", "--port", "auto", "--json", img)
-	var list struct{ Disks []blockdev.Disk }
+	var list struct{ Disks []device.LocalDisk }
 	if err := json.Unmarshal([]byte(out), &list); err != nil || code != ExitUsage {
 		t.Fatalf("--json: exit %d, %v\n%s", code, err, out)
 	}
@@ -85,7 +85,7 @@ func TestFlashAutoListsRemovableDisks(t *testing.T) {
 // card).
 func TestFlashAutoNoBoardHintsDisks(t *testing.T) {
 	diskList = fakeSysfs(t)
-	defer func() { diskList = blockdev.ListOptions{} }()
+	defer func() { diskList = device.DiskListOptions{} }()
 	hex := filepath.Join(t.TempDir(), "blink.hex")
 	data := []byte{0x0c, 0x94, 0x5c, 0x00, 0x0c, 0x94, 0x6e, 0x00}
 	sum := byte(len(data))
