@@ -14,7 +14,9 @@ import (
 // TestFlashBlockdevThroughTheBinary: kiln flash --port /dev/loopN writes a
 // kiln-built image (.img.xz with its bmap) to a loop device standing in for
 // an SD card, proves it, and reports the artifact's hash; without --force a
-// non-removable disk is refused (exit 1, a hint, the card untouched).
+// non-removable disk is refused, and so is an image for another board
+// (exit 1, a hint, the card untouched); a card corrupted between the write
+// and the read-back fails with exit 3.
 func TestFlashBlockdevThroughTheBinary(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("loop devices need root")
@@ -45,6 +47,34 @@ func TestFlashBlockdevThroughTheBinary(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(backing); strings.Trim(string(b), "\x00") != "" {
 		t.Fatal("a refused flash wrote to the card")
+	}
+
+	// An image for another board: refused before the card is opened.
+	_, errs, code = runKilnSSH(t, "flash", "--port", dev, "--force", "--board", "rpi-4b", "--log", log, filepath.Join(out, "image.img.xz"))
+	if code != 1 || !strings.Contains(errs, "not rpi-4b") || !strings.Contains(errs, "hint: nothing was written") {
+		t.Fatalf("image for another board: exit %d: %s", code, errs)
+	}
+	if b, _ := os.ReadFile(backing); strings.Trim(string(b), "\x00") != "" {
+		t.Fatal("an image for another board was written to the card")
+	}
+
+	// A card that loses part of the write (4 KiB overwritten between the
+	// write and the read-back, by a kiln built with -tags kilnfault):
+	// exit 3, and the audit log says the write was not proven.
+	faulty := filepath.Join(t.TempDir(), "kiln-fault")
+	if o, err := exec.Command("go", "build", "-tags", "kilnfault", "-o", faulty, "kiln.dev/kiln/cmd/kiln").CombinedOutput(); err != nil {
+		t.Fatalf("build kiln -tags kilnfault: %v\n%s", err, o)
+	}
+	cmd := exec.Command(faulty, "flash", "--port", dev, "--force", "--log", log, filepath.Join(out, "image.img.xz"))
+	cmd.Env = append(os.Environ(), "KILN_FAULT_BLOCKDEV_CORRUPT=1048576") // partition 1's first sectors: mapped
+	var ferr strings.Builder
+	cmd.Stderr = &ferr
+	err = cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || !strings.Contains(ferr.String(), "verification failed") {
+		t.Fatalf("corrupted card: %v\n%s", err, ferr.String())
+	}
+	if b, _ := os.ReadFile(log); !strings.Contains(string(b), "verification failed") {
+		t.Errorf("audit log does not record the failed proof: %s", b)
 	}
 
 	o, errs, code := runKilnSSH(t, "flash", "--port", "blockdev:"+dev, "--force", "--json", "--log", log, filepath.Join(out, "image.img.xz"))
