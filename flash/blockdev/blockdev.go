@@ -108,9 +108,6 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	}
 	rep.ArtifactSHA256 = hex.EncodeToString(full.Sum(nil))
 
-	if opts.beforeVerify == nil {
-		opts.beforeVerify = faultBeforeVerify
-	}
 	if opts.beforeVerify != nil {
 		if err := opts.beforeVerify(d.path); err != nil {
 			return rep, err

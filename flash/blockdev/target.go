@@ -74,6 +74,11 @@ func (d *Target) WriteDisk(ctx context.Context, src io.Reader, bm *disk.Bmap, p 
 
 // HashDisk reads bm's ranges back with O_DIRECT and hashes them.
 func (d *Target) HashDisk(ctx context.Context, bm *disk.Bmap, p flash.Progress) (string, error) {
+	if faultBeforeVerify != nil {
+		if err := faultBeforeVerify(d.path); err != nil {
+			return "", err
+		}
+	}
 	sum, err := readBack(ctx, d.path, bm, p)
 	if err != nil {
 		return "", fmt.Errorf("blockdev: read back %s: %w", d.path, err)
