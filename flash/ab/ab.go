@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/image/disk"
 )
 
@@ -81,7 +82,7 @@ type Options struct {
 	TrialGrace    time.Duration // an unlocked trial boot younger than this is left alone (ErrBusy); default 2 min
 	Poll          time.Duration // between reconnection attempts; default 200ms
 	Owner         string        // names this update in the device's lock
-	Log           func(format string, a ...any)
+	Log           flash.Note
 }
 
 func (o *Options) defaults() {

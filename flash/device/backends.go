@@ -231,7 +231,7 @@ var table = map[string]*Backend{
 		// Both are the same swd.Target.
 		Protocol: "swd", Ports: []string{"swd:"}, PortKind: "SWD debug probe", Resets: []string{"none"},
 		Open: func(ctx context.Context, spec string, b *boards.Board, opts Options) (Session, error) {
-			return swd.OpenUSB(ctx, spec, b, swd.Options{Unprotect: opts.Unprotect, Note: noteLine(opts.Note)})
+			return swd.OpenUSB(ctx, spec, b, swd.Options{Unprotect: opts.Unprotect, Note: opts.Note})
 		},
 		OpenEmulator: func(model, b *boards.Board, opts Options) (Session, error) {
 			chip, err := swdtest.NewChip(model)
@@ -241,7 +241,7 @@ var table = map[string]*Backend{
 			if opts.Emulator.Pace {
 				chip.TimeScale = 1
 			}
-			return swd.Open(context.Background(), swdtest.NewProbe(chip, "EMU-"+model.Name), b, swd.Options{Unprotect: opts.Unprotect, Note: noteLine(opts.Note)})
+			return swd.Open(context.Background(), swdtest.NewProbe(chip, "EMU-"+model.Name), b, swd.Options{Unprotect: opts.Unprotect, Note: opts.Note})
 		},
 		Hints: func(err error, port string) []string {
 			switch {
@@ -381,11 +381,6 @@ func Hints(err error, port string) []string {
 func noAnswerHints(port string) []string {
 	return []string{"is the board in bootloader mode? (press reset just before flashing if the port cannot reset it)",
 		"is the baud rate right (--baud)?", "is " + port + " the board's port, and is no other program using it?"}
-}
-
-// noteLine adapts a note to a back end that still takes whole lines.
-func noteLine(n flash.Note) func(string) {
-	return func(s string) { n.Printf("%s", s) }
 }
 
 func baudOf(b *boards.Board, opts Options) int {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"kiln.dev/kiln/flash"
 	"kiln.dev/kiln/flash/ssh"
 )
 
@@ -152,7 +153,7 @@ func (d *device) writeBlocks(ctx context.Context, dev string, blocks []block) er
 
 // writeChanged writes the blocks of r whose hashes (local) differ from the
 // device's (remote), in sessions of up to 1024 blocks.
-func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n, bs int64, remote, local [][32]byte, log func(string, ...any)) error {
+func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n, bs int64, remote, local [][32]byte, log flash.Note) error {
 	if len(remote) != len(local) {
 		return fmt.Errorf("%s: %d block hashes from the device, %d local", dev, len(remote), len(local))
 	}
@@ -173,7 +174,7 @@ func (d *device) writeChanged(ctx context.Context, dev string, r io.ReaderAt, n,
 		}
 		runs = append(runs, run{off, k})
 	}
-	log("%s: %d of %d blocks differ (%d runs)", dev, differ, len(remote), len(runs))
+	log.Printf("%s: %d of %d blocks differ (%d runs)", dev, differ, len(remote), len(runs))
 	// Sessions of up to 1024 runs or 64 MiB, read from the image as they go.
 	for len(runs) > 0 {
 		var batch []block

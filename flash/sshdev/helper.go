@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"kiln.dev/kiln/flash"
 )
 
 // helperCmd runs the helper with args. The helper lives in a directory
@@ -43,7 +45,7 @@ var goarchOf = map[string]string{"x86_64": "amd64", "aarch64": "arm64", "armv7l"
 // directory of its own. With no fitting helper, or one that does not run
 // there (/tmp mounted noexec, a CPU without an instruction the build
 // assumed), the device keeps using stock tools.
-func (d *device) installHelper(ctx context.Context, dir string, log func(string, ...any)) error {
+func (d *device) installHelper(ctx context.Context, dir string, log flash.Note) error {
 	if dir == "" {
 		return nil
 	}
@@ -68,7 +70,7 @@ func (d *device) installHelper(ctx context.Context, dir string, log func(string,
 	d.dir, d.helper, d.hsum = priv, priv+"/kiln-helper", hex.EncodeToString(sum[:])
 	res, err := d.output(ctx, d.helperCmd("sha256", "/dev/null", "0", "0"))
 	if err != nil || !strings.HasPrefix(res, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") {
-		log("helper for %s does not run on the device (%v); using the stock tools", arch, err)
+		log.Printf("helper for %s does not run on the device (%v); using the stock tools", arch, err)
 		d.helper = ""
 	}
 	return nil

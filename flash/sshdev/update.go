@@ -22,7 +22,7 @@ type UpdateOptions struct {
 	NoDelta       bool          // always send whole partitions
 	BlockSize     int64         // delta block size; default 4 KiB with the helper, 1 MiB with stock tools
 	HelperDir     string        // where kiln-helper-<goarch> files are; "" for stock tools only
-	Log           func(format string, a ...any)
+	Log           flash.Note
 	Progress      flash.Progress // phases "root" and "boot": bytes of the slot compared or written
 }
 
@@ -56,9 +56,6 @@ func partDev(disk string, n int) string {
 func (o *UpdateOptions) defaults() {
 	if o.Disk == "" {
 		o.Disk = "/dev/mmcblk0"
-	}
-	if o.Log == nil {
-		o.Log = func(string, ...any) {}
 	}
 }
 

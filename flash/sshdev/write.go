@@ -51,7 +51,7 @@ func writeVerified(ctx context.Context, d *device, dev string, r io.ReaderAt, n 
 	case helperDelta:
 		var k int
 		if got, k, err = d.deltaWrite(ctx, dev, r, n, bs, sums, progress); err == nil {
-			opts.Log("%s: %d of %d blocks differ", dev, k, len(sums))
+			opts.Log.Printf("%s: %d of %d blocks differ", dev, k, len(sums))
 		}
 	case stockDelta:
 		var dsums [][32]byte

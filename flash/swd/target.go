@@ -21,7 +21,7 @@ type Options struct {
 	// a protected chip is refused with ErrProtected and nothing is erased.
 	Unprotect bool
 	// Note receives remarks for the user.
-	Note func(string)
+	Note flash.Note
 }
 
 // link is a way to a target's memory: ADIv5 through a CMSIS-DAP probe
@@ -81,9 +81,6 @@ func Open(ctx context.Context, t Transport, b *boards.Board, opts Options) (*Tar
 // open finishes Open on any link: connect, reset and halt, identify the chip
 // and check its protection.
 func open(ctx context.Context, l link, probe string, b *boards.Board, opts Options) (*Target, error) {
-	if opts.Note == nil {
-		opts.Note = func(string) {}
-	}
 	want, err := boardDevID(b)
 	if err != nil {
 		return nil, err
@@ -131,7 +128,7 @@ func open(ctx context.Context, l link, probe string, b *boards.Board, opts Optio
 	case level == 1 && !opts.Unprotect:
 		return nil, fmt.Errorf("swd: %s: %w; removing it erases the whole flash (--unprotect does that)", b.Name, ErrProtected)
 	case level == 1:
-		opts.Note("removing read-out protection: the chip mass-erases its flash")
+		opts.Note.Printf("removing read-out protection: the chip mass-erases its flash")
 		if err := tg.ctl.unprotect(ctx); err != nil {
 			return nil, err
 		}

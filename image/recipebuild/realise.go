@@ -37,7 +37,7 @@ func Realise(ctx context.Context, dir string, opts Options) (*Result, *store.Rea
 	bo.NoXZ = true
 	logf := func(format string, a ...any) {
 		if opts.Log != nil {
-			opts.Log(fmt.Sprintf(format, a...))
+			opts.Log(format, a...)
 		}
 	}
 	rz, err := opts.Store.Realise(ctx, store.Request{

@@ -30,7 +30,7 @@ const MetadataFile = disk.MetadataFile
 // Options tune Build.
 type Options struct {
 	Store    *store.Store
-	Log      func(string)                          // progress lines; may be nil
+	Log      func(format string, args ...any)      // progress lines; may be nil
 	Progress func(phase string, done, total int64) // may be nil
 	XZ       image.XZOptions
 	NoXZ     bool // skip image.img.xz (an update only needs image.img)

@@ -40,7 +40,7 @@ type Options struct {
 	// reproducible output, and every file's modification time is clamped to it.
 	Epoch int64
 	// Log receives progress lines; may be nil.
-	Log func(string)
+	Log func(format string, args ...any)
 }
 
 // qemu is what binfmt_misc needs for each foreign architecture: the ELF
@@ -98,7 +98,7 @@ func Assemble(ctx context.Context, dir string, opts Options) error {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if opts.Log != nil {
-		opts.Log(fmt.Sprintf("assemble %s root: %d essential + %d packages (dpkg under %s)", opts.Arch, len(ess), len(rest), emulation(binfmt)))
+		opts.Log("assemble %s root: %d essential + %d packages (dpkg under %s)", opts.Arch, len(ess), len(rest), emulation(binfmt))
 	}
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {

@@ -133,7 +133,7 @@ func assemble(t testing.TB, debs []Deb) string {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := Assemble(context.Background(), dir, Options{Arch: "arm64", Debs: debs, Epoch: epoch, Log: func(s string) { t.Log(s) }}); err != nil {
+	if err := Assemble(context.Background(), dir, Options{Arch: "arm64", Debs: debs, Epoch: epoch, Log: t.Logf}); err != nil {
 		if errors.Is(err, ErrSandbox) {
 			t.Skip(err)
 		}

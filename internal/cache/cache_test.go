@@ -132,7 +132,7 @@ func TestPushSubstituteRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set := &Set{Subs: []*Substituter{sub}, Note: func(s string) { t.Log(s) }}
+	set := &Set{Subs: []*Substituter{sub}, Note: t.Logf}
 	got, o, err := set.Substitute(ctx, b, key, "blink")
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +317,7 @@ func TestHostileCaches(t *testing.T) {
 			}
 			var notes []string
 			var mu sync.Mutex
-			note := func(s string) { mu.Lock(); notes = append(notes, s); mu.Unlock() }
+			note := func(f string, a ...any) { mu.Lock(); notes = append(notes, fmt.Sprintf(f, a...)); mu.Unlock() }
 			_, _, err = (&Set{Subs: []*Substituter{bad}, Note: note}).Substitute(ctx, st, h.key, "blink")
 			if !errors.Is(err, ErrMiss) {
 				t.Fatalf("substitute from the spoiled cache: %v", err)

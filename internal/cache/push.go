@@ -30,7 +30,7 @@ type Pusher struct {
 	Progress Progress
 	// Log, if set, gets one line per entry; it is called from several
 	// goroutines, one line at a time.
-	Log func(string)
+	Log func(format string, args ...any)
 }
 
 // Pushed says what Push did with one entry.
@@ -82,7 +82,7 @@ func (p *Pusher) Push(ctx context.Context, paths []string) ([]Pushed, error) {
 
 func (p *Pusher) logf(format string, a ...any) {
 	if p.Log != nil {
-		p.Log(fmt.Sprintf(format, a...))
+		p.Log(format, a...)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -127,7 +128,7 @@ func TestSeaweedFS(t *testing.T) {
 	var notes []string
 	b := newStore(t)
 	got, from, err := (&Set{Subs: []*Substituter{{URL: w.URL("spoiled"), Bucket: spoiled, Keys: keys}, {URL: m.URL, Bucket: mirror, Keys: keys}},
-		Note: func(s string) { notes = append(notes, s) }}).Substitute(ctx, b, key, "blink")
+		Note: func(f string, a ...any) { notes = append(notes, fmt.Sprintf(f, a...)) }}).Substitute(ctx, b, key, "blink")
 	if err != nil || from.Cache != m.URL {
 		t.Fatalf("substitute past a spoiled cache: %v %+v", err, from)
 	}

@@ -51,7 +51,7 @@ type Set struct {
 	Subs []*Substituter
 	// Note gets one line for every cache that was skipped and why; it may
 	// be nil. It is called from several goroutines, one line at a time.
-	Note func(string)
+	Note func(format string, args ...any)
 	// Progress, if set, follows the bytes downloaded.
 	Progress Progress
 
@@ -65,7 +65,7 @@ func (s *Set) note(format string, a ...any) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.Note(fmt.Sprintf(format, a...))
+	s.Note(format, a...)
 }
 
 // Origin is where a substituted entry came from. It is kept beside the

@@ -82,7 +82,7 @@ func runAudit(c *cli.Context) error {
 	}
 	opts := firmware.Options{Dir: args[0], Store: s, Check: true, NoSandbox: c.Bool("no-sandbox")}
 	if !c.Bool("json") {
-		opts.Log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
+		opts.Log = e.line
 	}
 	res, err := firmware.Build(c.Context, opts)
 	if err != nil {
@@ -304,7 +304,7 @@ func auditImage(c *cli.Context, dir string, s *store.Store, against, port string
 	}
 	opts := recipebuild.Options{Store: s, NoXZ: true}
 	if !c.Bool("json") {
-		opts.Log = func(line string) { fmt.Fprintln(e.stderr, line) }
+		opts.Log = e.line
 	}
 	res, rebuilt, cleanup, err := rebuildImage(c, dir, opts)
 	if err != nil {

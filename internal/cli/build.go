@@ -70,7 +70,7 @@ func runBuild(c *cli.Context) error {
 		Substitute: sub.hook(), Fetcher: &fetch.Fetcher{Store: s, HTTP: http.DefaultClient, Substitute: sub.hook()},
 	}
 	if c.Bool("verbose") {
-		opts.Log = func(format string, a ...any) { fmt.Fprintf(e.stderr, format+"\n", a...) }
+		opts.Log = e.line
 	}
 	// What --out held before: a warm rebuild into it need not redo the
 	// evidence, which is a function of the manifest (and the key).

@@ -212,7 +212,7 @@ func cacheKeys(pol *trust.Policy, url string) ([]*trust.PublicKey, map[string]st
 // substituters is the ordered set of caches a build or fetch asks: the
 // --substituter flags, then $KILN_SUBSTITUTERS (separated by spaces), then
 // the policy's [[cache]] tables. nil when there are none.
-func substituters(c *cli.Context, note func(string)) (*cache.Set, error) {
+func substituters(c *cli.Context, note func(format string, args ...any)) (*cache.Set, error) {
 	pol, err := loadPolicy(c)
 	if err != nil {
 		return nil, err
@@ -257,13 +257,13 @@ type substitution struct {
 
 	mu      sync.Mutex
 	origins []*cache.Origin
-	note    func(string)
+	note    func(format string, args ...any)
 }
 
 // newSubstitution returns nil when no cache is configured.
 func newSubstitution(c *cli.Context, st *store.Store) (*substitution, error) {
 	e := envOf(c)
-	note := func(s string) { fmt.Fprintf(e.stderr, "note: %s\n", s) }
+	note := e.note
 	set, err := substituters(c, note)
 	if err != nil || set == nil {
 		return nil, err
@@ -281,7 +281,7 @@ func (s *substitution) hook() func(ctx context.Context, key, name string) (strin
 		p, o, err := s.set.Substitute(ctx, s.st, key, name)
 		if err != nil {
 			if !errors.Is(err, cache.ErrMiss) {
-				s.note(err.Error())
+				s.note("%v", err)
 			}
 			return "", false
 		}
@@ -293,7 +293,7 @@ func (s *substitution) hook() func(ctx context.Context, key, name string) (strin
 			if o.SignerName != "" {
 				signer += " (" + o.SignerName + ")"
 			}
-			s.note(fmt.Sprintf("substituted %s from %s, signed by %s", o.Entry, o.Cache, signer))
+			s.note("substituted %s from %s, signed by %s", o.Entry, o.Cache, signer)
 		}
 		return p, true
 	}

@@ -53,7 +53,7 @@ func runFetch(c *cli.Context) error {
 		return err
 	}
 	f := &fetch.Fetcher{Store: st, HTTP: http.DefaultClient, Substitute: sub.hook(),
-		Log: func(s string) { fmt.Fprintf(e.stderr, "kiln: %s\n", s) }}
+		Log: e.kilnLine}
 	// Inputs first: they are small, and a wrong pin fails before the
 	// toolchain's hundreds of megabytes are fetched.
 	var got []fetchedPath

@@ -74,7 +74,7 @@ func imageBuild(c *cli.Context, dir, out string) error {
 	}
 	opts := recipebuild.Options{Store: s, Progress: bar.Func(), Substitute: sub.hook()}
 	if c.Bool("verbose") {
-		opts.Log = func(s string) { fmt.Fprintln(e.stderr, s) }
+		opts.Log = e.line
 	}
 	res, rz, err := recipebuild.Realise(c.Context, dir, opts)
 	if err == nil {

@@ -90,7 +90,7 @@ func runLock(c *cli.Context) error {
 		return err
 	}
 	res := &debian.Resolver{Dir: filepath.Join(st.Root, ".apt-lock"),
-		Log: func(s string) { fmt.Fprintf(e.stderr, "kiln: %s\n", s) }}
+		Log: e.kilnLine}
 	l, err := res.Resolve(c.Context, req)
 	if err != nil {
 		return lockHint(err, req)

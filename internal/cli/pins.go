@@ -96,7 +96,7 @@ func runPins(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	f := &fetch.Fetcher{Store: st, Log: func(s string) { fmt.Fprintf(e.stderr, "kiln: %s\n", s) }}
+	f := &fetch.Fetcher{Store: st, Log: e.kilnLine}
 	rep := pinsReport{Changes: []pinChange{}, Written: []string{}}
 	var gone, bad []string
 	for _, pf := range files {

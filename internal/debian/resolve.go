@@ -44,12 +44,12 @@ type Resolver struct {
 	// Now is the clock for the lock's resolution time; nil means time.Now.
 	Now func() time.Time
 	// Log receives progress lines; it may be nil.
-	Log func(string)
+	Log func(format string, args ...any)
 }
 
 func (r *Resolver) logf(format string, a ...any) {
 	if r.Log != nil {
-		r.Log(fmt.Sprintf(format, a...))
+		r.Log(format, a...)
 	}
 }
 

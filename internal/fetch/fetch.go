@@ -48,7 +48,7 @@ type Fetcher struct {
 	HTTP *http.Client
 	// Log receives progress lines; it may be nil. It is called from
 	// several goroutines, one line at a time.
-	Log func(string)
+	Log func(format string, args ...any)
 	// APTGet is the apt-get program for deb: sources; "" means "apt-get".
 	APTGet string
 	// StallTimeout abandons an https: source that sends nothing for this
@@ -71,7 +71,7 @@ func (f *Fetcher) logf(format string, a ...any) {
 	}
 	f.logMu.Lock()
 	defer f.logMu.Unlock()
-	f.Log(fmt.Sprintf(format, a...))
+	f.Log(format, a...)
 }
 
 // InputPath returns the store path of an input's unpacked tree if it is

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -33,7 +34,7 @@ func newFetcher(t *testing.T) (*Fetcher, *[]string) {
 	}
 	var mu sync.Mutex
 	var log []string
-	return &Fetcher{Store: s, Log: func(l string) { mu.Lock(); log = append(log, l); mu.Unlock() }}, &log
+	return &Fetcher{Store: s, Log: func(f string, a ...any) { mu.Lock(); log = append(log, fmt.Sprintf(f, a...)); mu.Unlock() }}, &log
 }
 
 // emptyStore fails the test if the store holds anything: no entry, no leftover.

@@ -81,11 +81,7 @@ func StoreBuilderWith(s *store.Store, log func(string, ...any), substitute func(
 		if r.Kind != recipes.KindImage {
 			return "", fmt.Errorf("%s is a %s recipe; a fleet group needs an image recipe", r.File, r.Kind)
 		}
-		logf := func(string) {}
-		if log != nil {
-			logf = func(line string) { log("%s", line) }
-		}
-		_, rz, err := recipebuild.Realise(ctx, dir, recipebuild.Options{Store: s, NoXZ: true, Log: logf, Substitute: substitute})
+		_, rz, err := recipebuild.Realise(ctx, dir, recipebuild.Options{Store: s, NoXZ: true, Log: log, Substitute: substitute})
 		if err != nil {
 			return "", err
 		}

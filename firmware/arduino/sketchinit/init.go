@@ -55,7 +55,7 @@ type Options struct {
 	Update bool
 	Store  *store.Store
 	HTTP   *http.Client
-	Log    func(string)
+	Log    func(format string, args ...any)
 	// Core pins the core input; nil asks apt for Debian's arduino-core-avr.
 	Core *recipes.Input
 }
@@ -94,7 +94,7 @@ func InputName(lib string) string {
 func Init(ctx context.Context, o Options) (*Result, error) {
 	logf := func(format string, a ...any) {
 		if o.Log != nil {
-			o.Log(fmt.Sprintf(format, a...))
+			o.Log(format, a...)
 		}
 	}
 	dir, err := filepath.Abs(o.Sketch)
