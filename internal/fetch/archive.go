@@ -81,33 +81,18 @@ func linkInside(rel, target string) bool {
 }
 
 func unpackTarStrict(r io.Reader, dir string) error {
-	t := &tree{root: dir, dirs: map[string]bool{"": true}}
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("%w: tar: %v", ErrBadArchive, err)
-		}
-		rel, err := cleanName(h.Name)
-		if err != nil {
-			return err
-		}
+	return unpackTar(r, dir, func(h *tar.Header, rel string) error {
 		switch h.Typeflag {
 		case tar.TypeReg, tar.TypeDir, tar.TypeLink, tar.TypeXGlobalHeader:
 		case tar.TypeSymlink:
 			if !linkInside(rel, h.Linkname) {
-				return fmt.Errorf("tar: %s: %w: symbolic link to %q leaves the tree", h.Name, ErrBadArchive, h.Linkname)
+				return fmt.Errorf("%w: symbolic link to %q leaves the tree", ErrBadArchive, h.Linkname)
 			}
 		default:
-			return fmt.Errorf("tar: %s: %w: unsupported entry type %q", h.Name, ErrBadArchive, string(h.Typeflag))
+			return fmt.Errorf("%w: unsupported entry type %q", ErrBadArchive, string(h.Typeflag))
 		}
-		if err := t.entry(h, rel, tr); err != nil {
-			return fmt.Errorf("tar: %s: %w", h.Name, err)
-		}
-	}
+		return nil
+	})
 }
 
 // UnpackZip unpacks a zip archive into dir with UnpackArchive's rules.

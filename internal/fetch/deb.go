@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -163,7 +164,9 @@ func UnpackDeb(r io.Reader, dir string) error {
 		if err != nil {
 			return fmt.Errorf("deb: %w", err)
 		}
-		err = UnpackTar(dec, dir)
+		ra := newReadAhead(dec)
+		err = UnpackTar(ra, dir)
+		ra.Close()
 		closeDec()
 		if err != nil {
 			return fmt.Errorf("deb: %s: %w", h.Name, err)
@@ -243,20 +246,24 @@ func (t *tree) mkdirsLocked(rel string, mode fs.FileMode) error {
 		}
 	}
 	p := filepath.Join(t.root, filepath.FromSlash(rel))
-	fi, err := os.Lstat(p)
+	// mkdir first (it does not follow a symlink: one in the way is
+	// EEXIST), then look at what was there only if something was.
+	perm := mode.Perm() | 0o700
+	err := os.Mkdir(p, perm)
 	switch {
-	case err == nil && fi.IsDir():
 	case err == nil:
-		return fmt.Errorf("%w: %s: is a %s, not a directory", ErrBadArchive, rel, fi.Mode().Type())
-	case errors.Is(err, fs.ErrNotExist):
-		if err := os.Mkdir(p, 0o700); errors.Is(err, fs.ErrExist) {
-			if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
-				return fmt.Errorf("%w: %s: not a directory", ErrBadArchive, rel)
+		if perm&umask != 0 {
+			if err := os.Chmod(p, perm); err != nil {
+				return err
 			}
-		} else if err != nil {
+		}
+	case errors.Is(err, fs.ErrExist):
+		fi, err := os.Lstat(p)
+		if err != nil {
 			return err
-		} else if err := os.Chmod(p, mode.Perm()|0o700); err != nil {
-			return err
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%w: %s: is a %s, not a directory", ErrBadArchive, rel, fi.Mode().Type())
 		}
 	default:
 		return err
@@ -267,6 +274,13 @@ func (t *tree) mkdirsLocked(rel string, mode fs.FileMode) error {
 
 // UnpackTar unpacks a tar stream into dir (see UnpackDeb).
 func UnpackTar(r io.Reader, dir string) error {
+	return unpackTar(r, dir, nil)
+}
+
+// unpackTar is the one tar loop: every name is made relative and checked
+// (cleanName), then check (if any) may refuse the entry before anything is
+// written for it, then the tree writes it.
+func unpackTar(r io.Reader, dir string, check func(h *tar.Header, rel string) error) error {
 	t := &tree{root: dir, dirs: map[string]bool{"": true}}
 	tr := tar.NewReader(r)
 	for {
@@ -280,6 +294,11 @@ func UnpackTar(r io.Reader, dir string) error {
 		rel, err := cleanName(h.Name)
 		if err != nil {
 			return err
+		}
+		if check != nil {
+			if err := check(h, rel); err != nil {
+				return fmt.Errorf("tar: %s: %w", h.Name, err)
+			}
 		}
 		if err := t.entry(h, rel, tr); err != nil {
 			return fmt.Errorf("tar: %s: %w", h.Name, err)
@@ -375,22 +394,58 @@ func writeFile(p string, perm fs.FileMode, r io.Reader) error {
 		writing.Delete(p)
 		close(done)
 	}()
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if errors.Is(err, fs.ErrExist) {
 		return sameContent(p, r)
 	}
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(f, r); err != nil {
+	if err := copyInto(f, r); err != nil {
 		f.Close()
 		return err
 	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
+	if perm&umask != 0 { // the process umask took bits the file needs
+		if err := f.Chmod(perm); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	return f.Close()
+}
+
+// umask is the process's file mode creation mask, read once: files and
+// directories are created with their final mode and chmod-ed only when
+// the mask took some of its bits.
+var umask = func() fs.FileMode {
+	m := syscall.Umask(0)
+	syscall.Umask(m)
+	return fs.FileMode(m)
+}()
+
+// copyBufs are the buffers copyInto writes files from.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// copyInto copies r into f through a pooled buffer: os.File's ReadFrom
+// would allocate a fresh 32 KiB buffer for every file of a package.
+func copyInto(f *os.File, r io.Reader) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if _, werr := f.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 func sameContent(p string, r io.Reader) error {
