@@ -119,7 +119,7 @@ func (p *Port) Close() error { return p.p.Close() }
 
 // noModem reports whether err says the port has no modem lines.
 func noModem(err error) bool {
-	return errors.Is(err, unix.ENOTTY) || strings.Contains(err.Error(), "inappropriate ioctl")
+	return errors.Is(err, unix.ENOTTY)
 }
 
 // setLines sets DTR and RTS; on a port without modem lines it notes that

@@ -274,8 +274,8 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io
 		var ee *gossh.ExitError
 		var em *gossh.ExitMissingError
 		switch {
-		case errors.As(err, &ee) && msg != "":
-			return fmt.Errorf("ssh: %s: %s: exit %d: %s", c.addr.Host, short(cmd), ee.ExitStatus(), msg)
+		case errors.As(err, &ee):
+			return &ExitError{Host: c.addr.Host, Cmd: short(cmd), Status: ee.ExitStatus(), Stderr: msg}
 		case c.silent.Load():
 			return fmt.Errorf("ssh: %s: %s: the device stopped answering: %w", c.addr.Host, short(cmd), ErrConnLost)
 		case errors.As(err, &em), errors.Is(err, io.EOF):
@@ -320,6 +320,21 @@ func (c *Client) newSession(ctx context.Context) (*gossh.Session, error) {
 		}()
 		return nil, ctx.Err()
 	}
+}
+
+// ExitError is a command that ran on the device and exited non-zero.
+// Stderr is the last line it wrote there.
+type ExitError struct {
+	Host, Cmd string
+	Status    int
+	Stderr    string
+}
+
+func (e *ExitError) Error() string {
+	if e.Stderr == "" {
+		return fmt.Sprintf("ssh: %s: %s: exit %d", e.Host, e.Cmd, e.Status)
+	}
+	return fmt.Sprintf("ssh: %s: %s: exit %d: %s", e.Host, e.Cmd, e.Status, e.Stderr)
 }
 
 // ErrConnLost means the connection dropped while a command ran.

@@ -238,7 +238,8 @@ func (d *device) lock(ctx context.Context, owner string) error {
 	cmd := fmt.Sprintf("if mkdir %[1]s 2>/dev/null; then echo %[2]s > %[1]s/owner; else cat %[1]s/owner 2>/dev/null; exit 75; fi", lockDir, quote(owner))
 	out, err := d.output(ctx, cmd)
 	if err != nil {
-		if holder := strings.TrimSpace(out); holder != "" || strings.Contains(err.Error(), "exit 75") {
+		var ee *ssh.ExitError
+		if holder := strings.TrimSpace(out); holder != "" || errors.As(err, &ee) && ee.Status == 75 {
 			return fmt.Errorf("%w: %s is held by %q (remove it if that update is gone)", ErrBusy, lockDir, holder)
 		}
 		return fmt.Errorf("update lock: %w", err)

@@ -101,6 +101,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			return usageError{err.Error()}
 		},
 	}
+	usageErrors(app)
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return ExitOK
@@ -125,10 +126,6 @@ func exitCode(err error) int {
 		return ExitVerify
 	case errors.Is(err, ErrUntrusted):
 		return ExitUntrusted
-	case strings.HasPrefix(err.Error(), "flag provided but not defined"),
-		strings.HasPrefix(err.Error(), "Required flag"),
-		strings.HasPrefix(err.Error(), "No help topic"):
-		return ExitUsage
 	case errors.As(err, &ec):
 		return ec.ExitCode()
 	}
