@@ -22,18 +22,27 @@ func BenchmarkAssembleVsMmdebstrap(b *testing.B) {
 	}
 	_, debs := smallLock(b)
 	repo := localRepo(b, filepath.Join(b.TempDir(), "repo"), debs)
-	var kiln, mm time.Duration
+	var kiln, mm, kilnCPU, mmCPU time.Duration
 	for i := 0; i < b.N; i++ {
+		c0 := cpuTime(syscall.RUSAGE_CHILDREN) + cpuTime(syscall.RUSAGE_SELF)
 		t0 := time.Now()
 		assemble(b, debs)
 		kiln += time.Since(t0)
+		c1 := cpuTime(syscall.RUSAGE_CHILDREN) + cpuTime(syscall.RUSAGE_SELF)
+		kilnCPU += c1 - c0
 		t0 = time.Now()
 		runMmdebstrap(b, filepath.Join(b.TempDir(), "mm"), repo, debs)
 		mm += time.Since(t0)
+		mmCPU += cpuTime(syscall.RUSAGE_CHILDREN) + cpuTime(syscall.RUSAGE_SELF) - c1
 	}
 	b.ReportMetric(kiln.Seconds()/float64(b.N), "kiln-s")
 	b.ReportMetric(mm.Seconds()/float64(b.N), "mmdebstrap-s")
 	b.ReportMetric(kiln.Seconds()/mm.Seconds(), "kiln/mmdebstrap")
+	// CPU time (user + system of every process each side ran, qemu's
+	// emulation included): what each costs, whatever the machine's load.
+	b.ReportMetric(kilnCPU.Seconds()/float64(b.N), "kiln-cpu-s")
+	b.ReportMetric(mmCPU.Seconds()/float64(b.N), "mmdebstrap-cpu-s")
+	b.ReportMetric(kilnCPU.Seconds()/mmCPU.Seconds(), "kiln/mmdebstrap-cpu")
 }
 
 // BenchmarkUnpackVsDpkgDeb unpacks every .deb of the small set with kiln's
