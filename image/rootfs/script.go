@@ -30,11 +30,14 @@ mount --bind "$W" "$R/kiln-debs"
 printf '#!/bin/sh\nexit 101\n' > "$R/usr/sbin/policy-rc.d"
 chmod 755 "$R/usr/sbin/policy-rc.d"
 debs() { for d in "$@"; do printf '/kiln-debs/%s ' "$d"; done; }
+# --force-unsafe-io: dpkg does not fsync each file it unpacks. The tree is
+# an intermediate a crash throws away (the store keeps only finished
+# entries, renamed in whole); mmdebstrap gets the same from its eatmydata hook.
 echo "kiln: dpkg --install --force-depends (essential)"
-chroot "$R" dpkg --install --force-depends --abort-after=1 $(debs $ESS)
+chroot "$R" dpkg --force-unsafe-io --install --force-depends --abort-after=1 $(debs $ESS)
 if [ -n "$REST" ]; then
 	echo "kiln: dpkg --install (the rest)"
-	chroot "$R" dpkg --install --abort-after=1 $(debs $REST)
+	chroot "$R" dpkg --force-unsafe-io --install --abort-after=1 $(debs $REST)
 fi
 # Nothing may be left half-configured.
 left=$(chroot "$R" dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' | grep -v '^ii ' || true)

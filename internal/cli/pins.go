@@ -89,9 +89,6 @@ func runPins(c *cli.Context) error {
 		}
 		files = append(files, pf)
 	}
-	if v := os.Getenv("KILN_APT_SOURCES"); v != "" {
-		fetch.HostSources = v // an apt configuration directory standing in for /etc/apt
-	}
 	st, err := store.Open(c.String("store"))
 	if err != nil {
 		return err

@@ -107,6 +107,15 @@ func TestLockPins(t *testing.T) {
 	if after, _ := os.ReadFile(tc); string(after) != string(before) {
 		t.Fatal("a gone pin changed its file")
 	}
+	// kiln fetch of a pin that has no fallback: gone, said first, one line
+	// and the fix as a hint.
+	os.WriteFile(filepath.Join(dir, "recipe.toml"), []byte(recipe), 0o644)
+	res = runKiln(t, env, "fetch", "--store", t.TempDir(), dir)
+	if lines := strings.Split(strings.TrimSpace(res.stderr), "\n"); res.code != 1 ||
+		!strings.HasPrefix(lines[len(lines)-2], "kiln: fetch: hello: pinned version is gone from every source (deb:kiln-hello:arm64=1.0-1: ") ||
+		!strings.Contains(lines[len(lines)-2], "was not found") || lines[len(lines)-1] != "hint: move the pin to a version the archive has: kiln lock --pins --update RECIPE_DIR (a toolchain: recipes/toolchains/NAME.toml); a root filesystem: kiln lock --update RECIPE_DIR" {
+		t.Fatalf("fetch of a gone pin: %d\n%s", res.code, res.stderr)
+	}
 	res = runKiln(t, env, "lock", "--pins", "--update", "--json", "--store", st, dir, tc)
 	var rep pinsReport
 	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil || res.code != 0 || len(rep.Changes) != 2 || len(rep.Written) != 2 {

@@ -26,8 +26,16 @@ type aptState struct {
 }
 
 // HostSources is where the host's apt source lists are read from when a
-// deb: source names suites or components; tests point it elsewhere.
-var HostSources = "/etc/apt"
+// deb: source names suites or components: /etc/apt, or $KILN_APT_SOURCES (a
+// directory laid out like it: sources.list, sources.list.d/). When it is
+// not /etc/apt, every deb: source is fetched through a private apt state
+// with a source list made from it.
+var HostSources = func() string {
+	if d := os.Getenv("KILN_APT_SOURCES"); d != "" {
+		return d
+	}
+	return "/etc/apt"
+}()
 
 // debArch handles a deb: source the host's own apt state cannot serve: a
 // foreign architecture ("deb:NAME:ARCH=VERSION", arm64 kernels for Raspberry
@@ -53,7 +61,7 @@ func (f *Fetcher) debArch(ctx context.Context, src string) ([]string, string, er
 	if arch == "" {
 		arch = host
 	}
-	where := len(d.Suites)+len(d.Components) > 0
+	where := len(d.Suites)+len(d.Components) > 0 || HostSources != "/etc/apt"
 	if arch == host && !where {
 		return nil, d.Spec(), nil
 	}
