@@ -7,15 +7,12 @@
 package sketchinit
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -128,13 +125,13 @@ func Init(ctx context.Context, o Options) (*Result, error) {
 	if board.Arch != "avr" {
 		return nil, fmt.Errorf("init: board %s is %s: kiln builds Arduino sketches for AVR boards only", board.Name, board.Arch)
 	}
+	f := &fetch.Fetcher{Store: o.Store, HTTP: o.HTTP, Log: o.Log}
 	core := o.Core
 	if core == nil {
-		if core, err = debianCore(ctx); err != nil {
+		if core, err = debianCore(ctx, f); err != nil {
 			return nil, err
 		}
 	}
-	f := &fetch.Fetcher{Store: o.Store, HTTP: o.HTTP, Log: o.Log}
 	corePath, err := f.Input(ctx, *core)
 	if err != nil {
 		return nil, fmt.Errorf("init: %w", err)
@@ -367,28 +364,15 @@ func readIndex(ctx context.Context, c *http.Client, url string) (*libindex.Index
 	return ix, nil
 }
 
-// debianCore pins Debian's arduino-core-avr as apt knows it (the version
-// apt would install and the sha256 of its .deb in the package index).
-func debianCore(ctx context.Context) (*recipes.Input, error) {
-	out, err := exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", "arduino-core-avr").Output()
+// debianCore pins Debian's arduino-core-avr as apt knows it today (the
+// version apt would install and the sha256 of its .deb in the package
+// index), with the snapshot archive's copy as the durable fallback.
+func debianCore(ctx context.Context, f *fetch.Fetcher) (*recipes.Input, error) {
+	p, err := f.ResolvePin(ctx, "deb:arduino-core-avr=0", true)
 	if err != nil {
-		return nil, fmt.Errorf("init: apt-cache show arduino-core-avr: %w (is Debian's package index there? apt-get update)", err)
+		return nil, fmt.Errorf("init: Debian's arduino-core-avr: %w", err)
 	}
-	var ver, sum string
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), ": ")
-		switch k {
-		case "Version":
-			ver = v
-		case "SHA256":
-			sum = v
-		}
-	}
-	if ver == "" || len(sum) != 64 {
-		return nil, fmt.Errorf("init: apt-cache show arduino-core-avr gave no version and SHA256")
-	}
-	return &recipes.Input{Name: recipes.DefaultArduinoCore, Sources: []string{"deb:arduino-core-avr=" + ver}, SHA256: sum}, nil
+	return &recipes.Input{Name: recipes.DefaultArduinoCore, Sources: []string{p.Source, p.Snapshot}, SHA256: p.SHA256}, nil
 }
 
 // recipeText is the recipe kiln init writes.
