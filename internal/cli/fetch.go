@@ -108,6 +108,9 @@ func fetchHint(err error) error {
 			"if the new content is trusted, update the input's sha256 in the recipe")
 	case errors.Is(err, fetch.ErrGone):
 		return withHint(err, "move the pin to a version the archive has: kiln lock --pins --update RECIPE_DIR (a toolchain: recipes/toolchains/NAME.toml); a root filesystem: kiln lock --update RECIPE_DIR")
+	case errors.Is(err, fetch.ErrPartlyGone):
+		return withHint(err, "the main archive no longer has the pinned version and its fallback could not be reached: check the network (the snapshot archive keeps every version)",
+			"or move the pin to a version the archive has: kiln lock --pins --update RECIPE_DIR (a toolchain: recipes/toolchains/NAME.toml); a root filesystem: kiln lock --update RECIPE_DIR")
 	case errors.Is(err, fetch.ErrAPT):
 		return withHint(err, "check the network, then run apt-get update (the package index may be stale) and apt-cache policy NAME (is the pinned version still there?)")
 	}

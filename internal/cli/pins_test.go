@@ -2,12 +2,15 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"kiln.dev/kiln/internal/debian/debtest"
+	"kiln.dev/kiln/internal/fetch"
 	"kiln.dev/kiln/internal/store"
 )
 
@@ -141,5 +144,17 @@ func TestLockPins(t *testing.T) {
 	res = runKiln(t, env, "lock", "--pins", "--update", "--store", st, tc)
 	if res.code != 0 || !strings.Contains(res.stdout, "upgraded   kiln-cc:arm64 2.0-1 -> 2.0-2 (sha256 ") {
 		t.Fatalf("text: %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+}
+
+// TestFetchHintGone: the two ways a pinned version goes missing get
+// different fixes.
+func TestFetchHintGone(t *testing.T) {
+	var h *hinted
+	if err := fetchHint(fmt.Errorf("fetch: x: %w", fetch.ErrGone)); !errors.As(err, &h) || len(h.hints) != 1 || !strings.Contains(h.hints[0], "kiln lock --pins --update") {
+		t.Fatalf("gone: %v", err)
+	}
+	if err := fetchHint(fmt.Errorf("fetch: x: %w", fetch.ErrPartlyGone)); !errors.As(err, &h) || len(h.hints) != 2 || !strings.Contains(h.hints[0], "check the network") || !strings.Contains(h.hints[1], "kiln lock --pins --update") {
+		t.Fatalf("partly gone: %v", err)
 	}
 }

@@ -37,6 +37,13 @@ var ErrAPT = errors.New("apt-get download failed")
 // deb: pin to the archive's current version), not a retry.
 var ErrGone = errors.New("pinned version is gone from every source")
 
+// ErrPartlyGone is returned (wrapped) when some sources answered that they
+// do not have the pinned file and the others could not be asked (network,
+// server errors): typically the main archive dropped the version and the
+// snapshot archive is out of reach. A retry with the network can work; so
+// does a new pin.
+var ErrPartlyGone = errors.New("some sources no longer have the pinned version and the others could not be reached")
+
 // errNotThere marks one source's "I do not have it" answer.
 var errNotThere = errors.New("the source does not have it")
 
@@ -257,7 +264,7 @@ func (e *sourceErrors) Error() string {
 		switch {
 		case err == ErrGone:
 			gone = true
-		case err == ErrNoSource:
+		case err == ErrNoSource, err == ErrPartlyGone:
 		default:
 			msgs = append(msgs, err.Error())
 		}
@@ -266,8 +273,10 @@ func (e *sourceErrors) Error() string {
 		// Said first and plainly: a retry will not help, a new pin will.
 		return fmt.Sprintf("fetch: %s: %v (%s)", e.name, ErrGone, strings.Join(msgs, "; "))
 	}
-	if len(msgs) < len(e.errs) {
-		msgs = append(msgs, ErrNoSource.Error())
+	for _, err := range e.errs {
+		if err == ErrNoSource || err == ErrPartlyGone {
+			msgs = append(msgs, err.Error())
+		}
 	}
 	return fmt.Sprintf("fetch: %s: %s", e.name, strings.Join(msgs, "; "))
 }
@@ -279,7 +288,7 @@ func (e *sourceErrors) Unwrap() []error { return e.errs }
 // whose sha256 is in.SHA256.
 func (f *Fetcher) download(ctx context.Context, in recipes.Input) (string, error) {
 	se := &sourceErrors{name: in.Name}
-	hasMismatch, allGone := false, len(in.Sources) > 0
+	hasMismatch, allGone, someGone := false, len(in.Sources) > 0, false
 	for _, src := range in.Sources {
 		if err := ctx.Err(); err != nil {
 			return "", fmt.Errorf("fetch: %s: %w", in.Name, err)
@@ -301,6 +310,8 @@ func (f *Fetcher) download(ctx context.Context, in recipes.Input) (string, error
 		f.logf("fetch %s: %v", in.Name, err)
 		if !errors.Is(err, errNotThere) {
 			allGone = false
+		} else {
+			someGone = true
 		}
 		se.errs = append(se.errs, err)
 	}
@@ -309,6 +320,8 @@ func (f *Fetcher) download(ctx context.Context, in recipes.Input) (string, error
 	}
 	if allGone && !hasMismatch {
 		se.errs = append(se.errs, ErrGone)
+	} else if someGone && !hasMismatch {
+		se.errs = append(se.errs, ErrPartlyGone)
 	}
 	return "", se
 }

@@ -46,6 +46,8 @@ func TestDebPinFallsBackToSnapshot(t *testing.T) {
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/debian/"):
 			files.ServeHTTP(w, r)
+		case ok && body == nil:
+			http.Error(w, "busy", http.StatusServiceUnavailable)
 		case ok:
 			w.Write(body)
 		default:
@@ -142,5 +144,13 @@ func TestDebPinFallsBackToSnapshot(t *testing.T) {
 	if !errors.Is(err, fetch.ErrGone) || !strings.HasPrefix(err.Error(), "fetch: hello: pinned version is gone from every source (") ||
 		!strings.Contains(err.Error(), "was not found") || !strings.Contains(err.Error(), "404") || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("gone: %v", err)
+	}
+
+	// Gone from the archive, the snapshot out of reach: not "gone" (a
+	// retry with the network may work), but said.
+	reset(map[string][]byte{snapPath: nil})
+	_, err = fetcher().Input(ctx, in)
+	if !errors.Is(err, fetch.ErrPartlyGone) || errors.Is(err, fetch.ErrGone) || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("gone, fallback unreachable: %v", err)
 	}
 }
