@@ -227,3 +227,37 @@ func TestUBootEnvReadByFwPrintenv(t *testing.T) {
 	}
 	check("committed", map[string]string{"boot_slot": "b", "boot_fallback": "b", "upgrade_available": "0", "bootcount": "0"})
 }
+
+// Stage writes, proves and arms, and leaves the device running its old
+// slot: U-Boot tries the new slot at the next boot, however it comes (a
+// power cycle here), and falls back by itself past the limit; the
+// firmware's tryboot needs its reboot request and so stays on the old slot.
+func TestStage(t *testing.T) {
+	f := getFixture(t)
+	for _, mech := range mechanisms {
+		t.Run(mech, func(t *testing.T) {
+			d := f.device(t, mech)
+			d.DownDials = 0
+			res, err := ab.Stage(context.Background(), d.Dial, "dev", f.img, opts(t))
+			if err != nil || res.Committed || res.To != "b" || res.RootSHA256 == "" {
+				t.Fatalf("%v %+v", err, res)
+			}
+			if running, _ := d.Running(); running.Name != "a" {
+				t.Fatalf("staging rebooted the device into %s", running.Name)
+			}
+			boot, root := f.newSlot(t, d)
+			if !d.Same(3, boot) || !d.Same(5, root) {
+				t.Fatal("slot b does not hold the staged system")
+			}
+			d.PowerCycle()
+			want := map[string]string{"uboot-env": "b", "tryboot": "a"}[mech]
+			if running, _ := d.Running(); running.Name != want {
+				t.Fatalf("after a power cycle: runs %s, want %s", running.Name, want)
+			}
+			d.PowerCycle()
+			if running, committed := d.Running(); running.Name != "a" || committed.Name != "a" {
+				t.Fatalf("second power cycle: runs %s, commits %s", running.Name, committed.Name)
+			}
+		})
+	}
+}

@@ -32,78 +32,10 @@ func Update(ctx context.Context, dial Dialer, name string, img *Image, opts Opti
 	defer func() { res.DurationSec = time.Since(start).Seconds() }()
 	m := &machine{dial: dial, name: name, opts: opts}
 	defer m.close()
-	if err := m.connect(ctx); err != nil {
-		return res, err
-	}
-	// One update at a time: the lock lives until the trial reboot.
-	if err := m.dev.Lock(ctx, opts.Owner); err != nil {
-		return res, fmt.Errorf("%s: %w", name, err)
-	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		if m.dev != nil {
-			m.dev.Unlock(uctx, opts.Owner)
-		}
-		cancel()
-	}()
-	rem := m.st
-	if rem.Trial() && rem.Uptime >= 0 && rem.Uptime < opts.TrialGrace.Seconds() {
-		// A young trial boot without a lock: its updater may be reconnecting
-		// after the trial reboot (before it re-takes the lock).
-		return res, fmt.Errorf("%s: %w: slot %s is in a trial boot %.0f s old; its update may still be reconnecting (retry after %v)",
-			name, ErrBusy, rem.Running.Name, rem.Uptime, opts.TrialGrace)
-	}
-	if rem.Trial() {
-		// A trial from an earlier, interrupted update: back to the committed slot first.
-		opts.Log("%s: running uncommitted slot %s; rebooting to committed slot %s", name, rem.Running.Name, rem.Committed.Name)
-		if err := m.reboot(ctx, false); err != nil {
-			return res, err
-		}
-		if m.st.Trial() {
-			return res, fmt.Errorf("%s: still not on the committed slot after a reboot", name)
-		}
-		if err := m.dev.Lock(ctx, opts.Owner); err != nil {
-			return res, fmt.Errorf("%s: %w", name, err)
-		}
-		rem = m.st
-	}
-	ab, err := rem.Layout.ABSlots()
-	if err != nil {
-		return res, fmt.Errorf("%s: %w", name, err)
-	}
-	old, target := rem.Committed, ab[0]
-	if target == old {
-		target = ab[1]
-	}
-	res.From, res.To = old.Name, target.Name
-	tBoot, ok1 := rem.Table.Partition(target.Boot)
-	tRoot, ok2 := rem.Table.Partition(target.Root)
-	if !ok1 || !ok2 {
-		return res, fmt.Errorf("%s: %w: slot %s partitions missing", name, ErrLayout, target.Name)
-	}
-	if img.Boot.Size > tBoot.Size || img.Root.Size > tRoot.Size {
-		return res, fmt.Errorf("%s: the image's slot (boot %d, root %d bytes) does not fit the device's slot %s (boot %d, root %d bytes)",
-			name, img.Boot.Size, img.Root.Size, target.Name, tBoot.Size, tRoot.Size)
-	}
-	boot, err := img.SlotBoot(tRoot.PartUUID)
+	defer m.unlock(ctx)
+	old, target, err := m.stage(ctx, img, res)
 	if err != nil {
 		return res, err
-	}
-
-	writeStart := time.Now()
-	if res.RootSHA256, err = m.writeProved(ctx, tRoot, img.RootReader(), img.Root.Size, "root"); err != nil {
-		return res, err
-	}
-	if res.BootSHA256, err = m.writeProved(ctx, tBoot, bytes.NewReader(boot), img.Boot.Size, "boot"); err != nil {
-		return res, err
-	}
-	res.BytesImage = img.Root.Size + img.Boot.Size
-	res.WriteSec = time.Since(writeStart).Seconds()
-	m.stats(res)
-
-	// Arm the one-shot trial boot of the new slot.
-	if err := m.dev.ArmTrial(ctx, old, target); err != nil {
-		return res, fmt.Errorf("%s: arm trial boot: %w", name, err)
 	}
 	opts.Log("%s: slot %s written and verified on the device; trial boot", name, target.Name)
 	if err := m.reboot(ctx, true); err != nil {
@@ -141,6 +73,111 @@ func Update(ctx context.Context, dial Dialer, name string, img *Image, opts Opti
 	m.stats(res)
 	opts.Log("%s: committed slot %s", name, target.Name)
 	return res, nil
+}
+
+// Stage is the first half of Update: it installs img on the device's
+// inactive slot, proves the write by the device's own hash and arms the
+// trial boot of that slot, then leaves the device running. Which boot
+// tries the slot is the boot loader's: with U-Boot's boot counter the next
+// one, whatever restarts the device; with the firmware's tryboot only a
+// `reboot '0 tryboot'`. The boot loader falls back by itself unless the
+// slot is committed; nothing here checks the trial's health or commits it.
+func Stage(ctx context.Context, dial Dialer, name string, img *Image, opts Options) (*Result, error) {
+	opts.defaults()
+	start := time.Now()
+	res := &Result{Device: name, Derivation: img.Layout.Derivation}
+	defer func() { res.DurationSec = time.Since(start).Seconds() }()
+	m := &machine{dial: dial, name: name, opts: opts}
+	defer m.close()
+	defer m.unlock(ctx)
+	_, target, err := m.stage(ctx, img, res)
+	if err == nil {
+		opts.Log("%s: slot %s written, verified on the device and armed for its next boot", name, target.Name)
+	}
+	return res, err
+}
+
+// unlock releases the update lock, even when ctx is cancelled.
+func (m *machine) unlock(ctx context.Context) {
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	if m.dev != nil {
+		m.dev.Unlock(uctx, m.opts.Owner)
+	}
+	cancel()
+}
+
+// stage connects, takes the lock, returns an abandoned trial to the
+// committed slot, writes and proves the inactive slot and arms its trial.
+func (m *machine) stage(ctx context.Context, img *Image, res *Result) (old, target disk.Slot, err error) {
+	name, opts := m.name, m.opts
+	fail := func(err error) (disk.Slot, disk.Slot, error) { return disk.Slot{}, disk.Slot{}, err }
+	if err := m.connect(ctx); err != nil {
+		return fail(err)
+	}
+	// One update at a time: the lock lives until the trial reboot.
+	if err := m.dev.Lock(ctx, opts.Owner); err != nil {
+		return fail(fmt.Errorf("%s: %w", name, err))
+	}
+	rem := m.st
+	if rem.Trial() && rem.Uptime >= 0 && rem.Uptime < opts.TrialGrace.Seconds() {
+		// A young trial boot without a lock: its updater may be reconnecting
+		// after the trial reboot (before it re-takes the lock).
+		return fail(fmt.Errorf("%s: %w: slot %s is in a trial boot %.0f s old; its update may still be reconnecting (retry after %v)",
+			name, ErrBusy, rem.Running.Name, rem.Uptime, opts.TrialGrace))
+	}
+	if rem.Trial() {
+		// A trial from an earlier, interrupted update: back to the committed slot first.
+		opts.Log("%s: running uncommitted slot %s; rebooting to committed slot %s", name, rem.Running.Name, rem.Committed.Name)
+		if err := m.reboot(ctx, false); err != nil {
+			return fail(err)
+		}
+		if m.st.Trial() {
+			return fail(fmt.Errorf("%s: still not on the committed slot after a reboot", name))
+		}
+		if err := m.dev.Lock(ctx, opts.Owner); err != nil {
+			return fail(fmt.Errorf("%s: %w", name, err))
+		}
+		rem = m.st
+	}
+	ab, err := rem.Layout.ABSlots()
+	if err != nil {
+		return fail(fmt.Errorf("%s: %w", name, err))
+	}
+	old, target = rem.Committed, ab[0]
+	if target == old {
+		target = ab[1]
+	}
+	res.From, res.To = old.Name, target.Name
+	tBoot, ok1 := rem.Table.Partition(target.Boot)
+	tRoot, ok2 := rem.Table.Partition(target.Root)
+	if !ok1 || !ok2 {
+		return fail(fmt.Errorf("%s: %w: slot %s partitions missing", name, ErrLayout, target.Name))
+	}
+	if img.Boot.Size > tBoot.Size || img.Root.Size > tRoot.Size {
+		return fail(fmt.Errorf("%s: the image's slot (boot %d, root %d bytes) does not fit the device's slot %s (boot %d, root %d bytes)",
+			name, img.Boot.Size, img.Root.Size, target.Name, tBoot.Size, tRoot.Size))
+	}
+	boot, err := img.SlotBoot(tRoot.PartUUID)
+	if err != nil {
+		return fail(err)
+	}
+
+	writeStart := time.Now()
+	if res.RootSHA256, err = m.writeProved(ctx, tRoot, img.RootReader(), img.Root.Size, "root"); err != nil {
+		return fail(err)
+	}
+	if res.BootSHA256, err = m.writeProved(ctx, tBoot, bytes.NewReader(boot), img.Boot.Size, "boot"); err != nil {
+		return fail(err)
+	}
+	res.BytesImage = img.Root.Size + img.Boot.Size
+	res.WriteSec = time.Since(writeStart).Seconds()
+	m.stats(res)
+
+	// Arm the trial boot of the new slot.
+	if err := m.dev.ArmTrial(ctx, old, target); err != nil {
+		return fail(fmt.Errorf("%s: arm trial boot: %w", name, err))
+	}
+	return old, target, nil
 }
 
 // writeProved has the device write and hash a partition, and compares its

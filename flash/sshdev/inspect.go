@@ -74,10 +74,16 @@ func inspect(ctx context.Context, d *device, dsk string, boot bootControl) (*rem
 		return nil, fmt.Errorf("%s: %w: partition 1 has no kiln.json with two slots (%v)", dsk, ErrLayout, err)
 	}
 	r.p1 = rd
-	if boot == nil {
-		if boot, err = bootFor(r.layout.AB); err != nil {
-			return nil, fmt.Errorf("%s: %w", dsk, err)
-		}
+	own, err := bootFor(r.layout.AB)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%s: %w", dsk, err)
+	case boot == nil:
+		boot = own
+	case boot != own:
+		// The image's mechanism is not the one the card's first partition
+		// (which updates never rewrite) boots with.
+		return nil, fmt.Errorf("%s: %w: the device's A/B is %q (its kiln.json), the image's another: the device would never boot the trial", dsk, ErrLayout, r.layout.AB)
 	}
 	all, err := boot.committed(ctx, r)
 	if err != nil {

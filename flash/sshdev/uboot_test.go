@@ -67,6 +67,21 @@ func TestUpdateUBootEnv(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
+
+	// An image whose A/B is tryboot, for this U-Boot card: refused before
+	// anything is written.
+	tb, err := sshtest.BuildImage(f.Dir, sshtest.ImageSpec{Derivation: "8888888888888888tttt", Seed: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := partHash(t, dev.PartDev(5), 8<<20)
+	if _, err := Update(ctx, dialer(f, dev), dev.Name, tb, fastOpts()); !errors.Is(err, ErrLayout) || !strings.Contains(err.Error(), `the device's A/B is "uboot-env"`) {
+		t.Fatalf("tryboot image on a U-Boot card: %v", err)
+	}
+	if partHash(t, dev.PartDev(5), 8<<20) != before {
+		t.Fatal("the refused image was written")
+	}
+
 	res, err := Update(ctx, dialer(f, dev), dev.Name, v2, fastOpts())
 	if err != nil || !res.Committed || res.From != "a" || res.To != "b" {
 		t.Fatalf("update: %v %+v; U-Boot log %v", err, res, dev.UBootLog())

@@ -101,6 +101,17 @@ func UpdateImage(ctx context.Context, dial ssh.Dialer, name string, img *ab.Imag
 	return updateImage(ctx, dial, name, img, opts, nil)
 }
 
+// StageImage writes img to the device's inactive slot, proves it by the
+// device's own hash and arms its trial boot, without rebooting (ab.Stage).
+func StageImage(ctx context.Context, dial ssh.Dialer, name string, img *ab.Image, opts UpdateOptions) (*UpdateResult, error) {
+	opts.defaults()
+	boot, err := bootFor(img.Layout.AB)
+	if err != nil {
+		return &UpdateResult{Device: name}, fmt.Errorf("%s: %w", img.Name, err)
+	}
+	return ab.Stage(ctx, abDialer(dial, &opts, boot, &session{}, nil), name, img, ab.Options{Owner: "kiln stage", Log: opts.Log})
+}
+
 // updateImage is UpdateImage with every connection's ab.Device wrapped by
 // wrap (if set): tests inject faults at typed steps there.
 func updateImage(ctx context.Context, dial ssh.Dialer, name string, img *ab.Image, opts UpdateOptions, wrap func(ab.Device) ab.Device) (*UpdateResult, error) {

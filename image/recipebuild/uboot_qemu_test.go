@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,7 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/flash/ab"
 	"kiln.dev/kiln/flash/blockdev"
+	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/flash/ssh/sshtest"
+	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/image/disk"
 	"kiln.dev/kiln/image/recipebuild"
 	"kiln.dev/kiln/image/uboot"
@@ -41,40 +47,85 @@ func cachedBuild(t *testing.T, dir string) string {
 	return out
 }
 
-// copyPartition copies partition from (of image src, layout ms) over
-// partition to of the card (layout mc): a slot written as an updater would.
-func copyPartition(t *testing.T, src string, ms *recipebuild.Result, from string, card string, mc *recipebuild.Result, to string) {
+// localDevice runs the updater's shell commands on this machine, as if it
+// were the device whose card is the loop device: in a private mount
+// namespace where /proc/cmdline names the running slot's root and /run
+// (the update lock) is a directory of the test's.
+type localDevice struct{ cmdline, run string }
+
+func (l localDevice) Run(ctx context.Context, cmd string, stdin io.Reader, stdout io.Writer) error {
+	c := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount --bind "$1" /proc/cmdline && mount --bind "$2" /run && exec sh -c "$3"`, "sh", l.cmdline, l.run, cmd)
+	var stderr bytes.Buffer
+	c.Stdin, c.Stdout, c.Stderr = stdin, stdout, &stderr
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", cmd, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+func (localDevice) Close() error { return nil }
+
+// stage runs kiln update's write-and-arm half (sshdev.StageImage: the
+// image's slot written to the card's inactive slot with the shell device's
+// commands, proven by their own hash, the trial armed by rewriting
+// uboot.env in place and reading it back) against the card dev, whose
+// running system is the one with root PARTUUID running. The page caches
+// of the card are dropped before and after, so what QEMU and mtools read
+// is what is on the medium.
+func stage(t *testing.T, dev, image, running string) *sshdev.UpdateResult {
 	t.Helper()
-	var pf, pt recipebuild.MetaPartition
-	for _, p := range ms.Metadata.Partitions {
-		if p.Name == from {
-			pf = p
-		}
-	}
-	for _, p := range mc.Metadata.Partitions {
-		if p.Name == to {
-			pt = p
-		}
-	}
-	if pf.Size == 0 || pf.Size != pt.Size {
-		t.Fatalf("partitions %s (%d bytes) and %s (%d bytes)", from, pf.Size, to, pt.Size)
-	}
-	in, err := os.Open(src)
+	flushCard(t, dev)
+	dir := t.TempDir()
+	cmdline := filepath.Join(dir, "cmdline")
+	os.WriteFile(cmdline, []byte("console=ttyAMA0 root=PARTUUID="+running+" rootwait\n"), 0o644)
+	os.Mkdir(filepath.Join(dir, "run"), 0o755)
+	f, err := os.Open(image)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer in.Close()
-	b := make([]byte, pf.Size)
-	if _, err := in.ReadAt(b, pf.Start); err != nil {
-		t.Fatal(err)
-	}
-	out, err := os.OpenFile(card, os.O_WRONLY, 0)
+	defer f.Close()
+	st, _ := f.Stat()
+	img, err := ab.ReadImage(image, f, st.Size())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer out.Close()
-	if _, err := out.WriteAt(b, pt.Start); err != nil {
+	dial := func(context.Context) (ssh.RunCloser, error) {
+		return localDevice{cmdline, filepath.Join(dir, "run")}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := sshdev.StageImage(ctx, dial, "card", img, sshdev.UpdateOptions{Disk: dev, Log: t.Logf})
+	if err != nil {
+		t.Fatalf("kiln's update (write and arm): %v", err)
+	}
+	flushCard(t, dev)
+	return res
+}
+
+// imageRoot returns the PARTUUID of the root of the image's first slot.
+func imageRoot(t *testing.T, image string) string {
+	t.Helper()
+	f, err := os.Open(image)
+	if err != nil {
 		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	img, err := ab.ReadImage(image, f, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img.Root.PartUUID
+}
+
+// flushCard writes back and drops the page caches of the card and its
+// partitions (each block device has its own).
+func flushCard(t *testing.T, dev string) {
+	t.Helper()
+	parts, _ := filepath.Glob(dev + "p*")
+	for _, d := range append([]string{dev}, parts...) {
+		run(t, "blockdev", "--flushbufs", d)
 	}
 }
 
@@ -99,7 +150,8 @@ func cardEnv(t *testing.T, fat string) map[string]string {
 }
 
 // putEnv writes env as the card's uboot.env (kiln's encoding, put in place
-// with mtools).
+// with mtools): the test's own configuration of the card (a boot limit of 1
+// keeps the QEMU boots few).
 func putEnv(t *testing.T, fat string, env map[string]string) {
 	t.Helper()
 	b, err := uboot.EncodeEnv(env, uboot.EnvSize)
@@ -168,7 +220,8 @@ func mustContain(t *testing.T, what, console string, want ...string) {
 // writtenCard is the card the test boots: as root, a loop device the size
 // of the image, written by kiln's SD-card writer (flash/blockdev) from
 // image.img.xz and its bmap, so the card QEMU boots is one the writer
-// proved; otherwise a copy of image.img.
+// proved, with its partitions added as block devices (kiln's updater
+// writes the slots through /dev/loopNpM).
 func writtenCard(t *testing.T, dir string) string {
 	t.Helper()
 	img := filepath.Join(dir, "image.img")
@@ -178,8 +231,7 @@ func writtenCard(t *testing.T, dir string) string {
 	}
 	card := filepath.Join(t.TempDir(), "card.img")
 	if _, err := exec.LookPath("losetup"); os.Geteuid() != 0 || err != nil {
-		run(t, "cp", "--sparse=always", img, card)
-		return card
+		t.Skip("the card is a loop device written by kiln's SD writer and updated through its partitions: that needs root")
 	}
 	f, err := os.Create(card)
 	if err != nil {
@@ -203,13 +255,18 @@ func writtenCard(t *testing.T, dir string) string {
 		t.Fatalf("kiln's SD writer: %v %+v", err, rep)
 	}
 	t.Logf("card written by flash/blockdev to %s: %d of %d bytes, read back and proven", dev, rep.BytesWritten, rep.ImageSize)
+	// The partitions as block devices (/dev/loopNpM), for the updater.
+	if err := sshtest.AddPartitions(dev); err != nil {
+		t.Fatal(err)
+	}
 	return dev
 }
 
 // TestUBootABInQEMU: the A/B decision made by the real U-Boot of the image
 // (Debian's u-boot-rpi from its first partition) running kiln's boot.scr on
 // QEMU's raspi3b, with nothing on the test's side deciding: a fresh card
-// boots slot a; after slot b is written and a trial armed, U-Boot boots b; a
+// boots slot a; after kiln's updater writes slot b and arms a trial
+// (sshdev.StageImage over the card's loop device), U-Boot boots b; a
 // b that never marks itself good is abandoned for a once the boot limit is
 // passed; a b that marks itself good (its initramfs rewrites uboot.env)
 // stays. After every boot the environment is read back with fw_printenv.
@@ -241,16 +298,16 @@ func TestUBootABInQEMU(t *testing.T) {
 		t.Fatalf("fresh card env: %v", env)
 	}
 
-	// 2. kiln writes slot b (v2's slot) and arms a trial with a boot limit of 1.
-	copyPartition(t, filepath.Join(v2, "image.img"), m2, "boot-a", card, m1, "boot-b")
-	copyPartition(t, filepath.Join(v2, "image.img"), m2, "root-a", card, m1, "root-b")
+	// 2. kiln's updater writes slot b (v2's slot) and arms a trial; the
+	// card is configured for a boot limit of 1 first.
 	env := cardEnv(t, fat)
-	if err := uboot.ArmTrial(env, "b"); err != nil {
-		t.Fatal(err)
-	}
 	env["bootlimit"] = "1"
 	putEnv(t, fat, env)
-	if got := cardEnv(t, fat); got["boot_slot"] != "b" || got["boot_fallback"] != "a" || got["upgrade_available"] != "1" {
+	runningA := imageRoot(t, filepath.Join(builds[0], "image.img"))
+	if res := stage(t, card, filepath.Join(v2, "image.img"), runningA); res.To != "b" || res.Derivation != m2.Derivation {
+		t.Fatalf("staged %+v", res)
+	}
+	if got := cardEnv(t, fat); got["boot_slot"] != "b" || got["boot_fallback"] != "a" || got["upgrade_available"] != "1" || got["bootcount"] != "0" {
 		t.Fatalf("armed env: %v", got)
 	}
 	c = bootUBoot(t, card, fat, "kiln-initramfs: done")
@@ -269,14 +326,9 @@ func TestUBootABInQEMU(t *testing.T) {
 		t.Fatalf("after the fallback: %v", env)
 	}
 
-	// 3. A healthy slot b (v1's slot, which marks itself good) on trial.
-	copyPartition(t, filepath.Join(builds[0], "image.img"), m1, "boot-a", card, m1, "boot-b")
-	copyPartition(t, filepath.Join(builds[0], "image.img"), m1, "root-a", card, m1, "root-b")
-	env = cardEnv(t, fat)
-	if err := uboot.ArmTrial(env, "b"); err != nil {
-		t.Fatal(err)
-	}
-	putEnv(t, fat, env)
+	// 3. A healthy slot b (v1's slot, which marks itself good) on trial,
+	// written and armed by kiln's updater again.
+	stage(t, card, filepath.Join(builds[0], "image.img"), runningA)
 	c = bootUBoot(t, card, fat, "kiln-initramfs: done")
 	mustContain(t, "healthy trial", c, "kiln-boot: slot b ", "mounted /dev/mmcblk0p6", "kiln: derivation "+m1.Derivation, "marked slot good")
 	if env := cardEnv(t, fat); env["boot_slot"] != "b" || env["upgrade_available"] != "0" || env["bootcount"] != "0" {

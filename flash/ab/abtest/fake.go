@@ -213,6 +213,14 @@ func (d *Device) boot() {
 	d.running = d.slotByBoot(bp)
 }
 
+// PowerCycle cuts the power and lets the device boot again, as pulling
+// the plug would: no reboot request, no tryboot flag.
+func (d *Device) PowerCycle() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.powerCycle()
+}
+
 // powerCycle is a power cut: the flag is lost with the power.
 func (d *Device) powerCycle() {
 	d.powerCut++

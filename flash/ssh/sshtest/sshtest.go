@@ -162,7 +162,7 @@ func (f *Fleet) AddDevice(image string) (*Device, error) {
 		return nil, err
 	}
 	d.Loop = strings.TrimSpace(out)
-	if err := addPartitions(d.Loop); err != nil {
+	if err := AddPartitions(d.Loop); err != nil {
 		return nil, err
 	}
 	if err := d.makeRoot(); err != nil {
@@ -601,12 +601,12 @@ func (d *Device) LimitRate(rate string) error {
 	return err
 }
 
-// addPartitions tells the kernel about the loop device's partitions. The
+// AddPartitions tells the kernel about the loop device's partitions. The
 // kernel may have no partition-table parsers at all, so the table is read
 // in user space (sfdisk) and each partition added with addpart; MBR extended
 // containers are skipped (adding one whole would overlap its logical
 // partitions, which the kernel refuses).
-func addPartitions(loop string) error {
+func AddPartitions(loop string) error {
 	out, err := run("sfdisk", "-J", loop)
 	if err != nil {
 		return err
