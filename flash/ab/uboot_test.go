@@ -3,9 +3,7 @@ package ab_test
 import (
 	"context"
 	"errors"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,6 +12,7 @@ import (
 	"kiln.dev/kiln/flash/ab/abtest"
 	"kiln.dev/kiln/image/disk"
 	"kiln.dev/kiln/image/uboot"
+	"kiln.dev/kiln/image/uboot/uboottest"
 )
 
 func (f *fixture) ubootDevice(t *testing.T, bootlimit int) *abtest.Device {
@@ -186,20 +185,7 @@ func TestUBootEnvReadByFwPrintenv(t *testing.T) {
 	ctx := context.Background()
 	check := func(what string, want map[string]string) {
 		t.Helper()
-		dir := t.TempDir()
-		env := filepath.Join(dir, "uboot.env")
-		cfg := filepath.Join(dir, "fw_env.config")
-		os.WriteFile(env, d.Env(), 0o644)
-		os.WriteFile(cfg, []byte(env+" 0x0 0x4000\n"), 0o644)
-		out, err := exec.Command("fw_printenv", "-c", cfg).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: fw_printenv: %v\n%s", what, err, out)
-		}
-		got := map[string]string{}
-		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-			k, v, _ := strings.Cut(l, "=")
-			got[k] = v
-		}
+		got := uboottest.Printenv(t, d.Env())
 		for k, v := range want {
 			if got[k] != v {
 				t.Errorf("%s: fw_printenv %s=%q, want %q", what, k, got[k], v)

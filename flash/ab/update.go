@@ -26,17 +26,14 @@ type Stats interface {
 // rolls back. It returns ErrRolledBack (wrapped) when the device ended on its
 // old slot. name names the device in messages.
 func Update(ctx context.Context, dial Dialer, name string, img *Image, opts Options) (*Result, error) {
-	opts.defaults()
-	start := time.Now()
-	res := &Result{Device: name, Derivation: img.Layout.Derivation}
-	defer func() { res.DurationSec = time.Since(start).Seconds() }()
-	m := &machine{dial: dial, name: name, opts: opts}
-	defer m.close()
-	defer m.unlock(ctx)
-	old, target, err := m.stage(ctx, img, res)
-	if err != nil {
-		return res, err
-	}
+	return run(ctx, dial, name, img, opts, (*machine).trial)
+}
+
+// trial is the second half of Update: the trial boot of the armed slot,
+// its health check, the commit or the rollback.
+func (m *machine) trial(ctx context.Context, res *Result, old, target disk.Slot) (*Result, error) {
+	name, opts := m.name, m.opts
+	var err error
 	opts.Log("%s: slot %s written and verified on the device; trial boot", name, target.Name)
 	if err := m.reboot(ctx, true); err != nil {
 		return res, err
@@ -83,6 +80,16 @@ func Update(ctx context.Context, dial Dialer, name string, img *Image, opts Opti
 // `reboot '0 tryboot'`. The boot loader falls back by itself unless the
 // slot is committed; nothing here checks the trial's health or commits it.
 func Stage(ctx context.Context, dial Dialer, name string, img *Image, opts Options) (*Result, error) {
+	return run(ctx, dial, name, img, opts, func(m *machine, _ context.Context, res *Result, _, target disk.Slot) (*Result, error) {
+		m.opts.Log("%s: slot %s written, verified on the device and armed for its next boot", name, target.Name)
+		return res, nil
+	})
+}
+
+// run connects, stages img (machine.stage) and goes on with then; the
+// lock and the connection are released at the end.
+func run(ctx context.Context, dial Dialer, name string, img *Image, opts Options,
+	then func(m *machine, ctx context.Context, res *Result, old, target disk.Slot) (*Result, error)) (*Result, error) {
 	opts.defaults()
 	start := time.Now()
 	res := &Result{Device: name, Derivation: img.Layout.Derivation}
@@ -90,11 +97,11 @@ func Stage(ctx context.Context, dial Dialer, name string, img *Image, opts Optio
 	m := &machine{dial: dial, name: name, opts: opts}
 	defer m.close()
 	defer m.unlock(ctx)
-	_, target, err := m.stage(ctx, img, res)
-	if err == nil {
-		opts.Log("%s: slot %s written, verified on the device and armed for its next boot", name, target.Name)
+	old, target, err := m.stage(ctx, img, res)
+	if err != nil {
+		return res, err
 	}
-	return res, err
+	return then(m, ctx, res, old, target)
 }
 
 // unlock releases the update lock, even when ctx is cancelled.

@@ -11,28 +11,22 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash/ssh/sshtest"
+	"kiln.dev/kiln/image/uboot/uboottest"
 )
 
 // cardEnv reads uboot.env off the device's card (mtools) and has the real
 // fw_printenv print it.
 func cardEnv(t *testing.T, dev *sshtest.Device) map[string]string {
 	t.Helper()
-	dir := t.TempDir()
-	env, cfg := filepath.Join(dir, "uboot.env"), filepath.Join(dir, "fw_env.config")
+	env := filepath.Join(t.TempDir(), "uboot.env")
 	if out, err := exec.Command("mcopy", "-n", "-i", dev.PartDev(1), "::uboot.env", env).CombinedOutput(); err != nil {
 		t.Fatalf("mcopy: %v\n%s", err, out)
 	}
-	os.WriteFile(cfg, []byte(env+" 0x0 0x4000\n"), 0o644)
-	out, err := exec.Command("fw_printenv", "-c", cfg).CombinedOutput()
+	b, err := os.ReadFile(env)
 	if err != nil {
-		t.Fatalf("fw_printenv: %v\n%s", err, out)
+		t.Fatal(err)
 	}
-	vars := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		k, v, _ := strings.Cut(l, "=")
-		vars[k] = v
-	}
-	return vars
+	return uboottest.Printenv(t, b)
 }
 
 func wantCardEnv(t *testing.T, dev *sshtest.Device, want map[string]string) {

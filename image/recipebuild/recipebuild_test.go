@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/image/uboot/uboottest"
 )
 
 // The rpi-appliance image is built by the kiln binary (built without -race:
@@ -372,17 +373,11 @@ func tail(s string, n int) string {
 // with mtools and prints it with the real fw_printenv.
 func fwPrintenv(t *testing.T, fat string) map[string]string {
 	t.Helper()
-	if _, err := exec.LookPath("fw_printenv"); err != nil {
-		t.Fatalf("fw_printenv is not installed (make deps installs libubootenv-tool): %v", err)
-	}
 	dir := t.TempDir()
 	run(t, "mcopy", "-n", "-i", fat, "::uboot.env", dir)
-	cfg := filepath.Join(dir, "fw_env.config")
-	os.WriteFile(cfg, []byte(filepath.Join(dir, "uboot.env")+" 0x0 0x4000\n"), 0o644)
-	env := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(run(t, "fw_printenv", "-c", cfg)), "\n") {
-		k, v, _ := strings.Cut(l, "=")
-		env[k] = v
+	b, err := os.ReadFile(filepath.Join(dir, "uboot.env"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return env
+	return uboottest.Printenv(t, b)
 }

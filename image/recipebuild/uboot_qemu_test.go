@@ -80,16 +80,7 @@ func stage(t *testing.T, dev, image, running string) *sshdev.UpdateResult {
 	cmdline := filepath.Join(dir, "cmdline")
 	os.WriteFile(cmdline, []byte("console=ttyAMA0 root=PARTUUID="+running+" rootwait\n"), 0o644)
 	os.Mkdir(filepath.Join(dir, "run"), 0o755)
-	f, err := os.Open(image)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	img, err := ab.ReadImage(image, f, st.Size())
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := readABImage(t, image)
 	dial := func(context.Context) (ssh.RunCloser, error) {
 		return localDevice{cmdline, filepath.Join(dir, "run")}, nil
 	}
@@ -103,19 +94,29 @@ func stage(t *testing.T, dev, image, running string) *sshdev.UpdateResult {
 	return res
 }
 
-// imageRoot returns the PARTUUID of the root of the image's first slot.
-func imageRoot(t *testing.T, image string) string {
+// readABImage opens an A/B image file for the test's length.
+func readABImage(t *testing.T, image string) *ab.Image {
 	t.Helper()
 	f, err := os.Open(image)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	st, _ := f.Stat()
+	t.Cleanup(func() { f.Close() })
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
 	img, err := ab.ReadImage(image, f, st.Size())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return img
+}
+
+// imageRoot returns the PARTUUID of the root of the image's first slot.
+func imageRoot(t *testing.T, image string) string {
+	t.Helper()
+	img := readABImage(t, image)
 	return img.Root.PartUUID
 }
 
