@@ -122,8 +122,33 @@ func build(ctx context.Context, l *Layout, dir string, opts BuildOptions) (*Repo
 			tree = NewTree()
 		}
 		wrap := func(err error) error { return fmt.Errorf("image: partition %s: %w", p.Name, err) }
-		switch p.FS {
-		case FAT32:
+		switch {
+		case p.Image != "" && p.FS == Squashfs:
+			n, err := copyFileInto(sec, 0, p.Size, p.Image, "the root filesystem's squashfs")
+			if err != nil {
+				return nil, wrap(err)
+			}
+			pr.Used = n
+		case p.Image != "":
+			// ext4, made by MakeExt4Dir at the partition's size with
+			// l.FSUUID(i).
+			pr.FSUUID = l.FSUUID(i)
+			fi, err := os.Stat(p.Image)
+			if err != nil {
+				return nil, wrap(err)
+			}
+			if fi.Size() > p.Size {
+				return nil, wrap(fmt.Errorf("the root filesystem's ext4 is %d bytes, its partition holds %d: %w", fi.Size(), p.Size, ErrNoSpace))
+			}
+			if err := copySparseInto(sec, 0, p.Image); err != nil {
+				return nil, wrap(err)
+			}
+			pr.Used = p.Size
+			rep.Tools = appendOnce(rep.Tools, "mke2fs (e2fsprogs)")
+		}
+		switch {
+		case p.Image != "":
+		case p.FS == FAT32:
 			vid := l.VolumeID(i)
 			pr.FSUUID = fmt.Sprintf("%04X-%04X", vid>>16, vid&0xffff)
 			if err := WriteFAT32(sec, p.Size, tree, FATOptions{VolumeID: vid, Label: p.Label,
@@ -131,7 +156,7 @@ func build(ctx context.Context, l *Layout, dir string, opts BuildOptions) (*Repo
 				return nil, wrap(err)
 			}
 			pr.Used = p.Size
-		case Squashfs:
+		case p.FS == Squashfs:
 			sq, err := MakeSquashfs(tree, l.Epoch, dir)
 			if err != nil {
 				return nil, wrap(err)
@@ -142,7 +167,7 @@ func build(ctx context.Context, l *Layout, dir string, opts BuildOptions) (*Repo
 				return nil, wrap(err)
 			}
 			pr.Used = n
-		case Ext4:
+		case p.FS == Ext4:
 			pr.FSUUID = l.FSUUID(i)
 			e4, err := MakeExt4(ctx, tree, p.Size, Ext4Options{UUID: pr.FSUUID,
 				HashSeed: DeriveUUID(l.Seed, fmt.Sprintf("ext4-hash-seed-%d", i+1)), Label: p.Label, Epoch: l.Epoch}, dir)
@@ -156,7 +181,7 @@ func build(ctx context.Context, l *Layout, dir string, opts BuildOptions) (*Repo
 			}
 			pr.Used = p.Size
 			rep.Tools = appendOnce(rep.Tools, "mke2fs (e2fsprogs)")
-		case Raw:
+		case p.FS == Raw:
 			// Wipe the first 64 KiB so a card's stale filesystem signature
 			// cannot be mistaken for a slot's content.
 			if _, err := sec.WriteAt(make([]byte, min(64<<10, p.Size)), 0); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,10 +43,6 @@ type Ext4Options struct {
 // host tool) with a fixed UUID and hash seed, root-owned files, a pinned
 // configuration and E2FSPROGS_FAKE_TIME, which makes its output reproducible.
 func MakeExt4(ctx context.Context, tree *Tree, size int64, opts Ext4Options, tmpDir string) (string, error) {
-	mke2fs, err := exec.LookPath("mke2fs")
-	if err != nil {
-		return "", fmt.Errorf("ext4: mke2fs (e2fsprogs) is needed: %w", err)
-	}
 	work, err := os.MkdirTemp(tmpDir, "ext4-")
 	if err != nil {
 		return "", fmt.Errorf("ext4: %w", err)
@@ -58,6 +55,57 @@ func MakeExt4(ctx context.Context, tree *Tree, size int64, opts Ext4Options, tmp
 	if err := tree.Materialize(root, opts.Epoch); err != nil {
 		return "", err
 	}
+	paths := []string{"/", "/lost+found"}
+	for _, n := range tree.Nodes() {
+		if n.Path != "" {
+			paths = append(paths, "/"+n.Path)
+		}
+	}
+	return makeExt4(ctx, root, paths, tree.Size(), size, opts, tmpDir)
+}
+
+// MakeExt4Dir is MakeExt4 for a directory as it is on disk: mke2fs -d keeps
+// its owners, modes (set-id bits too), device nodes, hard links and
+// extended attributes. Every inode's times are set to opts.Epoch.
+func MakeExt4Dir(ctx context.Context, root string, size int64, opts Ext4Options, tmpDir string) (string, error) {
+	paths := []string{"/", "/lost+found"}
+	var total int64
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if rel == "." {
+			return nil
+		}
+		rel = "/" + filepath.ToSlash(rel)
+		if strings.ContainsAny(rel, "\"\n\\") {
+			// debugfs reads its commands as quoted lines.
+			return fmt.Errorf("ext4: %q: a name debugfs cannot be given: %w", rel, ErrBadName)
+		}
+		paths = append(paths, rel)
+		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
+			total += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("ext4: %w", err)
+	}
+	return makeExt4(ctx, root, paths, total, size, opts, tmpDir)
+}
+
+// makeExt4 runs mke2fs -d root, then debugfs to set the times of paths.
+func makeExt4(ctx context.Context, root string, paths []string, content, size int64, opts Ext4Options, tmpDir string) (string, error) {
+	mke2fs, err := exec.LookPath("mke2fs")
+	if err != nil {
+		return "", fmt.Errorf("ext4: mke2fs (e2fsprogs) is needed: %w", err)
+	}
+	work, err := os.MkdirTemp(tmpDir, "ext4-conf-")
+	if err != nil {
+		return "", fmt.Errorf("ext4: %w", err)
+	}
+	defer os.RemoveAll(work)
 	conf := filepath.Join(work, "mke2fs.conf")
 	if err := os.WriteFile(conf, []byte(mke2fsConf), 0o644); err != nil {
 		return "", fmt.Errorf("ext4: %w", err)
@@ -90,19 +138,13 @@ func MakeExt4(ctx context.Context, tree *Tree, size int64, opts Ext4Options, tmp
 		msg := strings.TrimSpace(stderr.String())
 		if strings.Contains(msg, "Could not allocate") || strings.Contains(msg, "No space left") ||
 			strings.Contains(msg, "too small") {
-			return "", fmt.Errorf("ext4: %d bytes of files do not fit %d bytes: %w", tree.Size(), size, ErrNoSpace)
+			return "", fmt.Errorf("ext4: %d bytes of files do not fit %d bytes: %w", content, size, ErrNoSpace)
 		}
 		return "", fmt.Errorf("ext4: mke2fs: %v: %s", err, firstLine(msg))
 	}
 	// mke2fs -d copies each inode's ctime from the host file (E2FSPROGS_FAKE_TIME
 	// covers only what it creates itself): set every inode's times with debugfs.
 	var cmds strings.Builder
-	paths := []string{"/", "/lost+found"}
-	for _, n := range tree.Nodes() {
-		if n.Path != "" {
-			paths = append(paths, "/"+n.Path)
-		}
-	}
 	for _, p := range paths {
 		for _, field := range []string{"atime", "ctime", "mtime", "crtime"} {
 			fmt.Fprintf(&cmds, "sif \"%s\" %s %d\n", p, field, opts.Epoch)

@@ -48,6 +48,11 @@ type Partition struct {
 	Label    string // filesystem label
 	Slot     string // A/B slot name ("a", "b") when this is a root slot
 	Contents *Tree  // nil: empty filesystem
+	// Image is a filesystem image of the partition's kind (squashfs or
+	// ext4) made elsewhere, copied in as it is: a Debian root filesystem,
+	// whose owners, modes, set-id bits and device nodes a Tree cannot
+	// hold. Contents must be nil when it is set.
+	Image string
 }
 
 const mib = 1 << 20
@@ -95,6 +100,9 @@ func (l *Layout) Resolve() error {
 		case FAT32, Squashfs, Ext4, Raw:
 		default:
 			return bad("partition %s: filesystem %q: want fat32, squashfs, ext4 or raw", p.Name, p.FS)
+		}
+		if p.Image != "" && (p.Contents != nil || (p.FS != Squashfs && p.FS != Ext4)) {
+			return bad("partition %s: a prebuilt filesystem image goes into a squashfs or ext4 partition with no other contents", p.Name)
 		}
 		logical := l.logical(i)
 		if p.Start == 0 {

@@ -40,7 +40,9 @@ type ImagePartition struct {
 	Slot string `toml:"slot" json:"slot,omitempty"`
 	// Contents copy files in: From is "src:PATH" (a recipe file or directory,
 	// which the recipe's files globs must cover), "<input>:PATH" (inside an
-	// input) or "initramfs" (the image's generated initramfs).
+	// input), "initramfs" (the image's generated initramfs) or "rootfs" (the
+	// root filesystem [image.rootfs] assembles, to "/": the partition's
+	// other contents and its derivation file are laid over it).
 	Contents []ImageContent `toml:"contents" json:"contents,omitempty"`
 	// DerivationFile, if set, is a path in this filesystem that receives
 	// the image's derivation hash.
@@ -255,7 +257,24 @@ func (s *ImageSpec) Validate(r *Recipe) error {
 	for _, in := range r.Inputs {
 		inputs[in.Name] = true
 	}
+	rootfsIn := ""
 	checkContent := func(where string, c ImageContent, allowInitramfs bool) error {
+		if c.From == RootfsContent {
+			if s.Rootfs == nil {
+				return fmt.Errorf("%s: from = %q needs an [image.rootfs] table", where, RootfsContent)
+			}
+			if !allowInitramfs {
+				return fmt.Errorf("%s: the root filesystem goes into a partition, not the initramfs", where)
+			}
+			if c.To != "" && c.To != "/" {
+				return fmt.Errorf("%s: the root filesystem is the whole partition (to = \"/\"), not %q", where, c.To)
+			}
+			if rootfsIn != "" {
+				return fmt.Errorf("%s: the root filesystem already goes into %s (one partition holds it; an A/B slot b is filled by updates)", where, rootfsIn)
+			}
+			rootfsIn = where
+			return nil
+		}
 		if c.From == "initramfs" {
 			if !allowInitramfs || s.Initramfs == nil {
 				return fmt.Errorf("%s: from = \"initramfs\" needs an [image.initramfs] table", where)
@@ -286,6 +305,9 @@ func (s *ImageSpec) Validate(r *Recipe) error {
 		for _, c := range p.Contents {
 			if err := checkContent("partition "+p.Name, c, true); err != nil {
 				return err
+			}
+			if c.From == RootfsContent && p.FS != image.Squashfs && p.FS != image.Ext4 {
+				return fmt.Errorf("partition %s: the root filesystem needs fs = \"squashfs\" or \"ext4\" (got %q)", p.Name, p.FS)
 			}
 		}
 		if p.Slot != "" {

@@ -15,6 +15,11 @@ import (
 // lock file is missing or was written for another package request.
 var ErrNoLock = errors.New("root filesystem not locked")
 
+// RootfsContent is the content source naming the assembled root
+// filesystem: { from = "rootfs", to = "/" } in one squashfs or ext4
+// partition.
+const RootfsContent = "rootfs"
+
 // ImageRootfs is the [image.rootfs] table: a root filesystem assembled
 // from Debian packages. The package closure is not resolved at build time:
 // `kiln lock` writes it to rootfs.lock beside recipe.toml, and the lock

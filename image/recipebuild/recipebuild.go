@@ -166,10 +166,21 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 		meta.Slots = append(meta.Slots, *slotIdx[n])
 	}
 
+	var cleanup []string
+	defer func() {
+		for _, d := range cleanup {
+			os.RemoveAll(d)
+		}
+	}()
 	for i, ps := range spec.Partitions {
 		p := l.Partitions[i]
 		t := image.NewTree()
+		withRoot := false
 		for _, c := range ps.Contents {
+			if c.From == recipes.RootfsContent {
+				withRoot = true
+				continue
+			}
 			if err := b.add(t, c, initramfs); err != nil {
 				return nil, fmt.Errorf("image: partition %s: %w", p.Name, err)
 			}
@@ -185,6 +196,17 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 			}
 		}
 		p.Contents = t
+		if withRoot {
+			tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(outDir)), ".kiln-rootfs-")
+			if err != nil {
+				return nil, fmt.Errorf("image: %w", err)
+			}
+			cleanup = append(cleanup, tmp)
+			if p.Image, err = b.rootFilesystem(ctx, f, spec, l, i, t, tmp, opts.Log); err != nil {
+				return nil, fmt.Errorf("image: partition %s: %w", p.Name, err)
+			}
+			p.Contents = nil
+		}
 	}
 
 	rep, err := image.Build(ctx, l, outDir, image.BuildOptions{XZ: opts.XZ, NoXZ: opts.NoXZ, Progress: opts.Progress})

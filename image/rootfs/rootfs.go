@@ -78,6 +78,7 @@ func Assemble(ctx context.Context, dir string, opts Options) error {
 	}
 	defer os.RemoveAll(work)
 	var ess, rest []string
+	var restDebs []Deb
 	for i, d := range opts.Debs {
 		// Debs are linked (or copied) in under their order, so the script
 		// can pass them to dpkg in the lock's order.
@@ -89,12 +90,17 @@ func Assemble(ctx context.Context, dir string, opts Options) error {
 			ess = append(ess, name)
 		} else {
 			rest = append(rest, name)
+			restDebs = append(restDebs, d)
 		}
 	}
 	if len(ess) == 0 {
 		return fmt.Errorf("rootfs: no package is marked base: nothing to unpack dpkg from")
 	}
-	cmd := sandboxCmd(ctx, opts.Epoch, assembleScript, dir, work, binfmt, strings.Join(ess, " "), strings.Join(rest, " "), opts.Arch)
+	batches, err := preDependBatches(ctx, restDebs, rest)
+	if err != nil {
+		return err
+	}
+	cmd := sandboxCmd(ctx, opts.Epoch, assembleScript, dir, work, binfmt, strings.Join(ess, " "), strings.Join(batches, "\n"), opts.Arch)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if opts.Log != nil {
@@ -199,4 +205,44 @@ func linkOrCopy(src, dst string) error {
 		return err
 	}
 	return os.WriteFile(dst, data, 0o644)
+}
+
+// preDependBatches splits the packages after the essential set (names are
+// their numbered file names, in the lock's order) where one pre-depends on
+// a package earlier in the same batch: dpkg unpacks a package only when
+// its pre-dependencies are configured, which happens between batches (as
+// apt runs dpkg several times for the same reason).
+func preDependBatches(ctx context.Context, debs []Deb, names []string) ([]string, error) {
+	var batches []string
+	var cur []string
+	pending := map[string]bool{}
+	for i, d := range debs {
+		out, err := exec.CommandContext(ctx, "dpkg-deb", "-f", d.Path, "Pre-Depends").Output()
+		if err != nil {
+			return nil, fmt.Errorf("rootfs: %s: dpkg-deb -f: %w", d.Name, err)
+		}
+		split := false
+		for _, alt := range strings.FieldsFunc(string(out), func(r rune) bool { return r == ',' || r == '|' }) {
+			f := strings.Fields(alt)
+			if len(f) == 0 {
+				continue
+			}
+			name, _, _ := strings.Cut(f[0], ":")
+			name, _, _ = strings.Cut(name, "(")
+			if pending[name] {
+				split = true
+			}
+		}
+		if split && len(cur) > 0 {
+			batches = append(batches, strings.Join(cur, " "))
+			cur = nil
+			pending = map[string]bool{}
+		}
+		cur = append(cur, names[i])
+		pending[d.Name] = true
+	}
+	if len(cur) > 0 {
+		batches = append(batches, strings.Join(cur, " "))
+	}
+	return batches, nil
 }

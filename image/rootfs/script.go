@@ -4,7 +4,8 @@ package rootfs
 // in new mount, PID, network, UTS and IPC namespaces:
 //
 //	$1 root  $2 directory of the numbered .debs  $3 binfmt_misc registration or ""
-//	$4 essential .debs  $5 the other .debs (both in the lock's order)  $6 the architecture
+//	$4 essential .debs  $5 the other .debs (both in the lock's order; one
+//	batch a line, split where a package pre-depends on one before it)  $6 the architecture
 //
 // The steps are mmdebstrap's (FIELD-GUIDE §5.1): extract the essential set
 // with dpkg-deb | tar --keep-directory-symlink, install it with the root's
@@ -36,8 +37,24 @@ debs() { for d in "$@"; do printf '/kiln-debs/%s ' "$d"; done; }
 echo "kiln: dpkg --install --force-depends (essential)"
 chroot "$R" dpkg --force-unsafe-io --install --force-depends --abort-after=1 $(debs $ESS)
 if [ -n "$REST" ]; then
-	echo "kiln: dpkg --install (the rest)"
-	chroot "$R" dpkg --force-unsafe-io --install --abort-after=1 $(debs $REST)
+	# Every batch but the last is unpacked and configured as far as it
+	# can be (a package may depend on one a later batch brings: it is
+	# configured then); the last is installed and everything left pending
+	# must configure.
+	n=$(printf '%s\n' "$REST" | wc -l)
+	i=0
+	printf '%s\n' "$REST" | while read -r batch; do
+		i=$((i + 1))
+		if [ "$i" -lt "$n" ]; then
+			echo "kiln: dpkg --unpack, --configure --pending (batch $i of $n)"
+			chroot "$R" dpkg --force-unsafe-io --unpack --abort-after=1 $(debs $batch) </dev/null
+			chroot "$R" dpkg --force-unsafe-io --configure --pending </dev/null || echo "kiln: some packages wait for a later batch"
+		else
+			echo "kiln: dpkg --install (batch $i of $n)"
+			chroot "$R" dpkg --force-unsafe-io --install --abort-after=1 $(debs $batch) </dev/null
+			chroot "$R" dpkg --force-unsafe-io --configure --pending --abort-after=1 </dev/null
+		fi
+	done
 fi
 # Nothing may be left half-configured.
 left=$(chroot "$R" dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' | grep -v '^ii ' || true)

@@ -28,6 +28,23 @@ func FromImage(res *recipebuild.Result, r *recipes.Recipe, arch func([]Package) 
 	if spec, ok := r.KindData.(*recipes.ImageSpec); ok {
 		s.Time = time.Unix(spec.SourceDateEpoch, 0).UTC()
 		s.Internal["source_date_epoch"] = spec.SourceDateEpoch
+		if spec.Rootfs != nil {
+			l, err := spec.Rootfs.Lock(r.Dir)
+			if err != nil {
+				return nil, fmt.Errorf("attest: %w", err)
+			}
+			for _, p := range l.Packages {
+				src := p.Source
+				if src == "" {
+					src = p.Name
+				}
+				if p.SourceVersion != "" {
+					src += " " + p.SourceVersion
+				}
+				s.Rootfs = append(s.Rootfs, Package{Name: p.Name, SHA256: p.SHA256, Arch: p.Arch, SourcePackage: src,
+					Sources: []string{"deb:" + p.Name + ":" + p.Arch + "=" + p.Version}})
+			}
+		}
 	}
 	if res.Image != nil {
 		s.Internal["host_tools"] = res.Image.Tools

@@ -40,6 +40,9 @@ type Subject struct {
 	Packages  []Package
 	// Inputs are the recipe's fixed-output inputs.
 	Inputs []Package
+	// Rootfs are the Debian packages of an image's root filesystem (its
+	// rootfs.lock), in installation order: what the image ships.
+	Rootfs []Package
 	// Sources are the recipe's files that entered the build.
 	Sources []File
 	// Host are files the build took from the host rather than the store
@@ -77,6 +80,8 @@ type Package struct {
 	// Arch is the Debian architecture of a deb: package ("amd64", "all").
 	// Empty leaves the purl without an arch qualifier.
 	Arch string
+	// SourcePackage is a Debian package's source ("NAME VERSION"), if known.
+	SourcePackage string
 	// Linked: a toolchain package whose code is linked into the firmware
 	// (scope "required"; the rest of a toolchain only ran: "excluded").
 	Linked bool
@@ -238,6 +243,13 @@ func SBOM(s *Subject) ([]byte, error) {
 			BOMRef: "input:" + p.Name, Type: cdx.ComponentTypeLibrary, Name: p.Name,
 			Version: p.Version(), Hashes: hashes(p.SHA256), PackageURL: p.PURL(), Scope: cdx.ScopeRequired,
 			Properties: props("kiln:role", "input", "kiln:source", strings.Join(p.Sources, " ")),
+		})
+	}
+	for _, p := range s.Rootfs {
+		add(cdx.Component{
+			BOMRef: "rootfs:" + p.Name + ":" + p.Arch, Type: cdx.ComponentTypeLibrary, Name: p.Name,
+			Version: p.Version(), Hashes: hashes(p.SHA256), PackageURL: p.PURL(), Scope: cdx.ScopeRequired,
+			Properties: props("kiln:role", "rootfs", "kiln:source-package", p.SourcePackage),
 		})
 	}
 	for _, f := range sortedFiles(s.Sources) {
