@@ -21,7 +21,7 @@ import (
 // The packages whose code shapes outputs. A package added to that set is
 // added here (TestBuilderSourcesCoverOutputPackages lists what must be).
 //
-//go:embed firmware/*.go firmware/arduino/*.go image/*.go image/recipebuild/*.go flash/*.go internal/fetch/*.go recipes/*.go
+//go:embed firmware/*.go firmware/arduino/*.go image/*.go image/recipebuild/*.go image/rootfs/*.go flash/*.go internal/fetch/*.go recipes/*.go
 var builderSources embed.FS
 
 var digest = sync.OnceValue(func() string {

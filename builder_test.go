@@ -21,7 +21,7 @@ func TestBuilderSourcesCoverOutputPackages(t *testing.T) {
 			t.Errorf("%s: test files do not shape outputs", f)
 		}
 	}
-	for _, dir := range []string{"firmware", "firmware/arduino", "image", "image/recipebuild", "flash", "internal/fetch", "recipes"} {
+	for _, dir := range []string{"firmware", "firmware/arduino", "image", "image/recipebuild", "image/rootfs", "flash", "internal/fetch", "recipes"} {
 		if !have[dir] {
 			t.Errorf("the builder digest does not cover %s", dir)
 		}
