@@ -430,8 +430,15 @@ func TestRPiDebianBootsInQEMU(t *testing.T) {
 		t.Fatalf("sshd never answered on port %d; console:\n%s", port, consoleTail())
 	}
 	os.WriteFile(known, scan, 0o600)
-	key, _ := filepath.Abs("testdata/rpi-debian-key")
-	os.Chmod(key, 0o600)
+	// A private copy: a checkout does not keep the key's 0600.
+	data, err := os.ReadFile("testdata/rpi-debian-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(key, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	dial := ssh.DialerFor(ssh.Addr{User: "root", Host: "127.0.0.1", Port: port}, ssh.Options{KnownHosts: known, KeyFiles: []string{key}})
 	c, err := dial(ctx)
 	if err != nil {
