@@ -68,6 +68,9 @@ func Assemble(ctx context.Context, dir string, opts Options) error {
 	if len(opts.Debs) == 0 {
 		return fmt.Errorf("rootfs: no packages")
 	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("rootfs: %w: assembling a root needs root (the sandbox maps every user and group ID 1:1, so files keep their owners)", ErrSandbox)
+	}
 	binfmt, err := binfmtFor(opts.Arch)
 	if err != nil {
 		return err

@@ -12,8 +12,10 @@ import (
 
 	"kiln.dev/kiln/image"
 	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/image/rootfs"
 	"kiln.dev/kiln/internal/cache"
 	"kiln.dev/kiln/internal/store"
+	"kiln.dev/kiln/recipes"
 )
 
 func init() {
@@ -119,6 +121,12 @@ func imageHints(err error) error {
 		return withHint(err, "FAT names cannot hold \" * / : < > ? \\ | or end in a dot or space")
 	case errors.Is(err, image.ErrMissingFile):
 		return withHint(err, "a contents entry names a file that does not exist")
+	case errors.Is(err, rootfs.ErrSandbox):
+		return withHint(err, "a Debian root is assembled as root in an identity-mapped user namespace, with qemu-user-static for a foreign architecture (make deps installs it)")
+	case errors.Is(err, rootfs.ErrScript):
+		return withHint(err, "the package's maintainer script failed inside the sandbox (no network, no running system): its output is above; nothing was stored")
+	case errors.Is(err, recipes.ErrNoLock):
+		return withHint(err, "run kiln lock RECIPE_DIR: it resolves [image.rootfs] into rootfs.lock")
 	}
 	return err
 }
