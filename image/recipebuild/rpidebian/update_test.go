@@ -346,6 +346,18 @@ func (s *cardSession) device() string {
 // updater writes the slot and arms, commits and disarms the trial in
 // uboot.env over SSH on the device's /dev/vda; the kernel, initramfs,
 // systemd, sshd and the health check are the images'.
+// updateReport is the part of kiln update --json the test reads.
+type updateReport struct {
+	Update struct {
+		Committed   bool    `json:"committed"`
+		To          string  `json:"to_slot"`
+		BytesSent   int64   `json:"bytes_sent"`
+		BytesImage  int64   `json:"bytes_image"`
+		WriteVerify float64 `json:"write_verify_s"`
+		UsedHelper  bool    `json:"used_helper"`
+	}
+}
+
 func TestRPiDebianUpdateInQEMU(t *testing.T) {
 	base := rpiDebianImage(t, 1)
 	good, goodDrv := variantImage(t, "good", map[string]string{
@@ -364,16 +376,12 @@ func TestRPiDebianUpdateInQEMU(t *testing.T) {
 	if code != 0 {
 		fail("kiln update to the changed service: exit %d\n%s%s", code, out, errs)
 	}
-	var res struct {
-		Update struct {
-			Committed bool   `json:"committed"`
-			To        string `json:"to_slot"`
-		}
-	}
+	var res updateReport
 	if err := json.Unmarshal([]byte(out), &res); err != nil || !res.Update.Committed || res.Update.To != "b" {
 		fail("kiln update report: %v\n%s", err, out)
 	}
-	t.Logf("update a -> b committed in %v", time.Since(t0).Round(time.Second))
+	t.Logf("update a -> b committed in %v: %d of %d bytes sent, write+verify %.0f s, helper %v",
+		time.Since(t0).Round(time.Second), res.Update.BytesSent, res.Update.BytesImage, res.Update.WriteVerify, res.Update.UsedHelper)
 	got := device()
 	t.Logf("device after the update:\n%s", got)
 	for _, want := range []string{goodDrv, "root=PARTUUID=" + m.Metadata.Slots[1].RootPartUUID, "Hello from the updated Debian root", "kiln-health: ok"} {
@@ -396,6 +404,9 @@ func TestRPiDebianUpdateInQEMU(t *testing.T) {
 		fail("kiln update to a failing service: exit %d without a rollback:\n%s%s", code, out, errs)
 	}
 	t.Logf("failing update rolled back in %v (exit %d): %s", time.Since(t0).Round(time.Second), code, strings.TrimSpace(errs))
+	if json.Unmarshal([]byte(out), &res) == nil {
+		t.Logf("failing update: %d of %d bytes sent, write+verify %.0f s", res.Update.BytesSent, res.Update.BytesImage, res.Update.WriteVerify)
+	}
 	got = device()
 	t.Logf("device after the rollback:\n%s", got)
 	for _, want := range []string{goodDrv, "root=PARTUUID=" + m.Metadata.Slots[1].RootPartUUID, "Hello from the updated Debian root", "kiln-health: ok"} {
