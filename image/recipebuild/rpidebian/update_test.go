@@ -330,6 +330,18 @@ func (s *cardSession) device() string {
 	return out.String()
 }
 
+// updateReport is the part of kiln update --json the test reads.
+type updateReport struct {
+	Update struct {
+		Committed   bool    `json:"committed"`
+		To          string  `json:"to_slot"`
+		BytesSent   int64   `json:"bytes_sent"`
+		BytesImage  int64   `json:"bytes_image"`
+		WriteVerify float64 `json:"write_verify_s"`
+		UsedHelper  bool    `json:"used_helper"`
+	}
+}
+
 // TestRPiDebianUpdateInQEMU (issue 17, must-show 3, second half): kiln
 // update, through the kiln binary, updates rpi-debian running in QEMU to a
 // rebuild whose example service answers differently; the trial boot passes
@@ -346,18 +358,6 @@ func (s *cardSession) device() string {
 // updater writes the slot and arms, commits and disarms the trial in
 // uboot.env over SSH on the device's /dev/vda; the kernel, initramfs,
 // systemd, sshd and the health check are the images'.
-// updateReport is the part of kiln update --json the test reads.
-type updateReport struct {
-	Update struct {
-		Committed   bool    `json:"committed"`
-		To          string  `json:"to_slot"`
-		BytesSent   int64   `json:"bytes_sent"`
-		BytesImage  int64   `json:"bytes_image"`
-		WriteVerify float64 `json:"write_verify_s"`
-		UsedHelper  bool    `json:"used_helper"`
-	}
-}
-
 func TestRPiDebianUpdateInQEMU(t *testing.T) {
 	base := rpiDebianImage(t, 1)
 	good, goodDrv := variantImage(t, "good", map[string]string{
