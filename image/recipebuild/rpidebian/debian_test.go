@@ -420,31 +420,11 @@ func TestRPiDebianBootsInQEMU(t *testing.T) {
 
 	// The host key was made on this boot: learn it as a user would
 	// (ssh-keyscan), then let kiln's client check it.
-	known := filepath.Join(t.TempDir(), "known_hosts")
-	var scan []byte
-	for ctx.Err() == nil {
-		scan, _ = exec.CommandContext(ctx, "ssh-keyscan", "-T", "5", "-t", "ed25519", "-p", strconv.Itoa(port), "127.0.0.1").Output()
-		if len(bytes.TrimSpace(scan)) > 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(2 * time.Second):
-		}
-	}
-	if len(bytes.TrimSpace(scan)) == 0 {
+	known, ok := learnHostKey(ctx, t, port)
+	if !ok {
 		t.Fatalf("sshd never answered on port %d; console:\n%s", port, consoleTail())
 	}
-	os.WriteFile(known, scan, 0o600)
-	// A private copy: a checkout does not keep the key's 0600.
-	data, err := os.ReadFile("testdata/rpi-debian-key")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(key, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	key := exampleKey(t)
 	dial := ssh.DialerFor(ssh.Addr{User: "root", Host: "127.0.0.1", Port: port}, ssh.Options{KnownHosts: known, KeyFiles: []string{key}})
 	c, err := dial(ctx)
 	if err != nil {
@@ -478,4 +458,44 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// learnHostKey writes a known_hosts file with the host key sshd on port
+// offers (ssh-keyscan, retried until ctx ends); false if it never answers.
+func learnHostKey(ctx context.Context, t *testing.T, port int) (string, bool) {
+	t.Helper()
+	known := filepath.Join(t.TempDir(), "known_hosts")
+	var scan []byte
+	for ctx.Err() == nil {
+		scan, _ = exec.CommandContext(ctx, "ssh-keyscan", "-T", "5", "-t", "ed25519", "-p", strconv.Itoa(port), "127.0.0.1").Output()
+		if len(bytes.TrimSpace(scan)) > 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}
+	if len(bytes.TrimSpace(scan)) == 0 {
+		return "", false
+	}
+	if err := os.WriteFile(known, scan, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return known, true
+}
+
+// exampleKey is a private copy of the example key's private half (a
+// checkout does not keep its 0600).
+func exampleKey(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("testdata/rpi-debian-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(key, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return key
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -242,32 +241,11 @@ func startCard(t *testing.T, base string) *cardSession {
 
 	// The host key was made on first boot (on the data partition, so it
 	// outlives updates): learn it as a user would.
-	s.known = filepath.Join(t.TempDir(), "known_hosts")
-	var scan []byte
-	for ctx.Err() == nil {
-		scan, _ = exec.CommandContext(ctx, "ssh-keyscan", "-T", "5", "-t", "ed25519", "-p", strconv.Itoa(s.b.port), "127.0.0.1").Output()
-		if len(bytes.TrimSpace(scan)) > 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(2 * time.Second):
-		}
-	}
-	if len(bytes.TrimSpace(scan)) == 0 {
+	known, ok := learnHostKey(ctx, t, s.b.port)
+	if !ok {
 		s.fail("sshd never answered on port %d", s.b.port)
 	}
-	if err := os.WriteFile(s.known, scan, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile("testdata/rpi-debian-key")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.key = filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(s.key, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	s.known, s.key = known, exampleKey(t)
 	return s
 }
 
