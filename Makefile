@@ -68,6 +68,7 @@ test: deps build seaweedfs
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=100000x ./flash/stk500v2
 	$(GO) test -run '^$$' -fuzz='^FuzzArReader$$' -fuzztime=100000x ./internal/fetch
 	$(GO) test -run '^$$' -fuzz='^FuzzParse$$' -fuzztime=100000x ./recipes
+	$(GO) test -run '^$$' -fuzz='^FuzzRewritePins$$' -fuzztime=20000x ./recipes
 	$(GO) test -run '^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=100000x ./internal/station
 	$(GO) test -run '^$$' -fuzz='^FuzzCompareVersions$$' -fuzztime=2000x ./internal/debian
 	$(GO) test -run '^$$' -fuzz='^FuzzReadTable$$' -fuzztime=100000x ./image/disk

@@ -69,3 +69,51 @@ func TestDebSourceString(t *testing.T) {
 		}
 	}
 }
+
+// FuzzRewritePins: any recipe text either is refused with ErrRewrite or
+// comes back with the same lines except the edited block's sources line
+// (now holding exactly the new sources) and, when the sha256 moves, its
+// sha256 line; nothing else in the file changes.
+func FuzzRewritePins(f *testing.F) {
+	f.Add(pinText)
+	f.Add("sources = [\"deb:a=1\"]\nsha256 = \"" + strings.Repeat("0", 64) + "\"\n")
+	f.Add("[x]\nsources = \"deb:a=1\" ]\n[[inputs]]\nsources=[ \"deb:a=1\" , \"x\"]\nsha256=\"" + strings.Repeat("0", 64) + "\" # c\n")
+	old, oldSum, newSum := "deb:a=1", strings.Repeat("0", 64), strings.Repeat("1", 64)
+	edit := PinEdit{Old: old, OldSHA256: oldSum, Sources: []string{"deb:a=2", "https://snapshot/x \"y\""}, SHA256: newSum}
+	f.Fuzz(func(t *testing.T, text string) {
+		out, err := RewritePins("fuzz.toml", []byte(text), []PinEdit{edit})
+		if err != nil {
+			if !errors.Is(err, ErrRewrite) {
+				t.Fatalf("error %v is not ErrRewrite", err)
+			}
+			return
+		}
+		in, got := strings.SplitAfter(text, "\n"), strings.SplitAfter(string(out), "\n")
+		if len(in) != len(got) {
+			t.Fatalf("%d lines became %d", len(in), len(got))
+		}
+		changed := 0
+		for i := range in {
+			if in[i] == got[i] {
+				continue
+			}
+			changed++
+			k, _, _ := strings.Cut(strings.TrimSpace(got[i]), "=")
+			switch strings.TrimSpace(k) {
+			case "sources":
+				if !strings.Contains(got[i], `["deb:a=2", "https://snapshot/x \"y\""]`) {
+					t.Fatalf("line %d: sources rewritten as %q", i+1, got[i])
+				}
+			case "sha256":
+				if strings.Replace(in[i], oldSum, newSum, 1) != got[i] {
+					t.Fatalf("line %d: sha256 line %q became %q", i+1, in[i], got[i])
+				}
+			default:
+				t.Fatalf("line %d changed and is neither sources nor sha256: %q -> %q", i+1, in[i], got[i])
+			}
+		}
+		if changed > 2 {
+			t.Fatalf("%d lines changed, want at most 2", changed)
+		}
+	})
+}
