@@ -82,14 +82,9 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	defer done()
 	full := sha256.New() // the plain image, holes included
 	src := io.TeeReader(plain, full)
-	bm := opts.Bmap
-	switch {
-	case bm == nil && size < 0:
-		return rep, fmt.Errorf("blockdev: %s: a compressed image needs its bmap (image.bmap beside it, or --bmap)", imgPath)
-	case bm == nil:
-		bm = disk.WholeImage(size)
-	case size >= 0 && size != bm.ImageSize:
-		return rep, fmt.Errorf("blockdev: %w: %s is %d bytes, its bmap says %d", ErrBadBmap, imgPath, size, bm.ImageSize)
+	bm, err := disk.BmapFor(imgPath, size, opts.Bmap)
+	if err != nil {
+		return rep, fmt.Errorf("blockdev: %w", err)
 	}
 	rep.ImageSize, rep.Ranges, rep.BytesWritten = bm.ImageSize, len(bm.Ranges), bm.Mapped()
 	d, err := Open(dev, opts)

@@ -24,6 +24,7 @@ import (
 	"kiln.dev/kiln/flash/stm32/stm32test"
 	"kiln.dev/kiln/flash/swd"
 	"kiln.dev/kiln/flash/swd/swdtest"
+	"kiln.dev/kiln/image/disk"
 )
 
 // Backend is one flashing protocol as kiln drives it: everything the rest
@@ -374,6 +375,10 @@ func Hints(err error, port string) []string {
 		hs = append(hs, "is the board plugged in? kiln boards shows its USB ids; give a path with --port if it uses another adapter")
 	case errors.Is(err, ErrUnsupported):
 		hs = append(hs, "kiln boards lists each board's protocols; pick another with --protocol")
+	case errors.Is(err, disk.ErrNoBmap):
+		hs = append(hs, "give the image's bmap with --bmap (kiln image build writes image.bmap beside image.img.xz), or write the uncompressed image.img")
+	case errors.Is(err, disk.ErrBmap):
+		hs = append(hs, "use the bmap built with this image (image.bmap in the same build output): a bmap of another build maps other blocks")
 	}
 	return hs
 }

@@ -173,10 +173,9 @@ func WriteDevice(ctx context.Context, r ssh.Runner, devPath, imgPath string, bm 
 func WriteImage(ctx context.Context, r ssh.Runner, devPath, name string, src io.Reader, bm *disk.Bmap, p flash.Progress) (*WriteResult, error) {
 	in, size, art, done := image.OpenDiskStream(name, src)
 	defer done()
-	if bm == nil && size < 0 {
-		return nil, fmt.Errorf("%s: a compressed image needs its bmap (or its size): give --bmap", name)
-	} else if bm != nil && size >= 0 && size != bm.ImageSize {
-		return nil, fmt.Errorf("%s is %d bytes but its bmap says %d", name, size, bm.ImageSize)
+	bm, err := disk.BmapFor(name, size, bm)
+	if err != nil {
+		return nil, err
 	}
 	dr, err := flash.WriteDisk(ctx, NewDisk(r, devPath), in, size, bm, p)
 	res := &WriteResult{DiskResult: *dr, Path: devPath}

@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"kiln.dev/kiln/image"
@@ -15,8 +17,9 @@ import (
 )
 
 // WriteImage against the host's own dd and sha256sum (a file standing in
-// for the block device): a bmap is checked against the whole image while it
-// streams, and the result names the whole artifact's hash.
+// for the block device): a bmap is checked against the image's size before
+// anything runs and against the whole image while it streams, and the
+// result names the whole artifact's hash.
 func TestWriteImageChecksTheBmapAgainstTheImage(t *testing.T) {
 	dir := t.TempDir()
 	img := make([]byte, 16*image.BlockSize)
@@ -44,6 +47,22 @@ func TestWriteImageChecksTheBmapAgainstTheImage(t *testing.T) {
 	ctx := context.Background()
 	if _, err := os.Stat("/proc/self"); err != nil {
 		t.Skip("no /proc")
+	}
+
+	// Refused by sentinel before any command reaches the device
+	// (disk.BmapFor, as flash/blockdev does): a compressed image without
+	// its bmap, an image whose size is not its bmap's.
+	var xz bytes.Buffer
+	if err := image.CompressXZ(ctx, &xz, bytes.NewReader(img), image.XZOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteImage(ctx, noRunner{t}, dev, "card.img.xz", bytes.NewReader(xz.Bytes()), nil, nil); !errors.Is(err, disk.ErrNoBmap) {
+		t.Errorf("xz without a bmap: %v", err)
+	}
+	longer := filepath.Join(dir, "longer.img")
+	os.WriteFile(longer, append(append([]byte(nil), img...), make([]byte, 512)...), 0o644)
+	if _, err := WriteDevice(ctx, noRunner{t}, dev, longer, bmapOf(mapped), nil); !errors.Is(err, disk.ErrBmap) || !strings.Contains(err.Error(), "its bmap says") {
+		t.Errorf("image longer than its bmap: %v", err)
 	}
 
 	os.WriteFile(dev, blank, 0o600)
@@ -75,14 +94,18 @@ func TestWriteImageChecksTheBmapAgainstTheImage(t *testing.T) {
 	}
 
 	// xz: the artifact hash is of the compressed file as read.
-	var xz bytes.Buffer
-	if err := image.CompressXZ(ctx, &xz, bytes.NewReader(img), image.XZOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	os.WriteFile(dev, blank, 0o600)
 	res, err = WriteImage(ctx, r, dev, "card.img.xz", bytes.NewReader(xz.Bytes()), bmapOf(mapped), nil)
 	xsum := sha256.Sum256(xz.Bytes())
 	if err != nil || !res.Verified || res.ArtifactSHA256 != hex.EncodeToString(xsum[:]) {
 		t.Errorf("xz: %v %+v", err, res)
 	}
+}
+
+// noRunner fails the test if a command reaches the device.
+type noRunner struct{ t *testing.T }
+
+func (n noRunner) Run(_ context.Context, cmd string, _ io.Reader, _ io.Writer) error {
+	n.t.Errorf("a refused write ran %q on the device", cmd)
+	return errors.New("no device")
 }

@@ -15,6 +15,11 @@ import (
 // differs, or bytes it leaves out are not zeros.
 var ErrBmap = errors.New("bmap does not match the image")
 
+// ErrNoBmap means a compressed image came without its bmap: its plain
+// length is not known until it has been read, so a writer can neither
+// skip its holes nor check that it is whole.
+var ErrNoBmap = errors.New("a compressed image needs its bmap")
+
 // Bmap is a parsed bmaptool block map: which blocks of an image hold data.
 type Bmap struct {
 	ImageSize int64
@@ -111,6 +116,24 @@ func WholeImage(size int64) *Bmap {
 		return &Bmap{BlockSize: SectorSize}
 	}
 	return &Bmap{ImageSize: size, BlockSize: SectorSize, Ranges: []BmapRange{{First: 0, Last: (size+SectorSize-1)/SectorSize - 1}}}
+}
+
+// BmapFor returns the bmap a whole-disk write of the image name follows.
+// size is the plain image's length when it is known (an uncompressed
+// file), else -1 (a compressed stream). With a bmap, a known size must be
+// its ImageSize (else ErrBmap); without one, a known size maps every byte
+// (WholeImage) and an unknown one is ErrNoBmap. Both refusals come before
+// a byte of the image is read.
+func BmapFor(name string, size int64, bm *Bmap) (*Bmap, error) {
+	switch {
+	case bm == nil && size < 0:
+		return nil, fmt.Errorf("%s: %w", name, ErrNoBmap)
+	case bm == nil:
+		return WholeImage(size), nil
+	case size >= 0 && size != bm.ImageSize:
+		return nil, fmt.Errorf("%w: %s is %d bytes, its bmap says %d", ErrBmap, name, size, bm.ImageSize)
+	}
+	return bm, nil
 }
 
 // Stream reads the whole image from r, exactly b.ImageSize bytes, and

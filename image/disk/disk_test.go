@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"os"
 	"path/filepath"
@@ -320,6 +321,32 @@ func TestBmapStreamChecksTheWholeImage(t *testing.T) {
 	}
 	if _, err := bm.Stream(bytes.NewReader(append(img, 0)), func(int64, []byte) error { return nil }); !errors.Is(err, disk.ErrBmap) {
 		t.Errorf("overlong image: %v", err)
+	}
+}
+
+// TestBmapFor: the bmap a whole-disk write follows, or the refusal, by
+// sentinel, before the image is read.
+func TestBmapFor(t *testing.T) {
+	img := make([]byte, 4*image.BlockSize)
+	copy(img, "table")
+	bm := bmapOf(t, img, []bool{true, false, false, false})
+	if got, err := disk.BmapFor("a.img", int64(len(img)), bm); err != nil || got != bm {
+		t.Errorf("matching size: %v, %v", got, err)
+	}
+	if got, err := disk.BmapFor("a.img.xz", -1, bm); err != nil || got != bm {
+		t.Errorf("compressed with its bmap: %v, %v", got, err)
+	}
+	got, err := disk.BmapFor("a.img", 3*512, nil)
+	if err != nil || got.ImageSize != 3*512 || got.Mapped() != 3*512 || len(got.Ranges) != 1 {
+		t.Errorf("no bmap, known size: %+v, %v", got, err)
+	}
+	_, err = disk.BmapFor("a.img.xz", -1, nil)
+	if !errors.Is(err, disk.ErrNoBmap) || errors.Is(err, disk.ErrBmap) || !strings.Contains(err.Error(), "a.img.xz") {
+		t.Errorf("compressed without a bmap: %v", err)
+	}
+	_, err = disk.BmapFor("a.img", int64(len(img))+512, bm)
+	if !errors.Is(err, disk.ErrBmap) || !strings.Contains(err.Error(), fmt.Sprintf("a.img is %d bytes, its bmap says %d", len(img)+512, len(img))) {
+		t.Errorf("size differs from the bmap's: %v", err)
 	}
 }
 

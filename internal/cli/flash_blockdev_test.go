@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,6 +57,27 @@ func TestFlashBlockdevThroughTheBinary(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(backing); strings.Trim(string(b), "\x00") != "" {
 		t.Fatal("an image for another board was written to the card")
+	}
+
+	// A bmap whose image size is not the image's: refused by sentinel
+	// (disk.ErrBmap) with a hint, before the card is opened.
+	bmapText, err := os.ReadFile(filepath.Join(out, "image.bmap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizeTag := fmt.Sprintf("<ImageSize> %d </ImageSize>", st.Size())
+	if !strings.Contains(string(bmapText), sizeTag) {
+		t.Fatalf("image.bmap has no %s", sizeTag)
+	}
+	other := filepath.Join(t.TempDir(), "other.bmap")
+	os.WriteFile(other, []byte(strings.Replace(string(bmapText), sizeTag, fmt.Sprintf("<ImageSize> %d </ImageSize>", st.Size()+4096), 1)), 0o644)
+	_, errs, code = runKilnSSH(t, "flash", "--port", dev, "--force", "--bmap", other, "--log", log, filepath.Join(out, "image.img.xz"))
+	if code != 1 || !strings.Contains(errs, fmt.Sprintf("is %d bytes, its bmap says %d", st.Size(), st.Size()+4096)) ||
+		!strings.Contains(errs, "hint: use the bmap built with this image") || strings.Count(errs, "\n") != 2 {
+		t.Fatalf("bmap of another size: exit %d: %s", code, errs)
+	}
+	if b, _ := os.ReadFile(backing); strings.Trim(string(b), "\x00") != "" {
+		t.Fatal("an image with a wrong bmap was written to the card")
 	}
 
 	// A card that loses part of the write (4 KiB overwritten between the

@@ -222,6 +222,9 @@ func LoadDisk(path string, opts LoadOptions) (a *Artifact, err error) {
 		// The bmap must describe the image before a byte goes out: data it
 		// leaves out, or a range whose checksum differs, is refused here
 		// (the write checks it again as it streams).
+		if _, err := disk.BmapFor(path, a.DiskSize, a.Bmap); err != nil {
+			return nil, err
+		}
 		if err := a.checkBmap(); err != nil {
 			return nil, err
 		}
