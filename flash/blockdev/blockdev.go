@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -31,7 +30,7 @@ var (
 	ErrBadBmap = disk.ErrBmap
 )
 
-// Options tune Write.
+// Options tune Write and Open.
 type Options struct {
 	Bmap     *disk.Bmap // nil: every byte of the image is written
 	Force    bool       // write to a non-removable disk
@@ -39,9 +38,6 @@ type Options struct {
 	// proc is where mountinfo and swaps are read ("" is /proc/self and
 	// /proc); tests point it at a fake one.
 	proc string
-	// beforeVerify runs between the write and the read-back (tests inject
-	// corruption there).
-	beforeVerify func(dev string) error
 }
 
 // Report is what Write did.
@@ -70,7 +66,9 @@ func alignedBuf(n int) []byte {
 }
 
 // Write writes the image at imgPath (.img or .img.xz) to the block device
-// dev (/dev/sdX, /dev/disk/by-id/…) and proves it by reading it back.
+// dev (/dev/sdX, /dev/disk/by-id/…) and proves it by reading it back: the
+// device is opened as a Target (every refusal of Open) and written and
+// proven by flash.WriteDisk, the path every disk back end shares.
 func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, error) {
 	rep := &Report{Device: dev}
 	f, err := os.Open(imgPath)
@@ -80,8 +78,6 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	defer f.Close()
 	plain, size, _, done := image.OpenDiskStream(imgPath, f)
 	defer done()
-	full := sha256.New() // the plain image, holes included
-	src := io.TeeReader(plain, full)
 	bm, err := disk.BmapFor(imgPath, size, opts.Bmap)
 	if err != nil {
 		return rep, fmt.Errorf("blockdev: %w", err)
@@ -95,30 +91,17 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 		return rep, err
 	}
 	defer d.Close()
-	start := time.Now()
-	rep.WrittenSHA256, err = d.WriteDisk(ctx, src, bm, opts.Progress)
-	rep.WriteSec = time.Since(start).Seconds()
-	if err != nil {
-		return rep, err
+	full := sha256.New() // the plain image, holes included: Stream reads all of it
+	res, err := flash.WriteDisk(ctx, d, io.TeeReader(plain, full), size, bm, opts.Progress)
+	rep.WrittenSHA256, rep.ReadbackSHA256, rep.Verified = res.ImageSHA256, res.DeviceSHA256, res.Verified
+	rep.WriteSec, rep.VerifySec = res.WriteSec, res.VerifySec
+	if res.ImageSHA256 != "" {
+		rep.ArtifactSHA256 = hex.EncodeToString(full.Sum(nil))
 	}
-	rep.ArtifactSHA256 = hex.EncodeToString(full.Sum(nil))
-
-	if opts.beforeVerify != nil {
-		if err := opts.beforeVerify(d.path); err != nil {
-			return rep, err
-		}
+	if errors.Is(err, flash.ErrVerify) {
+		return rep, fmt.Errorf("blockdev: %s: %w", d.path, err)
 	}
-	start = time.Now()
-	rep.ReadbackSHA256, err = d.HashDisk(ctx, bm, opts.Progress)
-	rep.VerifySec = time.Since(start).Seconds()
-	if err != nil {
-		return rep, err
-	}
-	if rep.ReadbackSHA256 != rep.WrittenSHA256 {
-		return rep, fmt.Errorf("blockdev: %s: read back sha256 %s, image %s: %w", d.path, rep.ReadbackSHA256, rep.WrittenSHA256, flash.ErrVerify)
-	}
-	rep.Verified = true
-	return rep, nil
+	return rep, err
 }
 
 // writeRanges streams src (the whole image) through the bmap and writes

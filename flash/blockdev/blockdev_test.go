@@ -141,26 +141,30 @@ func TestWriteProven(t *testing.T) {
 }
 
 // TestCorruptionCaught: a range changed on the "card" between the write and
-// the read-back is flash.ErrVerify (exit 3).
+// the read-back (by the package's one fault hook, which the kilnfault
+// binary sets too) is flash.ErrVerify (exit 3), and the report says what
+// was written and what was read.
 func TestCorruptionCaught(t *testing.T) {
 	img, _, bm := testImage(t, t.TempDir(), 4<<20)
 	dev, _ := loopDevice(t, 8<<20)
-	opts := Options{Bmap: bm, Force: true, beforeVerify: func(path string) error {
-		f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		junk := alignedBuf(4096)
-		for i := range junk {
-			junk[i] = 0xee
-		}
-		_, err = f.WriteAt(junk, 5*4096) // block 5: mapped
-		return err
-	}}
-	rep, err := Write(context.Background(), dev, img, opts)
+	var hooked []string
+	faultBeforeVerify = func(path string) error {
+		hooked = append(hooked, path)
+		return corrupt(path, 5*4096) // block 5: mapped
+	}
+	t.Cleanup(func() { faultBeforeVerify = nil })
+	rep, err := Write(context.Background(), dev, img, Options{Bmap: bm, Force: true})
 	if !errors.Is(err, flash.ErrVerify) || rep.Verified {
 		t.Fatalf("err = %v, verified %v", err, rep.Verified)
+	}
+	if !strings.HasPrefix(err.Error(), "blockdev: "+rep.Path+": ") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("error %q: want one line naming the device", err)
+	}
+	if len(hooked) != 1 || hooked[0] != rep.Path {
+		t.Errorf("fault hook ran for %v, want once for %s", hooked, rep.Path)
+	}
+	if rep.WrittenSHA256 == "" || rep.ReadbackSHA256 == "" || rep.ReadbackSHA256 == rep.WrittenSHA256 || rep.ArtifactSHA256 == "" {
+		t.Errorf("report %+v", rep)
 	}
 }
 
