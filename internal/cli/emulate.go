@@ -71,7 +71,7 @@ func runEmulate(c *cli.Context) error {
 		save = func() error {
 			mu.Lock()
 			defer mu.Unlock()
-			return writeAtomic(path, st.AppFlash())
+			return writeAtomic(path, st.AppFlash(), 0o600)
 		}
 		if err := save(); err != nil {
 			return fmt.Errorf("emulate: save state: %w", err)
@@ -105,20 +105,29 @@ func runEmulate(c *cli.Context) error {
 	return err
 }
 
-// writeAtomic writes data to path through a temporary file and a rename.
-func writeAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".kiln-state-*")
+// writeAtomic replaces path with data, with permissions perm: written to a
+// temporary file beside it, synced, then renamed over it, so a reader (or a
+// crash) sees the old file or the new one, never a part.
+func writeAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".kiln-"+filepath.Base(path)+"-*")
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
+	err = f.Chmod(perm)
+	if err == nil {
+		_, err = f.Write(data)
 	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
+	if err == nil {
+		err = f.Sync()
 	}
-	return os.Rename(f.Name(), path)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -49,6 +51,27 @@ type pinsReport struct {
 type pinFile struct {
 	path   string
 	inputs []recipes.Input
+	// parse reads the file's text as loadPinFile did: a recipe's inputs,
+	// a toolchain's packages.
+	parse func(file string, data []byte) ([]recipes.Input, error)
+}
+
+// recipeInputs parses recipe text and returns its inputs.
+func recipeInputs(file string, data []byte) ([]recipes.Input, error) {
+	r, err := recipes.Parse(file, data)
+	if err != nil {
+		return nil, err
+	}
+	return r.Inputs, nil
+}
+
+// toolchainPackages parses a toolchain file and returns its packages.
+func toolchainPackages(file string, data []byte) ([]recipes.Input, error) {
+	tc, err := recipes.ParseToolchain(file, data)
+	if err != nil {
+		return nil, err
+	}
+	return tc.Packages, nil
 }
 
 // loadPinFile reads a recipe directory (its recipe.toml's inputs) or a
@@ -59,17 +82,17 @@ func loadPinFile(arg string) (pinFile, error) {
 		if err != nil {
 			return pinFile{}, recipeHint(err)
 		}
-		return pinFile{r.File, r.Inputs}, nil
+		return pinFile{r.File, r.Inputs, recipeInputs}, nil
 	}
 	data, err := os.ReadFile(arg)
 	if err != nil {
 		return pinFile{}, fmt.Errorf("lock: %w", err)
 	}
-	tc, err := recipes.ParseToolchain(arg, data)
+	pkgs, err := toolchainPackages(arg, data)
 	if err != nil {
 		return pinFile{}, withHint(err, "kiln lock --pins takes recipe directories and toolchain files (recipes/toolchains/NAME.toml)")
 	}
-	return pinFile{arg, tc.Packages}, nil
+	return pinFile{arg, pkgs, toolchainPackages}, nil
 }
 
 // runPins is kiln lock --pins: every deb: pin of the files given gets the
@@ -141,8 +164,8 @@ func runPins(c *cli.Context) error {
 		if len(edits) == 0 {
 			continue
 		}
-		if err := rewritePinFile(pf.path, edits); err != nil {
-			return err
+		if err := rewritePinFile(pf, edits); err != nil {
+			return withHint(err, pf.path+" was left as it was: move the pin by hand (its sources array on one line, then its sha256 line)")
 		}
 		rep.Written = append(rep.Written, pf.path)
 	}
@@ -175,35 +198,77 @@ func runPins(c *cli.Context) error {
 	return nil
 }
 
-// rewritePinFile applies edits to a file, atomically.
-func rewritePinFile(file string, edits []recipes.PinEdit) error {
-	data, err := os.ReadFile(file)
+// rewritePinFile applies edits to a pin file and replaces it atomically,
+// only once the new text parses as the same kind of file and holds exactly
+// the pins intended: the edited inputs with their new sources and sha256,
+// every other input as it was. On any failure the file is untouched.
+func rewritePinFile(pf pinFile, edits []recipes.PinEdit) error {
+	data, err := os.ReadFile(pf.path)
 	if err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
-	out, err := recipes.RewritePins(file, data, edits)
+	before, err := pf.parse(pf.path, data)
+	if err != nil || !sameInputs(before, pf.inputs) {
+		return fmt.Errorf("lock: %s: %w: the file changed while its pins were resolved", pf.path, recipes.ErrRewrite)
+	}
+	out, err := recipes.RewritePins(pf.path, data, edits)
 	if err != nil {
 		return err
 	}
-	fi, err := os.Stat(file)
+	after, err := pf.parse(pf.path, out)
+	if err != nil {
+		return fmt.Errorf("lock: %w: the rewritten text does not parse: %w", recipes.ErrRewrite, err)
+	}
+	want := pinsMoved(before, edits)
+	if len(after) != len(want) {
+		return fmt.Errorf("lock: %s: %w: the rewritten text has %d inputs, not %d", pf.path, recipes.ErrRewrite, len(after), len(want))
+	}
+	for i := range want {
+		if !sameInputs(after[i:i+1], want[i:i+1]) {
+			return fmt.Errorf("lock: %s: %w: the rewritten text gives %s sources %q and sha256 %s, not sources %q and sha256 %s",
+				pf.path, recipes.ErrRewrite, want[i].Name, after[i].Sources, after[i].SHA256, want[i].Sources, want[i].SHA256)
+		}
+	}
+	fi, err := os.Stat(pf.path)
 	if err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(file), ".pins-*")
-	if err != nil {
+	if err := writeAtomic(pf.path, out, fi.Mode().Perm()); err != nil {
 		return fmt.Errorf("lock: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(out); err != nil {
-		tmp.Close()
-		return fmt.Errorf("lock: %w", err)
+	return nil
+}
+
+// pinsMoved returns inputs with edits applied: the input whose deb: pin is
+// an edit's Old and whose sha256 its OldSHA256 gets its Sources and SHA256.
+func pinsMoved(inputs []recipes.Input, edits []recipes.PinEdit) []recipes.Input {
+	out := append([]recipes.Input(nil), inputs...)
+	for i, in := range out {
+		pin, _ := in.DebPin()
+		for _, e := range edits {
+			if pin == e.Old && in.SHA256 == e.OldSHA256 {
+				out[i].Sources, out[i].SHA256 = e.Sources, e.SHA256
+			}
+		}
 	}
-	if err := tmp.Chmod(fi.Mode().Perm()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("lock: %w", err)
+	return out
+}
+
+// sameInputs reports whether two input lists are equal in every field a
+// recipe file sets (Dir is where it was loaded from).
+func sameInputs(a, b []recipes.Input) bool {
+	if len(a) != len(b) {
+		return false
 	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("lock: %w", err)
+	for i := range a {
+		x, y := a[i], b[i]
+		if !slices.Equal(x.Sources, y.Sources) {
+			return false
+		}
+		x.Sources, y.Sources, x.Dir, y.Dir = nil, nil, "", ""
+		if !reflect.DeepEqual(x, y) {
+			return false
+		}
 	}
-	return os.Rename(tmp.Name(), file)
+	return true
 }

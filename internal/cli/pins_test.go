@@ -12,6 +12,7 @@ import (
 	"kiln.dev/kiln/internal/debian/debtest"
 	"kiln.dev/kiln/internal/fetch"
 	"kiln.dev/kiln/internal/store"
+	"kiln.dev/kiln/recipes"
 )
 
 const pinsRecipe = `# An appliance whose kernel is a deb: pin.
@@ -157,4 +158,130 @@ func TestFetchHintGone(t *testing.T) {
 	if err := fetchHint(fmt.Errorf("fetch: x: %w", fetch.ErrPartlyGone)); !errors.As(err, &h) || len(h.hints) != 2 || !strings.Contains(h.hints[0], "check the network") || !strings.Contains(h.hints[1], "kiln lock --pins --update") {
 		t.Fatalf("partly gone: %v", err)
 	}
+}
+
+// pinFileOf writes text to dir/name with mode 0640 and loads it as kiln
+// lock --pins does.
+func pinFileOf(t *testing.T, dir, name, text string) pinFile {
+	t.Helper()
+	file := filepath.Join(dir, name)
+	if err := os.WriteFile(file, []byte(text), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	arg := file
+	if name == "recipe.toml" {
+		arg = dir
+	}
+	pf, err := loadPinFile(arg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pf
+}
+
+// onlyFile fails unless dir holds just name (no temporary file left).
+func onlyFile(t *testing.T, dir, name string) {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 || ents[0].Name() != name {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("%s holds %v, want only %s", dir, names, name)
+	}
+}
+
+// TestRewritePinFile: kiln lock --pins replaces a file only with text that
+// parses as the same kind of file and holds exactly the pins intended;
+// otherwise the file is left byte for byte as it was (and no temporary file
+// stays beside it).
+func TestRewritePinFile(t *testing.T) {
+	sumA, sumB := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	recipe := strings.ReplaceAll(pinsRecipe, "SUM", sumA)
+	snap := "https://snapshot.debian.org/archive/debian/20261201T120000Z/pool/main/k/kiln-hello/kiln-hello_1.1-1_arm64.deb"
+	moved := recipes.PinEdit{Old: "deb:kiln-hello:arm64=1.0-1", OldSHA256: sumA,
+		Sources: []string{"deb:kiln-hello:arm64=1.1-1", snap}, SHA256: sumB}
+
+	t.Run("moved", func(t *testing.T) {
+		dir := t.TempDir()
+		pf := pinFileOf(t, dir, "recipe.toml", recipe)
+		if err := rewritePinFile(pf, []recipes.PinEdit{moved}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := recipes.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in := r.Inputs[0]; in.SHA256 != sumB || strings.Join(in.Sources, " ") != "deb:kiln-hello:arm64=1.1-1 "+snap {
+			t.Errorf("input after the rewrite: %+v", in)
+		}
+		if fi, _ := os.Stat(pf.path); fi.Mode().Perm() != 0o640 {
+			t.Errorf("mode %v, want the file's 0640", fi.Mode().Perm())
+		}
+		onlyFile(t, dir, "recipe.toml")
+	})
+
+	refused := func(t *testing.T, pf pinFile, edit recipes.PinEdit, why string) {
+		t.Helper()
+		before, _ := os.ReadFile(pf.path)
+		err := rewritePinFile(pf, []recipes.PinEdit{edit})
+		if !errors.Is(err, recipes.ErrRewrite) || !strings.Contains(err.Error(), why) {
+			t.Errorf("err = %v, want ErrRewrite saying %q", err, why)
+		}
+		if after, _ := os.ReadFile(pf.path); string(after) != string(before) {
+			t.Errorf("a refused rewrite changed %s:\n%s", pf.path, after)
+		}
+		onlyFile(t, filepath.Dir(pf.path), filepath.Base(pf.path))
+	}
+
+	// A sha256 from a hostile or broken archive index: the text edit goes
+	// through, the recipe it makes does not parse.
+	t.Run("new text does not parse", func(t *testing.T) {
+		dir := t.TempDir()
+		pf := pinFileOf(t, dir, "recipe.toml", recipe)
+		bad := moved
+		bad.SHA256 = "0123"
+		if _, err := recipes.RewritePins(pf.path, []byte(recipe), []recipes.PinEdit{bad}); err != nil {
+			t.Fatalf("the text edit itself is refused (%v): this case no longer tests the re-parse", err)
+		}
+		refused(t, pf, bad, "does not parse")
+	})
+
+	// The only one-line sources array holding the pin is inside a
+	// multi-line string: the text edit changes the string, the pin stays.
+	t.Run("edit misses the pin", func(t *testing.T) {
+		dir := t.TempDir()
+		tc := `name = "pins-tc"
+arch = "avr"
+prefix = "avr-"
+bin_dir = "usr/bin"
+version = """
+sources = ["deb:kiln-cc:arm64=2.0-1"]
+"""
+
+[[packages]]
+name = "kiln-cc"
+sources = [
+  "deb:kiln-cc:arm64=2.0-1",
+]
+sha256 = "` + sumA + `"
+`
+		pf := pinFileOf(t, dir, "pins-tc.toml", tc)
+		fallback := recipes.PinEdit{Old: "deb:kiln-cc:arm64=2.0-1", OldSHA256: sumA,
+			Sources: []string{"deb:kiln-cc:arm64=2.0-1", snap}, SHA256: sumA}
+		out, err := recipes.RewritePins(pf.path, []byte(tc), []recipes.PinEdit{fallback})
+		if err != nil || string(out) == tc {
+			t.Fatalf("the text edit itself is refused or empty (%v): this case no longer tests the pin check", err)
+		}
+		refused(t, pf, fallback, "kiln-cc sources")
+	})
+
+	// The file was edited by hand while the pins were being resolved.
+	t.Run("changed meanwhile", func(t *testing.T) {
+		dir := t.TempDir()
+		pf := pinFileOf(t, dir, "recipe.toml", recipe)
+		os.WriteFile(pf.path, []byte(strings.Replace(recipe, `name = "hello"`, `name = "hello2"`, 1)), 0o640)
+		refused(t, pf, moved, "changed while its pins were resolved")
+	})
 }
