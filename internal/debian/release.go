@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,27 +67,37 @@ func releaseFileDate(name string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("release date: %w", err)
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	d, err := readReleaseDate(f)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("release date: %s: %w", name, err)
+	}
+	return d, nil
+}
+
+// readReleaseDate reads the Date field of a Release file's text: the
+// first line that starts "Date:". Text without one gives the zero time; a
+// line longer than 1 MiB is an error.
+func readReleaseDate(r io.Reader) (time.Time, error) {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		v, ok := strings.CutPrefix(sc.Text(), "Date:")
-		if !ok {
-			continue
+		if v, ok := strings.CutPrefix(sc.Text(), "Date:"); ok {
+			return ParseReleaseDate(strings.TrimSpace(v))
 		}
-		d, err := ParseReleaseDate(strings.TrimSpace(v))
-		if err != nil {
-			return time.Time{}, fmt.Errorf("release date: %s: %w", name, err)
-		}
-		return d, nil
 	}
 	return time.Time{}, sc.Err()
 }
 
 // ParseReleaseDate parses a Release file's Date (RFC 2822 in UTC, as
-// Debian's archive writes it: "Sat, 11 Jul 2026 10:16:37 UTC").
+// Debian's archive writes it: "Sat, 11 Jul 2026 10:16:37 UTC"). A date
+// before 1970 or after 9998 in UTC is refused: no archive wrote it, and a
+// snapshot timestamp (SnapshotTime, four-digit year) could not carry it.
 func ParseReleaseDate(s string) (time.Time, error) {
 	for _, layout := range []string{time.RFC1123, time.RFC1123Z, "Mon, 2 Jan 2006 15:04:05 MST", "Mon, 2 Jan 2006 15:04:05 -0700"} {
 		if t, err := time.Parse(layout, s); err == nil {
+			if y := t.UTC().Year(); y < 1970 || y > 9998 {
+				return time.Time{}, fmt.Errorf("date %q is outside 1970-9998", s)
+			}
 			return t.UTC(), nil
 		}
 	}

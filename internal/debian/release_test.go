@@ -49,3 +49,45 @@ func TestReleaseDate(t *testing.T) {
 		t.Fatal("no Release files: no error")
 	}
 }
+
+// FuzzReleaseDate: any text read as a Release file either gives an error,
+// or no date (no line starts "Date:"), or a UTC date from its Date: line
+// whose snapshot timestamp formats and parses back to the same second and
+// names a snapshot URL.
+func FuzzReleaseDate(f *testing.F) {
+	for _, s := range []string{
+		"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nOrigin: Debian\nDate: Sat, 11 Jul 2026 10:16:37 UTC\nAcquire-By-Hash: yes\n",
+		"Origin: kiln-test\nDate: Sun, 1 Nov 2026 00:00:00 +0000\r\n",
+		"Date: Mon, 01 Jan 0000 00:30:00 +0100\n",
+		"Date: Fri, 31 Dec 9999 23:00:00 -0200\n",
+		"Date: yesterday\n",
+		"Origin: none\n",
+		" Date: Sat, 11 Jul 2026 10:16:37 UTC\nDate:\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		d, err := readReleaseDate(strings.NewReader(text))
+		if err != nil || d.IsZero() {
+			if err != nil && !d.IsZero() {
+				t.Fatalf("error %v with date %v", err, d)
+			}
+			return
+		}
+		if !strings.HasPrefix(text, "Date:") && !strings.Contains(text, "\nDate:") {
+			t.Fatalf("date %v from text without a Date: line", d)
+		}
+		if d.Location() != time.UTC {
+			t.Fatalf("date %v is not UTC", d)
+		}
+		st := SnapshotTime(d)
+		ts := st.Format(SnapshotTimeFormat)
+		if back, err := time.Parse(SnapshotTimeFormat, ts); err != nil || !back.Equal(st) {
+			t.Fatalf("snapshot time %v formats as %q, which parses as %v, %v", st, ts, back, err)
+		}
+		u, err := SnapshotURL(SnapshotBase, "debian", st, "pool/main/h/hello/hello_2.10-3_arm64.deb")
+		if err != nil || !strings.Contains(u, "/"+ts+"/pool/") {
+			t.Fatalf("snapshot URL %q, %v", u, err)
+		}
+	})
+}

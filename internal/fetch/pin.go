@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -72,37 +73,25 @@ func (f *Fetcher) ResolvePin(ctx context.Context, src string, latest bool) (Pin,
 	if err != nil && !strings.Contains(stderr, "No packages found") {
 		return Pin{}, fmt.Errorf("pin %s: %w: apt-cache show %s: %s", src, ErrAPT, spec, lastLine(stderr))
 	}
-	rec := firstStanza(show)
-	if rec["Package"] == "" {
+	p, err := showRecord(show, d)
+	if errors.Is(err, ErrNotInArchive) {
 		return Pin{}, fmt.Errorf("pin %s: %s (%s) is %w of %s", src, spec, arch, ErrNotInArchive, strings.Join(append(append([]string{}, d.Suites...), d.Components...), " "))
 	}
-	p := Pin{Name: rec["Package"], Version: rec["Version"], Arch: rec["Architecture"], SHA256: rec["SHA256"], Filename: rec["Filename"]}
-	p.Size, _ = strconv.ParseInt(rec["Size"], 10, 64)
-	if p.Name != d.Name || p.Version == "" || p.SHA256 == "" || p.Filename == "" {
-		return Pin{}, fmt.Errorf("pin %s: %w: apt-cache show %s gave an incomplete record", src, ErrAPT, spec)
+	if err != nil {
+		return Pin{}, fmt.Errorf("pin %s: apt-cache show %s: %w", src, spec, err)
 	}
-	nd := d
-	nd.Version = p.Version
-	p.Source = nd.String()
 	apt := f.APTGet
 	if apt == "" {
 		apt = "apt-get"
 	}
-	uris, err := exec.CommandContext(ctx, apt, append(append([]string{}, opts...), "download", "-q", "--print-uris", nd.Spec())...).CombinedOutput()
+	spec = d.Name + "=" + p.Version
+	uris, err := exec.CommandContext(ctx, apt, append(append([]string{}, opts...), "download", "-q", "--print-uris", spec)...).CombinedOutput()
 	if err != nil {
 		return Pin{}, fmt.Errorf("pin %s: %w: apt-get download --print-uris: %s", src, ErrAPT, lastLine(string(uris)))
 	}
-	uri := ""
-	for _, l := range strings.Split(string(uris), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && strings.HasPrefix(f[0], "'") {
-			uri = strings.Trim(f[0], "'")
-		}
-	}
-	if u, err := url.PathUnescape(uri); err == nil {
-		uri = u // apt escapes '+' and an epoch's ':'
-	}
-	if uri == "" || path.Base(uri) != path.Base(p.Filename) {
-		return Pin{}, fmt.Errorf("pin %s: %w: apt-get download --print-uris gave no URI of %s", src, ErrAPT, p.Filename)
+	uri, err := printedURI(string(uris), p.Filename)
+	if err != nil {
+		return Pin{}, fmt.Errorf("pin %s: apt-get download --print-uris: %w", src, err)
 	}
 	p.Archive = debian.ArchiveOf(uri, p.Filename)
 	released, err := debian.ReleaseDate(lists)
@@ -127,6 +116,74 @@ func (f *Fetcher) aptCache(ctx context.Context, opts []string, args ...string) (
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	return out.String(), errb.String(), err
+}
+
+// Fields of an apt-cache show record as kiln takes them into a recipe.
+var (
+	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	// debVersionRE: Debian policy 5.6.12 ([epoch:]upstream[-revision]).
+	debVersionRE = regexp.MustCompile(`^([0-9]+:)?[A-Za-z0-9][A-Za-z0-9.+~:-]*$`)
+)
+
+// showRecord reads what apt-cache show --no-all-versions printed for the
+// deb: source d (its first record: the version asked for, or apt's
+// candidate) into a Pin with Source set: d moved to that version. The text
+// comes from an archive index, so every field that goes into a recipe is
+// checked: the package must be d's, the version a Debian version that a
+// deb: source can carry, the sha256 64 hex digits, the pool path clean,
+// relative, without "..", blanks or quotes. No record is ErrNotInArchive; a bad or incomplete one
+// ErrAPT.
+func showRecord(show string, d recipes.DebSource) (Pin, error) {
+	rec := firstStanza(show)
+	if rec["Package"] == "" {
+		return Pin{}, ErrNotInArchive
+	}
+	p := Pin{Name: rec["Package"], Version: rec["Version"], Arch: rec["Architecture"], SHA256: strings.ToLower(rec["SHA256"]), Filename: rec["Filename"]}
+	if p.Name != d.Name || p.Version == "" || p.SHA256 == "" || p.Filename == "" {
+		return Pin{}, fmt.Errorf("%w: an incomplete record (package %q, version %q, sha256 %q, filename %q)", ErrAPT, p.Name, p.Version, p.SHA256, p.Filename)
+	}
+	if s, ok := rec["Size"]; ok {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 {
+			return Pin{}, fmt.Errorf("%w: size %q", ErrAPT, s)
+		}
+		p.Size = n
+	}
+	if !sha256RE.MatchString(p.SHA256) {
+		return Pin{}, fmt.Errorf("%w: sha256 %q is not 64 hex digits", ErrAPT, p.SHA256)
+	}
+	nd := d
+	nd.Version = p.Version
+	p.Source = nd.String()
+	if back, err := recipes.ParseDebSource(p.Source); !debVersionRE.MatchString(p.Version) || err != nil || back.Version != p.Version || back.Name != d.Name {
+		return Pin{}, fmt.Errorf("%w: version %q is not a Debian version", ErrAPT, p.Version)
+	}
+	rel := strings.TrimPrefix(p.Filename, "./") // a flat repository's
+	clean := path.Clean(rel)
+	if clean != rel || path.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, "../") || strings.ContainsAny(clean, " \t\\'\"") {
+		return Pin{}, fmt.Errorf("%w: filename %q is not a clean relative pool path", ErrAPT, p.Filename)
+	}
+	return p, nil
+}
+
+// printedURI returns the URI apt-get download --print-uris printed for the
+// pool file filename ('URI' NAME SIZE HASH lines; apt escapes '+' and an
+// epoch's ':', which are unescaped): the last such line, whose file name
+// must be filename's. Anything else is ErrAPT.
+func printedURI(out, filename string) (string, error) {
+	uri := ""
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && strings.HasPrefix(f[0], "'") {
+			uri = strings.Trim(f[0], "'")
+		}
+	}
+	if u, err := url.PathUnescape(uri); err == nil {
+		uri = u
+	}
+	if uri == "" || path.Base(uri) != path.Base(filename) {
+		return "", fmt.Errorf("%w: no URI of %s", ErrAPT, filename)
+	}
+	return uri, nil
 }
 
 // firstStanza reads the first record of apt-cache show's output.
