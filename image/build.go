@@ -129,6 +129,7 @@ func build(ctx context.Context, l *Layout, dir string, opts BuildOptions) (*Repo
 				return nil, wrap(err)
 			}
 			pr.Used = n
+			rep.Tools = appendOnce(rep.Tools, "mksquashfs (squashfs-tools)") // MakeSquashfsDir made it
 		case p.Image != "":
 			// ext4, made by MakeExt4Dir at the partition's size with
 			// l.FSUUID(i).
@@ -157,7 +158,7 @@ func build(ctx context.Context, l *Layout, dir string, opts BuildOptions) (*Repo
 			}
 			pr.Used = p.Size
 		case p.FS == Squashfs:
-			sq, err := MakeSquashfs(tree, l.Epoch, dir)
+			sq, err := MakeSquashfs(ctx, tree, l.Epoch, dir)
 			if err != nil {
 				return nil, wrap(err)
 			}
@@ -167,6 +168,7 @@ func build(ctx context.Context, l *Layout, dir string, opts BuildOptions) (*Repo
 				return nil, wrap(err)
 			}
 			pr.Used = n
+			rep.Tools = appendOnce(rep.Tools, "mksquashfs (squashfs-tools)")
 		case p.FS == Ext4:
 			pr.FSUUID = l.FSUUID(i)
 			e4, err := MakeExt4(ctx, tree, p.Size, Ext4Options{UUID: pr.FSUUID,
