@@ -42,16 +42,22 @@ func newReadAhead(r io.Reader) *readAhead {
 			case <-ra.stop:
 				return
 			}
-			n, err := io.ReadFull(r, b)
+			// Not io.ReadFull: it would report a short last chunk as
+			// io.ErrUnexpectedEOF, the error a decompressor gives for a
+			// stream cut short, and the two must stay apart.
+			n := 0
+			var err error
+			for n < len(b) && err == nil {
+				var m int
+				m, err = r.Read(b[n:])
+				n += m
+			}
 			if n > 0 {
 				select {
 				case ra.full <- b[:n]:
 				case <-ra.stop:
 					return
 				}
-			}
-			if err == io.ErrUnexpectedEOF {
-				err = io.EOF
 			}
 			if err != nil {
 				ra.err = err

@@ -32,6 +32,14 @@ func TestReadAhead(t *testing.T) {
 	}
 	ra.Close()
 
+	// A decompressor's io.ErrUnexpectedEOF (its stream cut short) is an
+	// error, not the end.
+	ra = newReadAhead(io.MultiReader(bytes.NewReader(data[:5000]), iotest.ErrReader(io.ErrUnexpectedEOF)))
+	if got, err = io.ReadAll(ra); err != io.ErrUnexpectedEOF || len(got) != 5000 {
+		t.Fatalf("cut short: %d bytes, %v", len(got), err)
+	}
+	ra.Close()
+
 	ra = newReadAhead(bytes.NewReader(bytes.Repeat(data, 8)))
 	ra.Read(make([]byte, 10))
 	ra.Close()
