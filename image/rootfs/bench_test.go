@@ -1,4 +1,4 @@
-package rootfs
+package rootfs_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/image/rootfs/rootfstest"
 	"kiln.dev/kiln/internal/fetch"
 )
 
@@ -20,8 +21,8 @@ func BenchmarkAssembleVsMmdebstrap(b *testing.B) {
 	if _, err := exec.LookPath("mmdebstrap"); err != nil {
 		b.Skip("mmdebstrap not installed")
 	}
-	_, debs := smallLock(b)
-	repo := localRepo(b, filepath.Join(b.TempDir(), "repo"), debs)
+	l, debs := smallLock(b)
+	repo := rootfstest.LocalRepo(b, filepath.Join(b.TempDir(), "repo"), debs)
 	var kiln, mm, kilnCPU, mmCPU time.Duration
 	for i := 0; i < b.N; i++ {
 		c0 := cpuTime(syscall.RUSAGE_CHILDREN) + cpuTime(syscall.RUSAGE_SELF)
@@ -31,7 +32,7 @@ func BenchmarkAssembleVsMmdebstrap(b *testing.B) {
 		c1 := cpuTime(syscall.RUSAGE_CHILDREN) + cpuTime(syscall.RUSAGE_SELF)
 		kilnCPU += c1 - c0
 		t0 = time.Now()
-		runMmdebstrap(b, filepath.Join(b.TempDir(), "mm"), repo, debs)
+		rootfstest.RunMmdebstrap(b, filepath.Join(b.TempDir(), "mm"), repo, l, epoch)
 		mm += time.Since(t0)
 		mmCPU += cpuTime(syscall.RUSAGE_CHILDREN) + cpuTime(syscall.RUSAGE_SELF) - c1
 	}
