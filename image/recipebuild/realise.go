@@ -32,7 +32,7 @@ func Realise(ctx context.Context, dir string, opts Options) (*Result, *store.Rea
 		return nil, nil, err
 	}
 	hash := d.Hash()
-	var res *Result
+	var res, built *Result
 	bo := opts
 	bo.NoXZ = true
 	logf := func(format string, a ...any) {
@@ -44,7 +44,8 @@ func Realise(ctx context.Context, dir string, opts Options) (*Result, *store.Rea
 		Hash: hash, Name: r.Name,
 		Build: func(ctx context.Context, out string) error {
 			logf("building %s (derivation %s)", r.File, hash)
-			_, err := Build(ctx, dir, out, bo)
+			var err error
+			built, err = Build(ctx, dir, out, bo)
 			return err
 		},
 		Check: func(entryDir string, entry *store.Manifest) error {
@@ -57,6 +58,10 @@ func Realise(ctx context.Context, dir string, opts Options) (*Result, *store.Rea
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("image: %s: %w", r.Name, err)
+	}
+	if built != nil && built.Rootfs != nil && res.Rootfs != nil && res.Rootfs.Derivation == built.Rootfs.Derivation {
+		// How this run came by the root is not in manifest.json.
+		res.Rootfs.Entry, res.Rootfs.How = built.Rootfs.Entry, built.Rootfs.How
 	}
 	return res, rz, nil
 }

@@ -37,6 +37,9 @@ type Options struct {
 	// Substitute, if set, is asked for inputs before they are fetched (a
 	// binary cache; see fetch.Fetcher.Substitute).
 	Substitute func(ctx context.Context, key, name string) (string, bool)
+	// RebuildRoot assembles a Debian root even when the store holds it
+	// (and does not store it): an audit's rebuild checks the root too.
+	RebuildRoot bool
 }
 
 // Result is what Build made.
@@ -52,6 +55,8 @@ type Result struct {
 	Image         *image.Report      `json:"image"`
 	Metadata      *Metadata          `json:"metadata"`
 	Inputs        []recipes.InputPin `json:"inputs"`
+	// Rootfs names the Debian root's derivation ([image.rootfs] only).
+	Rootfs *RootfsRef `json:"rootfs,omitempty"`
 }
 
 // Out is one output file.
@@ -105,7 +110,7 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 	for _, sf := range d.SourceFiles() {
 		covered[sf.Path] = true
 	}
-	b := &builder{r: r, roots: roots, covered: covered}
+	b := &builder{r: r, roots: roots, covered: covered, store: opts.Store, rebuildRoot: opts.RebuildRoot}
 
 	var initramfs []byte
 	if spec.Initramfs != nil {
@@ -214,7 +219,7 @@ func Build(ctx context.Context, dir, outDir string, opts Options) (*Result, erro
 		return nil, err
 	}
 	res := &Result{Derivation: hash, BuilderDigest: d.BuilderDigest, Name: r.Name, Version: r.Version, Board: r.Board, Kind: r.Kind,
-		Outputs: map[string]Out{}, Image: rep, Metadata: meta, Inputs: d.Inputs}
+		Outputs: map[string]Out{}, Image: rep, Metadata: meta, Inputs: d.Inputs, Rootfs: b.root}
 	for name, sum := range rep.Files {
 		fi, err := os.Stat(filepath.Join(outDir, name))
 		if err != nil {
@@ -304,9 +309,12 @@ func (b *builder) rpiPartition(t *image.Tree, board *boards.Board, rpi *recipes.
 }
 
 type builder struct {
-	r       *recipes.Recipe
-	roots   map[string]string
-	covered map[string]bool
+	r           *recipes.Recipe
+	roots       map[string]string
+	covered     map[string]bool
+	store       *store.Store
+	rebuildRoot bool
+	root        *RootfsRef // the Debian root, once rootFilesystem realised it
 }
 
 // add copies one content entry into t.

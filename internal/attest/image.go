@@ -46,6 +46,11 @@ func FromImage(res *recipebuild.Result, r *recipes.Recipe, arch func([]Package) 
 			}
 		}
 	}
+	if res.Rootfs != nil {
+		// The Debian root's own derivation (lock, architecture, epoch,
+		// assembly version), which the image was built on.
+		s.Internal["rootfs_derivation"] = res.Rootfs.Derivation
+	}
 	if res.Image != nil {
 		s.Internal["host_tools"] = res.Image.Tools
 		s.Internal["disk_id"] = res.Image.DiskID

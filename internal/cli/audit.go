@@ -283,7 +283,11 @@ func rebuildImage(c *cli.Context, dir string, opts recipebuild.Options) (*recipe
 		return nil, "", nil, err
 	}
 	cleanup := func() { os.RemoveAll(tmp) }
-	fresh, err := recipebuild.Build(c.Context, dir, tmp, opts)
+	// An audit rebuilds the Debian root too, rather than reuse the one
+	// the stored image was made from.
+	fo := opts
+	fo.RebuildRoot = true
+	fresh, err := recipebuild.Build(c.Context, dir, tmp, fo)
 	if err != nil {
 		cleanup()
 		return nil, "", nil, err

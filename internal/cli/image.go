@@ -91,17 +91,32 @@ func imageBuild(c *cli.Context, dir, out string) error {
 		return err
 	}
 	if c.Bool("json") {
-		if o := sub.Origins(); len(o) > 0 {
-			return e.printJSON(struct {
-				*recipebuild.Result
-				SubstitutedFrom []*cache.Origin `json:"substituted_from"`
-			}{res, o})
+		// rootfs_realised: how this run came by the Debian root (hit:
+		// found in the store; built: assembled), absent when the image
+		// itself was found; manifest.json names only its derivation.
+		var rootHow store.How
+		if res.Rootfs != nil {
+			rootHow = res.Rootfs.How
 		}
-		return e.printJSON(res)
+		return e.printJSON(struct {
+			*recipebuild.Result
+			SubstitutedFrom []*cache.Origin `json:"substituted_from,omitempty"`
+			RootfsRealised  store.How       `json:"rootfs_realised,omitempty"`
+		}{res, sub.Origins(), rootHow})
 	}
 	fmt.Fprintf(e.stdout, "built %s %s (%s table, %s)\n", res.Name, res.Version, res.Image.Table, humanBytes(res.Image.Size))
 	fmt.Fprintf(e.stdout, "derivation %s\n", res.Derivation)
 	fmt.Fprintf(e.stdout, "store      %s (%s)\n", rz.Path, rz.How)
+	if r := res.Rootfs; r != nil {
+		switch r.How {
+		case store.Hit:
+			fmt.Fprintf(e.stdout, "rootfs     %s (found in the store, not assembled)\n", r.Derivation)
+		case store.Built:
+			fmt.Fprintf(e.stdout, "rootfs     %s (assembled)\n", r.Derivation)
+		default:
+			fmt.Fprintf(e.stdout, "rootfs     %s (not needed: the image was in the store)\n", r.Derivation)
+		}
+	}
 	for _, name := range []string{image.ImageFile, image.XZFile, image.BmapFile} {
 		if o, ok := res.Outputs[name]; ok {
 			fmt.Fprintf(e.stdout, "%-13s %s  %s\n", name, o.SHA256, humanBytes(o.Size))
@@ -125,6 +140,8 @@ func imageHints(err error) error {
 		return withHint(err, "a Debian root is assembled as root in an identity-mapped user namespace, with qemu-user-static for a foreign architecture (make deps installs it)")
 	case errors.Is(err, rootfs.ErrScript):
 		return withHint(err, "the package's maintainer script failed inside the sandbox (no network, no running system): its output is above; nothing was stored")
+	case errors.Is(err, store.ErrTampered):
+		return withHint(err, "run `kiln store verify` to list tampered entries, then `kiln store gc` or remove the entry and build again")
 	case errors.Is(err, recipes.ErrNoLock):
 		return withHint(err, "run kiln lock RECIPE_DIR: it resolves [image.rootfs] into rootfs.lock")
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/image/rootfs"
 	"kiln.dev/kiln/recipes"
 )
 
@@ -86,8 +87,9 @@ var (
 
 // seededStore returns a fresh store holding hard links to every fetched
 // entry of the shared cache store (kiln fetch fills it once: network only
-// on a fresh machine).
-func seededStore(t *testing.T, name string) string {
+// on a fresh machine) and, if withRoot, to the stored Debian root of
+// recipe's lock, where an earlier build kept it there (keepRoot).
+func seededStore(t *testing.T, name, recipe string, withRoot bool) string {
 	t.Helper()
 	kiln := kilnBinary(t)
 	cache := testCache(t, "rootfs-store")
@@ -115,11 +117,16 @@ func seededStore(t *testing.T, name string) string {
 	for _, in := range r.Inputs {
 		fetched[in.Name] = true
 	}
+	root := ""
+	if withRoot {
+		root = rootEntry(t, recipe)
+	}
 	for _, e := range ents {
 		// Only what kiln fetch stores: the inputs and the locked .debs
-		// (the image itself must be built, not found).
+		// (the image itself must be built, not found), and the root if
+		// asked for.
 		_, entry, _ := strings.Cut(e.Name(), "-")
-		if !e.IsDir() || !(fetched[entry] || strings.HasPrefix(entry, "deb-")) {
+		if !e.IsDir() || !(fetched[entry] || strings.HasPrefix(entry, "deb-") || e.Name() == root) {
 			continue
 		}
 		run(t, "cp", "-al", filepath.Join(cache, e.Name()), filepath.Join(st, e.Name()))
@@ -127,15 +134,66 @@ func seededStore(t *testing.T, name string) string {
 	return st
 }
 
-// buildDebian builds recipe with the kiln binary into a fresh seeded store
-// and returns the output directory.
-func buildDebian(t *testing.T, recipe, name string) string {
+// rootEntry is the store entry name of recipe's Debian root (its own
+// derivation: the lock, the architecture, the epoch, kiln's assembly
+// version; not the overlay).
+func rootEntry(t *testing.T, recipe string) string {
 	t.Helper()
-	st := seededStore(t, "store-"+name)
+	r, err := recipes.Load(recipe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := r.KindData.(*recipes.ImageSpec)
+	lock, err := spec.Rootfs.Lock(r.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rootfs.RootDerivation(lock, spec.SourceDateEpoch)[:32] + "-rootfs-" + lock.Request.Arch
+}
+
+// keepRoot links the Debian root a build stored into the shared cache
+// store (unless it is there), for the builds seeded with it.
+func keepRoot(t *testing.T, st, recipe string) {
+	t.Helper()
+	name := rootEntry(t, recipe)
+	dst := filepath.Join(testCache(t, "rootfs-store"), name)
+	if _, err := os.Stat(dst); err == nil {
+		return
+	}
+	src := filepath.Join(st, name)
+	if _, err := os.Stat(src); err != nil {
+		t.Fatalf("the build stored no root %s: %v", name, err)
+	}
+	os.RemoveAll(dst + ".tmp")
+	run(t, "cp", "-al", src, dst+".tmp")
+	if err := os.Rename(dst+".tmp", dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// buildDebian builds recipe with the kiln binary into a fresh seeded store
+// and returns the output directory. With reuseRoot the store is also
+// seeded with the Debian root an earlier build kept (keepRoot): the build
+// lays its overlay over it instead of assembling, and keeps its own root
+// otherwise. Without, the root is assembled from the .debs and not kept.
+func buildDebian(t *testing.T, recipe, name string, reuseRoot bool) string {
+	t.Helper()
+	st := seededStore(t, "store-"+name, recipe, reuseRoot)
 	out := filepath.Join(work, "out-"+name)
 	start := time.Now()
-	run(t, kilnBinary(t), "image", "build", "--store", st, "--out", out, recipe)
+	said := run(t, kilnBinary(t), "image", "build", "--store", st, "--out", out, recipe)
+	for _, l := range strings.Split(said, "\n") {
+		if strings.HasPrefix(l, "rootfs ") {
+			t.Logf("%s: %s", name, l)
+		}
+	}
+	if !reuseRoot && !strings.Contains(said, "(assembled)") {
+		t.Fatalf("%s: the root was not assembled from scratch:\n%s", name, said)
+	}
 	t.Logf("built %s in %v", recipe, time.Since(start).Round(time.Second))
+	if reuseRoot {
+		keepRoot(t, st, recipe)
+	}
 	return out
 }
 
@@ -175,7 +233,12 @@ func rpiDebianImage(t *testing.T, n int) string {
 		dir += fmt.Sprintf("-%d", n)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "manifest.json")); err != nil {
-		out := buildDebian(t, checkout(t, fmt.Sprintf("checkout-%d", n)), fmt.Sprintf("debian-%d", n))
+		// Build 2 assembles its root from scratch (what the
+		// reproducibility test proves is the whole build); build 1 keeps
+		// its root for the variants (update_test.go), and reuses one kept
+		// earlier: then build 2 also proves that root is still what
+		// kiln's assembly makes (rootfs.AssemblyVersion was bumped).
+		out := buildDebian(t, checkout(t, fmt.Sprintf("checkout-%d", n)), fmt.Sprintf("debian-%d", n), n != 2)
 		os.RemoveAll(dir + ".tmp")
 		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 			t.Fatal(err)

@@ -26,9 +26,12 @@ import (
 // overlay replaced (path relative to the recipe → content): a rebuild with a
 // changed service. Cached in $HOME/.cache/kiln-test/image-<derivation> like
 // rpiDebianImage's builds; it returns the output directory and derivation.
+// The same lock makes the same Debian root: a variant's fresh store is
+// seeded with the root build 1 kept, so it only lays its overlay over it.
 func variantImage(t *testing.T, name string, edits map[string]string) (string, string) {
 	t.Helper()
 	needRootfsSandbox(t)
+	rpiDebianImage(t, 1)
 	dir := checkout(t, "variant-"+name)
 	for p, content := range edits {
 		if err := os.WriteFile(filepath.Join(dir, p), []byte(content), 0o644); err != nil {
@@ -38,7 +41,7 @@ func variantImage(t *testing.T, name string, edits map[string]string) (string, s
 	hash := strings.TrimSpace(run(t, kilnBinary(t), "hash", dir))
 	cache := testCache(t, "image-"+hash)
 	if _, err := os.Stat(filepath.Join(cache, "manifest.json")); err != nil {
-		out := buildDebian(t, dir, "variant-"+name)
+		out := buildDebian(t, dir, "variant-"+name, true)
 		os.RemoveAll(cache + ".tmp")
 		run(t, "cp", "-a", out, cache+".tmp")
 		if err := os.Rename(cache+".tmp", cache); err != nil {
