@@ -9,4 +9,12 @@
 // touched). The sandbox has no network, a fixed SOURCE_DATE_EPOCH, and the
 // result is cleaned of what differs between runs (logs, caches, the
 // machine ID, SSH host keys), so two assemblies are bit-identical.
+//
+// An assembled root is a store derivation of its own (Realise): its hash
+// (RootDerivation) covers the lock, the architecture, SOURCE_DATE_EPOCH and
+// AssemblyVersion, and the entry holds the tree as a PAX tar kiln writes
+// (WriteTar) and unpacks (ExtractTar), keeping what a root filesystem needs
+// that a store entry cannot: owners, set-id bits, device nodes, hard links,
+// extended attributes. Images that differ only in what they lay over the
+// root share one assembly.
 package rootfs
