@@ -109,8 +109,9 @@ func MakeSquashfs(ctx context.Context, tree *Tree, epoch int64, tmpDir string) (
 	return out.Name(), nil
 }
 
-// hostLabels are extended attributes a build host sets on its own.
-var hostLabels = []string{"security.selinux", "security.apparmor", "security.SMACK64"}
+// HostLabels are extended attributes a build host sets on its own: kiln
+// keeps none of them in a filesystem or archive it makes.
+var HostLabels = []string{"security.selinux", "security.apparmor", "security.SMACK64"}
 
 // dropHostLabels removes the labels the build host's security module put
 // on the files under dir: they describe the host, not the tree.
@@ -119,7 +120,7 @@ func dropHostLabels(dir string) error {
 		if err != nil {
 			return err
 		}
-		for _, a := range hostLabels {
+		for _, a := range HostLabels {
 			if err := unix.Lremovexattr(p, a); err != nil && err != unix.ENODATA && err != unix.ENOTSUP {
 				return fmt.Errorf("%s: remove %s: %w", p, a, err)
 			}

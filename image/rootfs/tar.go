@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/image"
 )
 
 // ErrArchive is returned (wrapped, naming the entry) when a root archive
@@ -145,7 +147,7 @@ func xattrs(p string) (map[string]string, error) {
 	}
 	out := map[string]string{}
 	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
-		if name == "" || slices.Contains(hostLabels, name) {
+		if name == "" || slices.Contains(image.HostLabels, name) {
 			continue
 		}
 		n, err := unix.Lgetxattr(p, name, nil)
