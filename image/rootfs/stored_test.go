@@ -1,4 +1,4 @@
-package rootfs
+package rootfs_test
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"kiln.dev/kiln/image/rootfs"
+	"kiln.dev/kiln/image/rootfs/rootfstest"
 	"kiln.dev/kiln/internal/debian"
 	"kiln.dev/kiln/internal/store"
 )
@@ -28,27 +30,27 @@ func TestRootDerivation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := RootDerivation(l, epoch)
-	if base != RootDerivation(l, epoch) {
-		t.Fatal("RootDerivation is not a function of its inputs")
+	base := rootfs.RootDerivation(l, epoch)
+	if base != rootfs.RootDerivation(l, epoch) {
+		t.Fatal("rootfs.RootDerivation is not a function of its inputs")
 	}
-	if RootDerivation(l, epoch+1) == base {
+	if rootfs.RootDerivation(l, epoch+1) == base {
 		t.Error("SOURCE_DATE_EPOCH does not change the root derivation")
 	}
 	l2 := *l
 	l2.Packages = append(l2.Packages[:0:0], l.Packages...)
 	l2.Packages[3].SHA256 = strings.Repeat("0", 64)
-	if RootDerivation(&l2, epoch) == base {
+	if rootfs.RootDerivation(&l2, epoch) == base {
 		t.Error("a package's sha256 does not change the root derivation")
 	}
 	l3 := *l
 	l3.Request.Arch = "armhf"
-	if RootDerivation(&l3, epoch) == base {
+	if rootfs.RootDerivation(&l3, epoch) == base {
 		t.Error("the architecture does not change the root derivation")
 	}
 }
 
-// TestRealiseRoot: the first Realise assembles the small lock's root and
+// TestRealiseRoot: the first rootfs.Realise assembles the small lock's root and
 // stores it; the second finds it without assembling (its .debs are not
 // even asked for) and unpacks the very tree Assemble made (owners, modes,
 // times, contents). A stored archive changed afterwards is refused by the
@@ -62,13 +64,13 @@ func TestRealiseRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	var asked atomic.Int32
-	req := Request{Lock: l, Epoch: epoch, Log: t.Logf, Debs: func(context.Context) ([]Deb, error) {
+	req := rootfs.Request{Lock: l, Epoch: epoch, Log: t.Logf, Debs: func(context.Context) ([]rootfs.Deb, error) {
 		asked.Add(1)
 		return debs, nil
 	}}
 	ctx := context.Background()
-	r1, err := Realise(ctx, st, req)
-	if errors.Is(err, ErrSandbox) {
+	r1, err := rootfs.Realise(ctx, st, req)
+	if errors.Is(err, rootfs.ErrSandbox) {
 		t.Skip(err)
 	}
 	if err != nil {
@@ -77,10 +79,10 @@ func TestRealiseRoot(t *testing.T) {
 	if r1.How != store.Built || asked.Load() != 1 {
 		t.Fatalf("first realise: %s, .debs asked for %d times; want built, once", r1.How, asked.Load())
 	}
-	if r1.Derivation != RootDerivation(l, epoch) || !strings.HasPrefix(filepath.Base(r1.Path), r1.Derivation[:32]+"-rootfs-arm64") {
+	if r1.Derivation != rootfs.RootDerivation(l, epoch) || !strings.HasPrefix(filepath.Base(r1.Path), r1.Derivation[:32]+"-rootfs-arm64") {
 		t.Errorf("entry %s for derivation %s", r1.Path, r1.Derivation)
 	}
-	r2, err := Realise(ctx, st, req)
+	r2, err := rootfs.Realise(ctx, st, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,10 +94,10 @@ func TestRealiseRoot(t *testing.T) {
 	if err := r2.Unpack(ctx, dir); err != nil {
 		t.Fatal(err)
 	}
-	want, got := walkTree(t, firstAssembly(t, debs)), walkTree(t, dir)
+	want, got := rootfstest.Walk(t, firstAssembly(t, debs)), rootfstest.Walk(t, dir)
 	for p, w := range want {
 		if g, ok := got[p]; !ok || g != w {
-			t.Errorf("%s: unpacked %v (mtime %d), assembled %v (mtime %d)", p, g, g.mtime, w, w.mtime)
+			t.Errorf("%s: unpacked %v (mtime %d), assembled %v (mtime %d)", p, g, g.Mtime, w, w.Mtime)
 		}
 	}
 	for p := range got {
@@ -107,7 +109,7 @@ func TestRealiseRoot(t *testing.T) {
 	// One byte of the stored archive changed (as root may): the seal
 	// refuses the entry before anything of it is used, and no assembly
 	// runs over it.
-	archive := filepath.Join(r1.Path, ArchiveFile)
+	archive := filepath.Join(r1.Path, rootfs.ArchiveFile)
 	flip := func() {
 		os.Chmod(archive, 0o644)
 		f, err := os.OpenFile(archive, os.O_RDWR, 0)
@@ -122,9 +124,9 @@ func TestRealiseRoot(t *testing.T) {
 		os.Chmod(archive, 0o444)
 	}
 	flip()
-	_, err = Realise(ctx, st, req)
-	if !errors.Is(err, store.ErrTampered) || !strings.Contains(err.Error(), ArchiveFile) {
-		t.Errorf("realise of a changed root: %v, want ErrTampered naming %s", err, ArchiveFile)
+	_, err = rootfs.Realise(ctx, st, req)
+	if !errors.Is(err, store.ErrTampered) || !strings.Contains(err.Error(), rootfs.ArchiveFile) {
+		t.Errorf("realise of a changed root: %v, want ErrTampered naming %s", err, rootfs.ArchiveFile)
 	}
 	if asked.Load() != 1 {
 		t.Errorf("a changed root was assembled over")
@@ -132,7 +134,7 @@ func TestRealiseRoot(t *testing.T) {
 	// Changed back, it verifies again; changed after that verification,
 	// Unpack (which hashes what it reads) refuses it.
 	flip()
-	r3, err := Realise(ctx, st, req)
+	r3, err := rootfs.Realise(ctx, st, req)
 	if err != nil {
 		t.Fatal(err)
 	}
