@@ -11,8 +11,8 @@
 // machine ID, SSH host keys), so two assemblies are bit-identical.
 //
 // An assembled root is a store derivation of its own (Realise): its hash
-// (RootDerivation) covers the lock, the architecture, SOURCE_DATE_EPOCH and
-// AssemblyVersion, and the entry holds the tree as a PAX tar kiln writes
+// (RootDerivation) covers the lock, the architecture, SOURCE_DATE_EPOCH,
+// AssemblyVersion and kiln's builder digest, and the entry holds the tree as a PAX tar kiln writes
 // (WriteTar) and unpacks (ExtractTar), keeping what a root filesystem needs
 // that a store entry cannot: owners, set-id bits, device nodes, hard links,
 // extended attributes. Images that differ only in what they lay over the

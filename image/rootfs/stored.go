@@ -11,20 +11,18 @@ import (
 	"os"
 	"path/filepath"
 
+	"kiln.dev/kiln"
 	"kiln.dev/kiln/internal/debian"
 	"kiln.dev/kiln/internal/store"
 )
 
-// AssemblyVersion is the version of the assembled tree in every root
-// derivation (RootDerivation). A stored root is reused by any build whose
-// lock, architecture and SOURCE_DATE_EPOCH are the same, whatever kiln's
-// code is now, so: bump it with every change that changes what Assemble
-// leaves in the tree (script.go's steps and clean-up, the sandbox's
-// environment, the .deb order or batches in rootfs.go) or what the
-// archive keeps of it (tar.go). A change that leaves assembled trees as
-// they were (a log line, an error message) needs no bump. Image
-// reproducibility tests catch a missed bump: their second build assembles
-// from scratch and must give the first build's bytes.
+// AssemblyVersion is the version of the root entry's layout (root.tar
+// and root.json as Realise writes and checks them). What kiln's code does
+// to the tree needs no bump: every root derivation also covers kiln's
+// builder digest (kiln.BuilderDigest: the sources of image/rootfs,
+// internal/fetch and every other output-shaping package), so a root kept
+// by another kiln is never reused, while images that differ only in their
+// overlay, boot files or layout (recipe data, not code) still share one.
 const AssemblyVersion = 1
 
 // ArchiveFile is the assembled root inside its store entry (WriteTar's
@@ -52,6 +50,7 @@ type Info struct {
 type rootDerivation struct {
 	Kind     string `json:"kind"`
 	Assembly int    `json:"assembly"`
+	Builder  string `json:"builder_digest"`
 	Arch     string `json:"arch"`
 	Epoch    int64  `json:"source_date_epoch"`
 	// Lock is the sha256 of the lock's canonical text (debian.Lock.Marshal,
@@ -62,11 +61,11 @@ type rootDerivation struct {
 
 // RootDerivation returns the hex sha256 naming the root assembled from
 // lock at epoch: lock's canonical bytes, its architecture, epoch and
-// AssemblyVersion. Nothing else (the image's overlay, boot files, layout)
+// AssemblyVersion and kiln's builder digest. Nothing else (the image's overlay, boot files, layout)
 // changes it, so images that differ only there share one root.
 func RootDerivation(lock *debian.Lock, epoch int64) string {
 	ls := sha256.Sum256(lock.Marshal())
-	d := rootDerivation{Kind: "debian-root", Assembly: AssemblyVersion, Arch: lock.Request.Arch, Epoch: epoch,
+	d := rootDerivation{Kind: "debian-root", Assembly: AssemblyVersion, Builder: kiln.BuilderDigest(), Arch: lock.Request.Arch, Epoch: epoch,
 		Lock: hex.EncodeToString(ls[:])}
 	data, _ := json.Marshal(d)
 	sum := sha256.Sum256(data)

@@ -236,8 +236,9 @@ func rpiDebianImage(t *testing.T, n int) string {
 		// Build 2 assembles its root from scratch (what the
 		// reproducibility test proves is the whole build); build 1 keeps
 		// its root for the variants (update_test.go), and reuses one kept
-		// earlier: then build 2 also proves that root is still what
-		// kiln's assembly makes (rootfs.AssemblyVersion was bumped).
+		// earlier by this same kiln (the root derivation covers the
+		// builder digest): then build 2 also proves that root is still
+		// what kiln's assembly makes.
 		out := buildDebian(t, checkout(t, fmt.Sprintf("checkout-%d", n)), fmt.Sprintf("debian-%d", n), n != 2)
 		os.RemoveAll(dir + ".tmp")
 		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
