@@ -82,6 +82,7 @@ test: deps build seaweedfs
 	$(GO) test -run '^$$' -fuzz='^FuzzDeltaOutput$$' -fuzztime=20000x ./flash/sshdev
 	$(GO) test -run '^$$' -fuzz='^FuzzProbeAnswers$$' -fuzztime=20000x ./flash/swd
 	$(GO) test -run '^$$' -fuzz='^FuzzUnpackTar$$' -fuzztime=10000x ./internal/fetch
+	$(GO) test -run '^$$' -fuzz='^FuzzExtractTar$$' -fuzztime=10000x ./image/rootfs
 	$(GO) test -run '^$$' -fuzz='^FuzzDecodeEnv$$' -fuzztime=10000x ./image/uboot
 	$(GO) test -run '^$$' -fuzz='^FuzzVerify$$' -fuzztime=10000x ./internal/auditlog
 	$(GO) test -run '^$$' -fuzz='^FuzzBootloaderAnswers$$' -fuzztime=5000x ./flash/avr109
