@@ -150,7 +150,7 @@ func (b *Bmap) Stream(r io.Reader, emit func(off int64, p []byte) error) (string
 		for n > 0 {
 			k := min(int64(len(buf)), n)
 			if _, err := io.ReadFull(r, buf[:k]); err != nil {
-				return fmt.Errorf("image shorter than the bmap's %d bytes: %w", b.ImageSize, err)
+				return b.short(err)
 			}
 			for i, c := range buf[:k] {
 				if c != 0 {
@@ -171,7 +171,7 @@ func (b *Bmap) Stream(r io.Reader, emit func(off int64, p []byte) error) (string
 		for left := n; left > 0; {
 			k := min(int64(len(buf)), left)
 			if _, err := io.ReadFull(r, buf[:k]); err != nil {
-				return "", fmt.Errorf("image shorter than the bmap's %d bytes: %w", b.ImageSize, err)
+				return "", b.short(err)
 			}
 			h.Write(buf[:k])
 			mapped.Write(buf[:k])
@@ -193,4 +193,14 @@ func (b *Bmap) Stream(r io.Reader, emit func(off int64, p []byte) error) (string
 		return "", fmt.Errorf("%w: the image is longer than the bmap's %d bytes", ErrBmap, b.ImageSize)
 	}
 	return hex.EncodeToString(mapped.Sum(nil)), nil
+}
+
+// short is Stream's error for a read that failed before ImageSize bytes:
+// an image that ends early does not match its bmap (ErrBmap); any other
+// read error (a decompressor's, the disk's) is passed on as it is.
+func (b *Bmap) short(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: the image is shorter than the bmap's %d bytes", ErrBmap, b.ImageSize)
+	}
+	return fmt.Errorf("image shorter than the bmap's %d bytes: %w", b.ImageSize, err)
 }

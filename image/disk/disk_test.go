@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
@@ -316,8 +318,17 @@ func TestBmapStreamChecksTheWholeImage(t *testing.T) {
 		t.Errorf("changed range: %v", err)
 	}
 	// Truncated and overlong images.
-	if _, err := bm.Stream(bytes.NewReader(img[:len(img)-1]), func(int64, []byte) error { return nil }); err == nil {
-		t.Error("truncated image accepted")
+	// Truncated inside a mapped range and inside a hole: both ErrBmap; a
+	// read error that is not the image ending is passed on, not ErrBmap.
+	if _, err := bm.Stream(bytes.NewReader(img[:len(img)-1]), func(int64, []byte) error { return nil }); !errors.Is(err, disk.ErrBmap) {
+		t.Errorf("image truncated in a mapped range: %v", err)
+	}
+	if _, err := bm.Stream(bytes.NewReader(img[:6*image.BlockSize]), func(int64, []byte) error { return nil }); !errors.Is(err, disk.ErrBmap) {
+		t.Errorf("image truncated in a hole: %v", err)
+	}
+	broken := errors.New("xz: data is corrupt")
+	if _, err := bm.Stream(io.MultiReader(bytes.NewReader(img[:2*image.BlockSize]), iotest.ErrReader(broken)), func(int64, []byte) error { return nil }); !errors.Is(err, broken) || errors.Is(err, disk.ErrBmap) {
+		t.Errorf("read error: %v, want it passed on and not ErrBmap", err)
 	}
 	if _, err := bm.Stream(bytes.NewReader(append(img, 0)), func(int64, []byte) error { return nil }); !errors.Is(err, disk.ErrBmap) {
 		t.Errorf("overlong image: %v", err)
