@@ -158,7 +158,7 @@ func build(ctx context.Context, l *Layout, dir string, opts BuildOptions) (*Repo
 			}
 			pr.Used = p.Size
 		case p.FS == Squashfs:
-			sq, err := MakeSquashfs(ctx, tree, l.Epoch, dir)
+			sq, err := MakeSquashfs(ctx, tree, l.Epoch, p.Compression, dir)
 			if err != nil {
 				return nil, wrap(err)
 			}

@@ -26,8 +26,9 @@ func genimageLayout(t testing.TB, src string) *Layout {
 }
 
 // writeGenimageConfig writes genimage.cfg for the same layout and returns the
-// directory to run genimage in.
-func writeGenimageConfig(t testing.TB, l *Layout, src string) string {
+// directory to run genimage in. squashfs is the body of genimage's squashfs
+// block ("": its defaults, gzip in 4 KiB blocks).
+func writeGenimageConfig(t testing.TB, l *Layout, src, squashfs string) string {
 	dir := t.TempDir()
 	var files []string
 	ents, _ := os.ReadDir(src)
@@ -39,7 +40,7 @@ func writeGenimageConfig(t testing.TB, l *Layout, src string) string {
 	size = %d
 }
 image root.squashfs {
-	squashfs { }
+	squashfs { %s }
 }
 image data.ext4 {
 	ext4 { label = "data" use-mke2fs = true }
@@ -52,7 +53,7 @@ image disk.img {
 	partition root { partition-type = 0x83 image = "root.squashfs" offset = %d size = %d }
 	partition data { partition-type = 0x83 image = "data.ext4" offset = %d size = %d }
 }
-`, strings.Join(files, ", "), l.Partitions[0].Size, l.Partitions[2].Size, l.DiskID(), l.Size,
+`, strings.Join(files, ", "), l.Partitions[0].Size, squashfs, l.Partitions[2].Size, l.DiskID(), l.Size,
 		l.Partitions[0].Start, l.Partitions[0].Size, l.Partitions[1].Start, l.Partitions[1].Size,
 		l.Partitions[2].Start, l.Partitions[2].Size)
 	if err := os.WriteFile(filepath.Join(dir, "genimage.cfg"), []byte(cfg), 0o644); err != nil {
@@ -96,7 +97,7 @@ func TestSameAsGenimage(t *testing.T) {
 		t.Fatal(err)
 	}
 	kimg := filepath.Join(kout, ImageFile)
-	gimg := runGenimage(t, writeGenimageConfig(t, l, src), src)
+	gimg := runGenimage(t, writeGenimageConfig(t, l, src, ""), src)
 
 	// The same partition table (and disk signature).
 	kd, gd := partitionLines(t, kimg), partitionLines(t, gimg)

@@ -3,7 +3,9 @@ package image
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 )
 
 // Sentinel errors. Each is wrapped with the partition or file it concerns.
@@ -53,6 +55,10 @@ type Partition struct {
 	// whose owners, modes, set-id bits and device nodes a Tree cannot
 	// hold. Contents must be nil when it is set.
 	Image string
+	// Compression is a squashfs partition's compression, one of
+	// SquashfsCompressions ("": DefaultSquashfsCompression for a Tree; the
+	// maker of Image chose its own). Other filesystems have none.
+	Compression string
 }
 
 const mib = 1 << 20
@@ -100,6 +106,9 @@ func (l *Layout) Resolve() error {
 		case FAT32, Squashfs, Ext4, Raw:
 		default:
 			return bad("partition %s: filesystem %q: want fat32, squashfs, ext4 or raw", p.Name, p.FS)
+		}
+		if p.Compression != "" && (p.FS != Squashfs || !slices.Contains(SquashfsCompressions, p.Compression)) {
+			return bad("partition %s: compression %q: a squashfs partition's is one of %s", p.Name, p.Compression, strings.Join(SquashfsCompressions, ", "))
 		}
 		if p.Image != "" && (p.Contents != nil || (p.FS != Squashfs && p.FS != Ext4)) {
 			return bad("partition %s: a prebuilt filesystem image goes into a squashfs or ext4 partition with no other contents", p.Name)

@@ -2,6 +2,7 @@ package image
 
 import (
 	"bytes"
+	"errors"
 	"context"
 	"encoding/binary"
 	"io/fs"
@@ -66,7 +67,7 @@ func TestMakeSquashfsTree(t *testing.T) {
 	var imgs [2][]byte
 	var path string
 	for i := range imgs {
-		p, err := MakeSquashfs(context.Background(), mkTree(i), epoch, t.TempDir())
+		p, err := MakeSquashfs(context.Background(), mkTree(i), epoch, "", t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,5 +170,50 @@ func TestMakeSquashfsDirOwners(t *testing.T) {
 	}
 	if err := MakeSquashfsDir(context.Background(), dir, filepath.Join(t.TempDir(), "x"), SquashfsOptions{Compression: "lzo4"}); err == nil {
 		t.Errorf("an unknown compression was accepted")
+	}
+}
+
+// TestSquashfsCompression: a tree's squashfs is zstd unless its partition
+// names another compression, the superblock says so (compression id at byte
+// 20: 1 gzip, 4 xz, 6 zstd), unsquashfs reads every choice back to the same
+// content, and a layout naming an unknown compression, or one for a
+// filesystem that has none, is refused before anything is made.
+func TestSquashfsCompression(t *testing.T) {
+	t.Parallel()
+	need(t, "mksquashfs", "unsquashfs")
+	tr := NewTree()
+	body := bytes.Repeat([]byte("kiln squashfs compression "), 40000)
+	if err := tr.AddBytes("data/text", body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		id   uint16
+	}{{"", 6}, {"zstd", 6}, {"gzip", 1}, {"xz", 4}} {
+		p, err := MakeSquashfs(context.Background(), tr, 1700000000, c.name, t.TempDir())
+		if err != nil {
+			t.Fatalf("%q: %v", c.name, err)
+		}
+		img, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id := binary.LittleEndian.Uint16(img[20:22]); id != c.id {
+			t.Errorf("compression %q: superblock says compression id %d, want %d", c.name, id, c.id)
+		}
+		dest := filepath.Join(t.TempDir(), "x")
+		run(t, "unsquashfs", "-d", dest, p)
+		if got, err := os.ReadFile(filepath.Join(dest, "data/text")); err != nil || !bytes.Equal(got, body) {
+			t.Errorf("compression %q: unsquashfs gives back %d bytes (%v), want the %d written", c.name, len(got), err, len(body))
+		}
+	}
+	for _, p := range []*Partition{
+		{Name: "root", FS: Squashfs, Size: 4 << 20, Compression: "lzo"},
+		{Name: "root", FS: Ext4, Size: 4 << 20, Compression: "zstd"},
+	} {
+		l := &Layout{Table: "mbr", Size: 8 << 20, Seed: "s", Partitions: []*Partition{p}}
+		if err := l.Resolve(); !errors.Is(err, ErrLayout) || !strings.Contains(err.Error(), "compression") {
+			t.Errorf("%s partition with compression %q: %v, want ErrLayout naming the compression", p.FS, p.Compression, err)
+		}
 	}
 }

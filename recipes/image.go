@@ -36,6 +36,9 @@ type ImagePartition struct {
 	Size     Size   `toml:"size" json:"size"`
 	Bootable bool   `toml:"bootable" json:"bootable,omitempty"`
 	Label    string `toml:"label" json:"label,omitempty"`
+	// Compression is a squashfs partition's: zstd (the default for
+	// contents), gzip or xz (the default for the Debian root).
+	Compression string `toml:"compression" json:"compression,omitempty"`
 	// Slot names the A/B slot ("a", "b") this boot or root partition belongs to.
 	Slot string `toml:"slot" json:"slot,omitempty"`
 	// Contents copy files in: From is "src:PATH" (a recipe file or directory,
@@ -234,7 +237,7 @@ func (s *ImageSpec) Layout(seed string) *image.Layout {
 	l := &image.Layout{Table: s.Table, Size: int64(s.Size), Seed: seed, Epoch: s.SourceDateEpoch}
 	for _, p := range s.Partitions {
 		l.Partitions = append(l.Partitions, &image.Partition{Name: p.Name, FS: p.FS, Start: int64(p.Start),
-			Size: int64(p.Size), Bootable: p.Bootable, Label: p.Label, Slot: p.Slot})
+			Size: int64(p.Size), Bootable: p.Bootable, Label: p.Label, Slot: p.Slot, Compression: p.Compression})
 	}
 	return l
 }

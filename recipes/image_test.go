@@ -60,15 +60,27 @@ func TestImageRecipe(t *testing.T) {
 	if d.Hash() == d2.Hash() {
 		t.Error("changing a partition size does not change the derivation hash")
 	}
+	r3, err := loadImage(t, strings.Replace(imageRecipe, "%ROOT%", `"16MiB"`+"\ncompression = \"xz\"", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := r3.KindData.(*ImageSpec).Layout("s").Partitions[1].Compression; c != "xz" {
+		t.Errorf("compression = \"xz\" gives the layout %q", c)
+	}
+	if d3, _ := r3.Derive(); d3.Hash() == d.Hash() {
+		t.Error("choosing a squashfs compression does not change the derivation hash")
+	}
 }
 
 func TestImageRecipeRejects(t *testing.T) {
 	for name, c := range map[string]struct{ text, want string }{
-		"exceeds the disk":  {strings.Replace(imageRecipe, "%ROOT%", `"32MiB"`, 1), "exceeds the disk"},
-		"bad size":          {strings.Replace(imageRecipe, "%ROOT%", `"16 parsecs"`, 1), "size"},
-		"unknown input":     {strings.Replace(strings.Replace(imageRecipe, "%ROOT%", "1048576", 1), "linux:boot", "kernel:boot", 1), "does not declare"},
-		"overlap":           {strings.Replace(imageRecipe, "%ROOT%", `"8MiB"`+"\nstart = \"2MiB\"", 1), "overlap"},
-		"unknown image key": {strings.Replace(imageRecipe, "%ROOT%", `"8MiB"`+"\ncolour = 1", 1), "colour"},
+		"exceeds the disk":     {strings.Replace(imageRecipe, "%ROOT%", `"32MiB"`, 1), "exceeds the disk"},
+		"bad size":             {strings.Replace(imageRecipe, "%ROOT%", `"16 parsecs"`, 1), "size"},
+		"unknown input":        {strings.Replace(strings.Replace(imageRecipe, "%ROOT%", "1048576", 1), "linux:boot", "kernel:boot", 1), "does not declare"},
+		"overlap":              {strings.Replace(imageRecipe, "%ROOT%", `"8MiB"`+"\nstart = \"2MiB\"", 1), "overlap"},
+		"unknown image key":    {strings.Replace(imageRecipe, "%ROOT%", `"8MiB"`+"\ncolour = 1", 1), "colour"},
+		"unknown compression":  {strings.Replace(imageRecipe, "%ROOT%", `"8MiB"`+"\ncompression = \"lzo\"", 1), `compression "lzo"`},
+		"compression of fat32": {strings.Replace(strings.Replace(imageRecipe, "%ROOT%", `"8MiB"`, 1), `fs = "fat32"`, `fs = "fat32"`+"\ncompression = \"gzip\"", 1), "squashfs partition's is one of"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := loadImage(t, c.text)

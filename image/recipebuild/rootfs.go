@@ -96,7 +96,7 @@ func (b *builder) rootFilesystem(ctx context.Context, f *fetch.Fetcher, spec *re
 			HashSeed: image.DeriveUUID(l.Seed, fmt.Sprintf("ext4-hash-seed-%d", i+1)), Label: p.Label, Epoch: epoch}, tmp)
 	}
 	out := filepath.Join(tmp, "root.squashfs")
-	if err := rootfs.Squashfs(ctx, root, out, epoch); err != nil {
+	if err := rootfs.Squashfs(ctx, root, out, epoch, p.Compression); err != nil {
 		return "", err
 	}
 	return out, nil

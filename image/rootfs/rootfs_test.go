@@ -162,7 +162,7 @@ func TestAssembleReproducible(t *testing.T) {
 	var sums []string
 	for _, dir := range []string{a, b} {
 		out := filepath.Join(t.TempDir(), "root.squashfs")
-		if err := rootfs.Squashfs(context.Background(), dir, out, epoch); err != nil {
+		if err := rootfs.Squashfs(context.Background(), dir, out, epoch, ""); err != nil {
 			t.Fatal(err)
 		}
 		s, _ := store.HashFile(out)
