@@ -17,8 +17,10 @@ import (
 
 	"kiln.dev/kiln/flash/ab/abtest"
 	"kiln.dev/kiln/flash/ssh"
+	"kiln.dev/kiln/flash/sshdev"
 	"kiln.dev/kiln/image/disk"
 	"kiln.dev/kiln/image/recipebuild"
+	"kiln.dev/kiln/internal/op"
 	"kiln.dev/kiln/recipes"
 )
 
@@ -308,6 +310,24 @@ func (s *cardSession) device() string {
 	return out.String()
 }
 
+// audit asks what kiln audit --port asks after its rebuild (op.CheckSlot,
+// the function it calls): the running slot's root and boot partitions,
+// hashed on the device past its page cache, against img's slot as an
+// update writes it.
+func (s *cardSession) audit(img string) *sshdev.SlotCheck {
+	s.t.Helper()
+	t0 := time.Now()
+	chk, _, err := op.CheckSlot(s.ctx, fmt.Sprintf("ssh://root@127.0.0.1:%d/dev/vda", s.b.port),
+		op.DiskOptions{KnownHosts: s.known, KeyFiles: []string{s.key}}, img)
+	if err != nil {
+		s.fail("audit of the running slot against %s: %v", img, err)
+	}
+	s.t.Logf("audit against %s: slot %s, root %s (rebuild %s), boot %s (rebuild %s), %v",
+		filepath.Base(filepath.Dir(img)), chk.Slot, chk.RootSHA256[:12], chk.WantRoot[:12], chk.BootSHA256[:12], chk.WantBoot[:12],
+		time.Since(t0).Round(time.Second))
+	return chk
+}
+
 // updateReport is the part of kiln update --json the test reads.
 type updateReport struct {
 	Update struct {
@@ -326,7 +346,11 @@ type updateReport struct {
 // the image's real health check (kiln-health: systemctl is-system-running
 // --wait, then the service's own answer) and is committed, and the device
 // runs the new root. Then a rebuild whose service fails its health check is
-// rolled back: the device runs the previous root again.
+// rolled back: the device runs the previous root again. Before and after the
+// first update the running slot is audited as kiln audit --port does it
+// (issue 17's "kiln audit on a device compares the running root with a
+// rebuild"): identical to build 2 (an independent rebuild) at first,
+// different from it and identical to the changed service's build after.
 //
 // Not the Pi's boot chain: under -M virt there is no Pi firmware and no
 // U-Boot, so the boot decision is the TEST's model of kiln's boot.scr
@@ -344,8 +368,16 @@ func TestRPiDebianUpdateInQEMU(t *testing.T) {
 	bad, badDrv := variantImage(t, "bad", map[string]string{
 		"rootfs/srv/kiln-hello/health": "broken\n",
 	})
+	rebuild := filepath.Join(rpiDebianImage(t, 2), "image.img")
 	s := startCard(t, base)
 	m, fail, update, device, b, start := s.m, s.fail, s.update, s.device, s.b, s.start
+
+	// 0. kiln audit on the device (issue 17): the running root is build 1's,
+	// and build 2 — another checkout, another store, its Debian root
+	// assembled from scratch — is the rebuild it is compared with.
+	if chk := s.audit(rebuild); !chk.Match || chk.Slot != "a" {
+		fail("audit of the freshly flashed device against an independent rebuild: %+v", chk)
+	}
 
 	// 1. A rebuild with a changed service: committed after the real health
 	// check on its trial boot; the device runs it.
@@ -369,6 +401,14 @@ func TestRPiDebianUpdateInQEMU(t *testing.T) {
 	}
 	if strings.Contains(got, m.Derivation) {
 		fail("after the update the device still reports the old derivation %s", m.Derivation)
+	}
+	// The audit tells the device's new root from the old rebuild, and
+	// proves it is the changed service's.
+	if chk := s.audit(rebuild); chk.Match || chk.Slot != "b" || chk.RootSHA256 == chk.WantRoot {
+		fail("audit after the update against the old rebuild: %+v, want the root to differ", chk)
+	}
+	if chk := s.audit(filepath.Join(good, "image.img")); !chk.Match || chk.Slot != "b" {
+		fail("audit after the update against the changed service's build: %+v", chk)
 	}
 
 	// 2. A rebuild whose service fails its health check: the trial on slot
