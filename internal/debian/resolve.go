@@ -199,6 +199,13 @@ func writeAptState(dir, arch, sources string) (string, error) {
 			return "", err
 		}
 	}
+	// A package cache made under other settings (ForceEssential) must not
+	// be reused: apt checks only the lists' times.
+	for _, c := range []string{"pkgcache.bin", "srcpkgcache.bin"} {
+		if err := os.Remove(filepath.Join(dir, "cache", c)); err != nil && !os.IsNotExist(err) {
+			return "", err
+		}
+	}
 	files := map[string]string{"status": "", "etc/sources.list": sources, "etc/preferences": ""}
 	conf := map[string]string{
 		"Dir::Etc::main": "/dev/null", "Dir::Etc::parts": dir + "/etc/parts",
@@ -208,6 +215,10 @@ func writeAptState(dir, arch, sources string) (string, error) {
 		"Dir::Cache": dir + "/cache", "APT::Architecture": arch,
 		"APT::Install-Recommends": "false", "APT::Install-Suggests": "false",
 		"Acquire::Languages": "none", "Debug::NoLocking": "1",
+		// apt counts itself essential (ForceEssential defaults to "apt"),
+		// so ?essential would pull apt and its closure into the essential
+		// set; mmdebstrap's essential variant turns that off the same way.
+		"pkgCacheGen::ForceEssential": ",",
 	}
 	if os.Geteuid() == 0 {
 		// _apt cannot write into a private directory under /tmp or the store.

@@ -30,6 +30,9 @@ func testDebs() []debtest.Deb {
 		{Name: "kiln-unrelated", Version: "1.0-1"},
 		{Name: "kiln-broken", Version: "1.0-1", Fields: map[string]string{"Depends": "kiln-lib (>= 9)"}},
 		{Name: "kiln-doc", Version: "1.0-1", Arch: "all"},
+		// apt counts itself essential unless told not to: it must not
+		// join the essential set (mmdebstrap's essential variant has no apt).
+		{Name: "apt", Version: "2.6.1", Fields: map[string]string{"Priority": "required", "Depends": "kiln-libc"}},
 	}
 }
 

@@ -21,7 +21,7 @@ import (
 	"kiln.dev/kiln/recipes"
 )
 
-// recipes/rpi-debian is a real Debian root (141 packages, dpkg and every
+// recipes/rpi-debian is a real Debian root (129 packages, dpkg and every
 // maintainer script run under qemu-user in kiln's sandbox), so it is costly:
 // its fetched inputs and .debs are kept in $HOME/.cache/kiln-test/rootfs-store
 // (fixed-output entries, shared with image/rootfs's tests) and the two

@@ -16,7 +16,7 @@ import (
 
 // TestRPiDebianRootMatchesMmdebstrap (issue 17, must-show 2): the root slot
 // of the built image, unpacked with its owners, holds what mmdebstrap
-// makes of the same locked packages (its apt variant plus the recipe's
+// makes of the same locked packages (its essential variant plus the recipe's
 // top-level packages, as rootfstest.Variant explains, from a repository
 // holding exactly the locked .debs, in kiln's sandbox): the same file
 // list, owners, modes,

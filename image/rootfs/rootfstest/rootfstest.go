@@ -88,22 +88,15 @@ mmdebstrap --quiet --mode=root --variant="$VARIANT" --include="$INC" --architect
 
 // Variant is the mmdebstrap variant and --include list that install the
 // set l locks, as kiln does. With Essential, kiln lock's base set is what
-// apt-get install ?essential gives, and apt adds itself to that: the base
-// set holds apt, as mmdebstrap's apt variant's essential phase does (its
-// essential variant leaves apt out), so that variant is taken, plus the
-// request's top-level packages (mmdebstrap's apt resolves them from a
-// repository holding only the locked .debs, so it installs the same set,
-// ordering them itself as apt ordered the lock). Without Essential: the
+// apt-get install ?essential gives with apt not counted essential
+// (pkgCacheGen::ForceEssential ","), as mmdebstrap's essential variant
+// installs first; then the request's top-level packages (mmdebstrap's apt
+// resolves them from a repository holding only the locked .debs, so it
+// installs the same set, ordering them itself). Without Essential: the
 // custom variant and every locked package.
 func Variant(l *debian.Lock) (variant string, include []string) {
 	if l.Request.Essential {
-		variant = "essential"
-		for _, p := range l.Packages {
-			if p.Name == "apt" && p.Base {
-				variant = "apt"
-			}
-		}
-		return variant, l.Request.Packages
+		return "essential", l.Request.Packages
 	}
 	for _, p := range l.Packages {
 		include = append(include, p.Name)
