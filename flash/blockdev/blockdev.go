@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -58,6 +59,10 @@ type Report struct {
 
 const chunk = 4 << 20 // write and read unit; a multiple of every sector size
 
+// buffers is how many chunks a write or a read-back holds at once: one
+// being filled (or hashed), the others with the device.
+const buffers = 3
+
 // alignedBuf returns n bytes starting on a 4 KiB boundary, as O_DIRECT needs.
 func alignedBuf(n int) []byte {
 	b := make([]byte, n+4096)
@@ -76,7 +81,7 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 		return rep, fmt.Errorf("blockdev: %w", err)
 	}
 	defer f.Close()
-	plain, size, _, done := image.OpenDiskStream(imgPath, f)
+	plain, size, artifact, done := image.OpenDiskStream(imgPath, f)
 	defer done()
 	bm, err := disk.BmapFor(imgPath, size, opts.Bmap)
 	if err != nil {
@@ -91,12 +96,18 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 		return rep, err
 	}
 	defer d.Close()
-	full := sha256.New() // the plain image, holes included: Stream reads all of it
-	res, err := flash.WriteDisk(ctx, d, io.TeeReader(plain, full), size, bm, opts.Progress)
+	// The plain image, holes included (Stream reads all of it): for an
+	// uncompressed image that is the artifact OpenDiskStream hashes.
+	src, full := plain, artifact
+	if strings.HasSuffix(imgPath, ".xz") {
+		h := sha256.New()
+		src, full = io.TeeReader(plain, h), func() string { return hex.EncodeToString(h.Sum(nil)) }
+	}
+	res, err := flash.WriteDisk(ctx, d, src, size, bm, opts.Progress)
 	rep.WrittenSHA256, rep.ReadbackSHA256, rep.Verified = res.ImageSHA256, res.DeviceSHA256, res.Verified
 	rep.WriteSec, rep.VerifySec = res.WriteSec, res.VerifySec
 	if res.ImageSHA256 != "" {
-		rep.ArtifactSHA256 = hex.EncodeToString(full.Sum(nil))
+		rep.ArtifactSHA256 = full()
 	}
 	if errors.Is(err, flash.ErrVerify) {
 		return rep, fmt.Errorf("blockdev: %s: %w", d.path, err)
@@ -106,21 +117,57 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 
 // writeRanges streams src (the whole image) through the bmap and writes
 // the mapped ranges to out at their offsets, gathered into aligned chunks
-// for O_DIRECT. It returns the SHA-256 of the mapped bytes.
+// for O_DIRECT. Reading and checking the image (Stream) and writing the
+// device overlap: a goroutine writes one chunk while the next is filled,
+// in order, from a pool of buffers. It returns the SHA-256 of the mapped
+// bytes.
 func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *disk.Bmap, progress flash.Progress) (string, error) {
-	buf := alignedBuf(chunk)
-	var fill, at, done int64 // bytes in buf, their device offset, written so far
-	total := bm.Mapped()
+	type piece struct {
+		buf []byte
+		at  int64
+	}
+	free := make(chan []byte, buffers)
+	for range buffers {
+		free <- alignedBuf(chunk)
+	}
+	full := make(chan piece, buffers)
+	stopped := make(chan struct{}) // closed when the writer stops early
+	var werr error                 // the writer's error, read after stopped or done
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var written int64
+		total := bm.Mapped()
+		for p := range full {
+			if werr == nil {
+				if _, err := out.WriteAt(p.buf, p.at); err != nil {
+					werr = err
+					close(stopped)
+				} else {
+					written += int64(len(p.buf))
+					progress.Report("write", written, total)
+				}
+			}
+			free <- p.buf[:cap(p.buf)]
+		}
+	}()
+	buf := <-free
+	var fill, at int64 // bytes in buf, their device offset
 	flush := func() error {
 		if fill == 0 {
 			return nil
 		}
-		if _, err := out.WriteAt(buf[:fill], at); err != nil {
-			return err
+		select {
+		case full <- piece{buf[:fill], at}:
+		case <-stopped:
+			return werr
 		}
-		done += fill
+		select {
+		case buf = <-free:
+		case <-stopped:
+			return werr
+		}
 		fill = 0
-		progress.Report("write", done, total)
 		return ctx.Err()
 	}
 	sum, err := bm.Stream(src, func(off int64, p []byte) error {
@@ -136,13 +183,22 @@ func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *disk.Bmap
 		fill += int64(len(p))
 		return nil
 	})
+	if err == nil {
+		err = flush()
+	}
+	close(full)
+	<-done
+	if err == nil {
+		err = werr
+	}
 	if err != nil {
 		return "", err
 	}
-	return sum, flush()
+	return sum, nil
 }
 
-// readBack hashes the mapped ranges of the device, read with O_DIRECT.
+// readBack hashes the mapped ranges of the device, read with O_DIRECT: a
+// goroutine reads the next chunk while the last one is hashed.
 func readBack(ctx context.Context, path string, bm *disk.Bmap, progress flash.Progress) (string, error) {
 	in, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
@@ -152,28 +208,56 @@ func readBack(ctx context.Context, path string, bm *disk.Bmap, progress flash.Pr
 	if err := flushBuffers(in); err != nil {
 		return "", err
 	}
-	buf := alignedBuf(chunk)
-	h := sha256.New()
-	var done, total int64
-	for _, rg := range bm.Ranges {
-		_, n := rg.Offset(bm.BlockSize, bm.ImageSize)
-		total += n
+	type piece struct {
+		buf []byte
+		err error
 	}
-	for _, rg := range bm.Ranges {
-		off, n := rg.Offset(bm.BlockSize, bm.ImageSize)
-		for left := n; left > 0; {
-			if err := ctx.Err(); err != nil {
-				return "", err
+	free := make(chan []byte, buffers)
+	for range buffers {
+		free <- alignedBuf(chunk)
+	}
+	read := make(chan piece, buffers)
+	quit := make(chan struct{})
+	defer close(quit)
+	go func() {
+		defer close(read)
+		for _, rg := range bm.Ranges {
+			off, n := rg.Offset(bm.BlockSize, bm.ImageSize)
+			for left := n; left > 0; {
+				var b []byte
+				select {
+				case b = <-free:
+				case <-quit:
+					return
+				}
+				k := min(int64(chunk), left)
+				_, err := in.ReadAt(b[:k], off+n-left)
+				select {
+				case read <- piece{b[:k], err}:
+				case <-quit:
+					return
+				}
+				if err != nil {
+					return
+				}
+				left -= k
 			}
-			k := min(int64(chunk), left)
-			if _, err := in.ReadAt(buf[:k], off+n-left); err != nil {
-				return "", err
-			}
-			h.Write(buf[:k])
-			left -= k
-			done += k
-			progress.Report("verify", done, total)
 		}
+	}()
+	h := sha256.New()
+	var done int64
+	total := bm.Mapped()
+	for p := range read {
+		if p.err != nil {
+			return "", p.err
+		}
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		h.Write(p.buf)
+		done += int64(len(p.buf))
+		free <- p.buf[:cap(p.buf)]
+		progress.Report("verify", done, total)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/xml"
@@ -143,7 +144,7 @@ func BmapFor(name string, size int64, bm *Bmap) (*Bmap, error) {
 // Stream stops with ErrBmap before emitting the offending range's last
 // chunk. It returns the SHA-256 of all mapped bytes, in order.
 func (b *Bmap) Stream(r io.Reader, emit func(off int64, p []byte) error) (string, error) {
-	buf := make([]byte, 1<<20)
+	buf, zero := make([]byte, 1<<20), make([]byte, 1<<20)
 	mapped := sha256.New()
 	pos := int64(0)
 	zeros := func(n int64) error {
@@ -152,10 +153,12 @@ func (b *Bmap) Stream(r io.Reader, emit func(off int64, p []byte) error) (string
 			if _, err := io.ReadFull(r, buf[:k]); err != nil {
 				return b.short(err)
 			}
-			for i, c := range buf[:k] {
-				if c != 0 {
-					return fmt.Errorf("%w: byte %d holds data but no bmap range covers it", ErrBmap, pos+int64(i))
+			if !bytes.Equal(buf[:k], zero[:k]) {
+				i := 0
+				for buf[i] == 0 {
+					i++
 				}
+				return fmt.Errorf("%w: byte %d holds data but no bmap range covers it", ErrBmap, pos+int64(i))
 			}
 			pos += k
 			n -= k

@@ -308,8 +308,9 @@ func TestBmapStreamChecksTheWholeImage(t *testing.T) {
 	}
 	// A bmap that leaves out data: one block listed of many (the short-bmap attack).
 	short := bmapOf(t, img, []bool{true, false, false, false, false, false, false, false, false, false, false})
-	if _, err := short.Stream(bytes.NewReader(img), func(int64, []byte) error { return nil }); !errors.Is(err, disk.ErrBmap) {
-		t.Errorf("short bmap: %v", err)
+	if _, err := short.Stream(bytes.NewReader(img), func(int64, []byte) error { return nil }); !errors.Is(err, disk.ErrBmap) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("byte %d holds data", 3*image.BlockSize)) {
+		t.Errorf("short bmap: %v, want ErrBmap naming byte %d, the first unlisted data", err, 3*image.BlockSize)
 	}
 	// A range whose bytes changed after the bmap was made.
 	bad := append([]byte(nil), img...)
