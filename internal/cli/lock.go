@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -18,7 +19,7 @@ func init() {
 	register(&cli.Command{
 		Name:      "lock",
 		Usage:     "resolve an image recipe's Debian packages into rootfs.lock",
-		ArgsUsage: "RECIPE_DIR | --pins RECIPE_DIR|TOOLCHAIN.toml...",
+		ArgsUsage: "RECIPE_DIR | [--pins] RECIPE_DIR|TOOLCHAIN.toml...",
 		Description: "apt's own resolver, run for the root's architecture with apt state of its own (the host's\n" +
 			"dpkg and apt are untouched), resolves the closure of [image.rootfs] and kiln writes it to\n" +
 			"rootfs.lock beside recipe.toml: every package's name, version, architecture, sha256, size,\n" +
@@ -28,7 +29,8 @@ func init() {
 			"the recipe is kept; --update resolves again against today's archive. Changes are printed\n" +
 			"(added, removed, upgraded, with versions). kiln build reads only the lock.\n\n" +
 			"--pins maintains the deb: pins of recipes' inputs and toolchain closures (recipes/toolchains/\n" +
-			"NAME.toml): each gets, after its deb: source, the snapshot archive's URL of the same file\n" +
+			"NAME.toml), as kiln lock does without it when no argument is an image recipe with\n" +
+			"[image.rootfs]: each pin gets, after its deb: source, the snapshot archive's URL of the same file\n" +
 			"(pool path from apt, time = the newest Release file's Date + 12 h), the durable fallback\n" +
 			"once Debian's main archive drops the version. With --update each pin moves to the version\n" +
 			"apt would install today (old -> new version and sha256 printed); the file is rewritten in\n" +
@@ -50,7 +52,7 @@ type lockReport struct {
 }
 
 func runLock(c *cli.Context) error {
-	if c.Bool("pins") {
+	if c.Bool("pins") || pinsOnly(c.Args().Slice()) {
 		return runPins(c)
 	}
 	if err := argN(c, 1, "RECIPE_DIR"); err != nil {
@@ -109,6 +111,28 @@ func runLock(c *cli.Context) error {
 	}
 	return printLock(e, c.Bool("json"), lockReport{Lock: recipes.LockPath(r.Dir), Written: true,
 		Resolved: l.Resolved.Format("2006-01-02T15:04:05Z"), Packages: len(l.Packages), Changes: changes})
+}
+
+// pinsOnly: none of args is an image recipe with [image.rootfs] (a
+// firmware recipe, a toolchain file): kiln lock [--update] maintains their
+// deb: pins, as --pins does, so one command moves any pin.
+func pinsOnly(args []string) bool {
+	if len(args) == 0 {
+		return false
+	}
+	for _, a := range args {
+		if strings.HasSuffix(a, ".toml") && filepath.Base(a) != "recipe.toml" {
+			continue // a toolchain file
+		}
+		r, err := recipes.Load(strings.TrimSuffix(a, "recipe.toml"))
+		if err != nil {
+			return false // the rootfs path reports it
+		}
+		if spec, ok := r.KindData.(*recipes.ImageSpec); ok && spec.Rootfs != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func printLock(e *env, asJSON bool, rep lockReport) error {
