@@ -115,6 +115,16 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	return rep, err
 }
 
+// bufferPool is a pool of the aligned chunks a write or a read-back
+// passes between its two goroutines.
+func bufferPool() chan []byte {
+	free := make(chan []byte, buffers)
+	for range buffers {
+		free <- alignedBuf(chunk)
+	}
+	return free
+}
+
 // writeRanges streams src (the whole image) through the bmap and writes
 // the mapped ranges to out at their offsets, gathered into aligned chunks
 // for O_DIRECT. Reading and checking the image (Stream) and writing the
@@ -126,10 +136,7 @@ func writeRanges(ctx context.Context, src io.Reader, out *os.File, bm *disk.Bmap
 		buf []byte
 		at  int64
 	}
-	free := make(chan []byte, buffers)
-	for range buffers {
-		free <- alignedBuf(chunk)
-	}
+	free := bufferPool()
 	full := make(chan piece, buffers)
 	stopped := make(chan struct{}) // closed when the writer stops early
 	var werr error                 // the writer's error, read after stopped or done
@@ -212,10 +219,7 @@ func readBack(ctx context.Context, path string, bm *disk.Bmap, progress flash.Pr
 		buf []byte
 		err error
 	}
-	free := make(chan []byte, buffers)
-	for range buffers {
-		free <- alignedBuf(chunk)
-	}
+	free := bufferPool()
 	read := make(chan piece, buffers)
 	quit := make(chan struct{})
 	defer close(quit)
