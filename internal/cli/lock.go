@@ -6,7 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
+	"slices"
 
 	"github.com/urfave/cli/v2"
 
@@ -52,8 +52,16 @@ type lockReport struct {
 }
 
 func runLock(c *cli.Context) error {
-	if c.Bool("pins") || pinsOnly(c.Args().Slice()) {
+	if c.Bool("pins") {
 		return runPins(c)
+	}
+	// No argument an image recipe with [image.rootfs] (firmware recipes,
+	// toolchain files): kiln lock [--update] maintains their deb: pins, as
+	// --pins does, so one command moves any pin. What does not load goes
+	// to the rootfs path, which reports it.
+	if files, err := loadPinFiles(c.Args().Slice()); err == nil && len(files) > 0 &&
+		!slices.ContainsFunc(files, func(f pinFile) bool { return f.rootfs }) {
+		return maintainPins(c, files)
 	}
 	if err := argN(c, 1, "RECIPE_DIR"); err != nil {
 		return err
@@ -111,28 +119,6 @@ func runLock(c *cli.Context) error {
 	}
 	return printLock(e, c.Bool("json"), lockReport{Lock: recipes.LockPath(r.Dir), Written: true,
 		Resolved: l.Resolved.Format("2006-01-02T15:04:05Z"), Packages: len(l.Packages), Changes: changes})
-}
-
-// pinsOnly: none of args is an image recipe with [image.rootfs] (a
-// firmware recipe, a toolchain file): kiln lock [--update] maintains their
-// deb: pins, as --pins does, so one command moves any pin.
-func pinsOnly(args []string) bool {
-	if len(args) == 0 {
-		return false
-	}
-	for _, a := range args {
-		if strings.HasSuffix(a, ".toml") && filepath.Base(a) != "recipe.toml" {
-			continue // a toolchain file
-		}
-		r, err := recipes.Load(strings.TrimSuffix(a, "recipe.toml"))
-		if err != nil {
-			return false // the rootfs path reports it
-		}
-		if spec, ok := r.KindData.(*recipes.ImageSpec); ok && spec.Rootfs != nil {
-			return false
-		}
-	}
-	return true
 }
 
 func printLock(e *env, asJSON bool, rep lockReport) error {

@@ -54,6 +54,9 @@ type pinFile struct {
 	// parse reads the file's text as loadPinFile did: a recipe's inputs,
 	// a toolchain's packages.
 	parse func(file string, data []byte) ([]recipes.Input, error)
+	// rootfs: an image recipe with [image.rootfs], whose rootfs.lock plain
+	// kiln lock resolves.
+	rootfs bool
 }
 
 // recipeInputs parses recipe text and returns its inputs.
@@ -82,7 +85,8 @@ func loadPinFile(arg string) (pinFile, error) {
 		if err != nil {
 			return pinFile{}, recipeHint(err)
 		}
-		return pinFile{r.File, r.Inputs, recipeInputs}, nil
+		spec, ok := r.KindData.(*recipes.ImageSpec)
+		return pinFile{r.File, r.Inputs, recipeInputs, ok && spec.Rootfs != nil}, nil
 	}
 	data, err := os.ReadFile(arg)
 	if err != nil {
@@ -92,7 +96,20 @@ func loadPinFile(arg string) (pinFile, error) {
 	if err != nil {
 		return pinFile{}, withHint(err, "kiln lock --pins takes recipe directories and toolchain files (recipes/toolchains/NAME.toml)")
 	}
-	return pinFile{arg, pkgs, toolchainPackages}, nil
+	return pinFile{arg, pkgs, toolchainPackages, false}, nil
+}
+
+// loadPinFiles loads every argument with loadPinFile.
+func loadPinFiles(args []string) ([]pinFile, error) {
+	var files []pinFile
+	for _, a := range args {
+		pf, err := loadPinFile(a)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, pf)
+	}
+	return files, nil
 }
 
 // runPins is kiln lock --pins: every deb: pin of the files given gets the
@@ -102,16 +119,18 @@ func runPins(c *cli.Context) error {
 	if c.NArg() == 0 {
 		return usagef("lock --pins: want RECIPE_DIR or TOOLCHAIN.toml arguments (see kiln lock --help)")
 	}
+	files, err := loadPinFiles(c.Args().Slice())
+	if err != nil {
+		return err
+	}
+	return maintainPins(c, files)
+}
+
+// maintainPins gives every deb: pin of files its fallback source (with
+// --update: moves it), for runPins and for plain kiln lock.
+func maintainPins(c *cli.Context, files []pinFile) error {
 	e := envOf(c)
 	update := c.Bool("update")
-	var files []pinFile
-	for _, a := range c.Args().Slice() {
-		pf, err := loadPinFile(a)
-		if err != nil {
-			return err
-		}
-		files = append(files, pf)
-	}
 	st, err := store.Open(c.String("store"))
 	if err != nil {
 		return err
