@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -35,16 +36,25 @@ type SquashfsOptions struct {
 // decompressor built in).
 const DefaultSquashfsCompression = "zstd"
 
-// SquashfsCompressions are the compressions a squashfs partition may name.
-var SquashfsCompressions = []string{"zstd", "gzip", "xz"}
+// squashfsCompressions are the compressions a squashfs partition may name,
+// each with the level kiln passes ("": the compressor's own). Measured with
+// mksquashfs 4.5.1 on 24 MiB of text and random runs (2-core Xeon, CPU
+// seconds, output bytes): zstd level 3 0.05 s 6.7 MB, mksquashfs's zstd
+// default 15 3.6 s 5.7 MB; gzip level 6 1.0 s 6.0 MB, mksquashfs's gzip
+// default 9 2.4 s 5.9 MB; zlib's 6 is also what go-diskfs wrote before
+// mksquashfs. xz has no levels in mksquashfs.
+var squashfsCompressions = []squashfsCompression{{"zstd", "3"}, {"gzip", "6"}, {"xz", ""}}
 
-// squashfsLevels is the level kiln passes for each compression ("": the
-// compressor's own). Measured with mksquashfs 4.5.1 on 24 MiB of text and
-// random runs (2-core Xeon, CPU seconds, output bytes): zstd level 3 0.05 s
-// 6.7 MB, mksquashfs's zstd default 15 3.6 s 5.7 MB; gzip level 6 1.0 s 6.0 MB,
-// mksquashfs's gzip default 9 2.4 s 5.9 MB; zlib's 6 is also what go-diskfs
-// wrote before mksquashfs. xz has no levels in mksquashfs.
-var squashfsLevels = map[string]string{"zstd": "3", "gzip": "6", "xz": ""}
+type squashfsCompression struct{ name, level string }
+
+// SquashfsCompressions are the names a squashfs partition's compression may
+// take.
+var SquashfsCompressions = func() (names []string) {
+	for _, c := range squashfsCompressions {
+		names = append(names, c.name)
+	}
+	return names
+}()
 
 // MakeSquashfsDir writes the directory dir as a squashfs image at out with
 // mksquashfs (squashfs-tools, a pinned host tool): modes, set-id bits,
@@ -58,14 +68,14 @@ func MakeSquashfsDir(ctx context.Context, dir, out string, opts SquashfsOptions)
 	if comp == "" {
 		comp = DefaultSquashfsCompression
 	}
-	level, ok := squashfsLevels[comp]
-	if !ok {
+	i := slices.IndexFunc(squashfsCompressions, func(c squashfsCompression) bool { return c.name == comp })
+	if i < 0 {
 		return fmt.Errorf("squashfs: unknown compression %q (want one of %v): %w", comp, SquashfsCompressions, ErrLayout)
 	}
 	e := strconv.FormatInt(opts.Epoch, 10)
 	args := []string{dir, out, "-noappend", "-no-progress", "-quiet", "-reproducible",
 		"-comp", comp, "-all-time", e, "-mkfs-time", e}
-	if level != "" {
+	if level := squashfsCompressions[i].level; level != "" {
 		args = append(args, "-Xcompression-level", level)
 	}
 	if opts.RootOwned {
