@@ -20,7 +20,7 @@ import (
 func OpenDiskStream(name string, src io.Reader) (plain io.Reader, size int64, artifact func() string, done func()) {
 	t := newHashTee(src, sha256.New())
 	plain, size, artifact, done = t, -1, t.sum, t.stop
-	if strings.HasSuffix(name, ".xz") {
+	if XZName(name) {
 		xr := NewXZReader(plain, 0)
 		return xr, size, artifact, func() { xr.Close(); t.stop() }
 	}
@@ -31,6 +31,10 @@ func OpenDiskStream(name string, src io.Reader) (plain io.Reader, size int64, ar
 	}
 	return plain, size, artifact, done
 }
+
+// XZName says whether OpenDiskStream reads the artifact called name as
+// xz-compressed.
+func XZName(name string) bool { return strings.HasSuffix(name, ".xz") }
 
 // hashTee is io.TeeReader into a hash whose writes run on a goroutine: a
 // copy of each read goes to it through a small pool of buffers, so reading

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -99,7 +98,7 @@ func Write(ctx context.Context, dev, imgPath string, opts Options) (*Report, err
 	// The plain image, holes included (Stream reads all of it): for an
 	// uncompressed image that is the artifact OpenDiskStream hashes.
 	src, full := plain, artifact
-	if strings.HasSuffix(imgPath, ".xz") {
+	if image.XZName(imgPath) {
 		h := sha256.New()
 		src, full = io.TeeReader(plain, h), func() string { return hex.EncodeToString(h.Sum(nil)) }
 	}
