@@ -72,6 +72,8 @@ test: deps build seaweedfs
 	$(GO) test -run '^$$' -fuzz='^FuzzDecodeRecord$$' -fuzztime=100000x ./internal/station
 	$(GO) test -run '^$$' -fuzz='^FuzzCompareVersions$$' -fuzztime=2000x ./internal/debian
 	$(GO) test -run '^$$' -fuzz='^FuzzReleaseDate$$' -fuzztime=20000x ./internal/debian
+	$(GO) test -run '^$$' -fuzz='^FuzzParseLock$$' -fuzztime=20000x ./internal/debian
+	$(GO) test -run '^$$' -fuzz='^FuzzParseSignature$$' -fuzztime=20000x ./internal/trust
 	$(GO) test -run '^$$' -fuzz='^FuzzShowRecord$$' -fuzztime=20000x ./internal/fetch
 	$(GO) test -run '^$$' -fuzz='^FuzzReadTable$$' -fuzztime=100000x ./image/disk
 	$(GO) test -run '^$$' -fuzz='^FuzzReadFile$$' -fuzztime=20000x ./image/disk
